@@ -1,0 +1,189 @@
+//! The `nudge` command: run the App Server, migrate its database, check a
+//! configuration, and manage registrations.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use nudge::config::Config;
+use nudge::store::RegistrationStore;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "nudge", version, about = "XEP-0357 push App Server (XEP-0114 component)")]
+struct Cli {
+    /// Configuration file (TOML); every key can be overridden by NUDGE_<SECTION>__<KEY>.
+    #[arg(short, long, env = "NUDGE_CONFIG", default_value = "nudge.toml", global = true)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Connect to the XMPP server and serve push requests until stopped (SIGINT/SIGTERM).
+    Run,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Validate the configuration (and build the push backends) and exit.
+    CheckConfig,
+    /// Inspect or remove registrations.
+    Registrations {
+        #[command(subcommand)]
+        command: RegistrationsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegistrationsCommand {
+    /// List registrations (optionally of one account).
+    List {
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Show one registration.
+    Show { node: String },
+    /// Remove one registration.
+    Remove { node: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nudge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("nudge: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nudge: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn execute(command: Command, config: Config) -> Result<(), BoxError> {
+    match command {
+        Command::Run => run(config).await,
+        Command::Migrate => {
+            let store = open_store(&config).await?;
+            store.migrate().await?;
+            println!("migrations applied ({})", store.kind());
+            Ok(())
+        }
+        Command::CheckConfig => {
+            let backends = nudge::app::build_backends(&config).await?;
+            println!(
+                "configuration OK: component {} via {}:{}, database {}, apps {:?}",
+                config.component.domain,
+                config.component.host,
+                config.component.port,
+                redact(&config.database_url()),
+                backends.apps()
+            );
+            Ok(())
+        }
+        Command::Registrations { command } => {
+            let store = open_store(&config).await?;
+            store.migrate().await?;
+            match command {
+                RegistrationsCommand::List { owner, limit } => {
+                    for r in store.list(owner.as_deref(), limit).await? {
+                        println!("{}\t{}\t{}\t{}\t{}", r.node, r.owner, r.app, r.device_id, r.muc);
+                    }
+                }
+                RegistrationsCommand::Show { node } => match store.find(&node).await? {
+                    Some(r) => println!("{}", serde_json::to_string_pretty(&registration_json(&r))?),
+                    None => return Err(format!("no registration with node {node}").into()),
+                },
+                RegistrationsCommand::Remove { node } => {
+                    if !store.remove(&node).await? {
+                        return Err(format!("no registration with node {node}").into());
+                    }
+                    println!("removed {node}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn open_store(config: &Config) -> Result<RegistrationStore, BoxError> {
+    Ok(RegistrationStore::open(&config.database_url(), 16).await?)
+}
+
+async fn run(config: Config) -> Result<(), BoxError> {
+    let backends = nudge::app::build_backends(&config).await?;
+    let running = nudge::start(&config, backends).await?;
+    let stop = running.shutdown_handle();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stop requested");
+        let _ = stop.send(true);
+    });
+    let reason = running.wait().await;
+    tracing::info!(?reason, "stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Hides a password in a database URL for printing.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn registration_json(r: &nudge::store::Registration) -> serde_json::Value {
+    serde_json::json!({
+        "node": r.node,
+        "owner": r.owner,
+        "domain": r.domain,
+        "device_id": r.device_id,
+        "muc": r.muc,
+        "app": r.app,
+        "token": r.token,
+        "has_secret": r.secret.is_some(),
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+    })
+}

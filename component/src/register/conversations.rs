@@ -1,0 +1,132 @@
+//! The Conversations dialect (`interop.md`): `register-push-<name>` with
+//! fields `token`, `device-id` (older clients: `android-id`) and optional
+//! `muc`; `unregister-push-<name>` with `device-id`/`android-id` and
+//! `channel`. The registration belongs to the sender's bare JID and device
+//! (and room): the same account and device registering again get the same
+//! node and secret back, with the token updated. The answer is a form with
+//! `jid`, `node` and `secret`, which the client hands to its server in
+//! `<enable/>`.
+
+use crate::dispatch::{Backends, ResolveError};
+use crate::store::{NewRegistration, RegistrationStore};
+use crate::xmpp::dataform::DataForm;
+use crate::xmpp::jid::Jid;
+use crate::xmpp::stanza::StanzaError;
+use crate::xmpp::Element;
+
+use super::adhoc::{Action, CommandRequest};
+
+pub const REGISTER_PREFIX: &str = "register-push-";
+pub const UNREGISTER_PREFIX: &str = "unregister-push-";
+
+/// Whether a command node belongs to this dialect.
+pub fn handles(node: &str) -> bool {
+    node.starts_with(REGISTER_PREFIX) || node.starts_with(UNREGISTER_PREFIX)
+}
+
+/// Runs a register or unregister command for `from` (the client's full JID).
+pub async fn execute(
+    cmd: &CommandRequest,
+    from: &Jid,
+    component_jid: &str,
+    backends: &Backends,
+    store: &RegistrationStore,
+) -> Result<Element, StanzaError> {
+    let (registering, name) = match cmd.node.strip_prefix(REGISTER_PREFIX) {
+        Some(name) => (true, name),
+        None => (
+            false,
+            cmd.node
+                .strip_prefix(UNREGISTER_PREFIX)
+                .ok_or_else(StanzaError::item_not_found)?,
+        ),
+    };
+    let app = match backends.resolve(name) {
+        Ok(app) => app.to_owned(),
+        Err(ResolveError::Unknown) => {
+            return Err(StanzaError::item_not_found().with_text(format!("no push service named {name:?} here")));
+        }
+        Err(ResolveError::Ambiguous) => {
+            return Err(StanzaError::item_not_found().with_text(format!(
+                "several apps use provider {name:?}; use the command of the app (register-push-<app>)"
+            )));
+        }
+    };
+    if cmd.action == Action::Cancel {
+        return Ok(cmd.canceled());
+    }
+    if from.local().is_none() {
+        return Err(StanzaError::forbidden().with_text("only accounts can register devices"));
+    }
+    let owner = from.bare();
+    let Some(form) = &cmd.form else {
+        return Ok(cmd.executing(blank_form(registering)));
+    };
+    let device_id = form
+        .non_empty("device-id")
+        .or_else(|| form.non_empty("android-id"))
+        .ok_or_else(|| StanzaError::bad_request("missing device-id"))?
+        .to_owned();
+    if device_id.len() > 256 {
+        return Err(StanzaError::bad_request("device-id too long"));
+    }
+    let room_field = if registering { "muc" } else { "channel" };
+    let muc = match form.non_empty(room_field) {
+        Some(room) => match Jid::parse(room) {
+            Ok(j) if j.resource().is_none() => j.bare(),
+            _ => return Err(StanzaError::bad_request(format!("{room_field} is not a bare JID"))),
+        },
+        None => String::new(),
+    };
+    let storage_error = |e: crate::store::StoreError| {
+        tracing::error!(error = %e, "registration store failed");
+        StanzaError::internal_server_error("storage unavailable")
+    };
+
+    if !registering {
+        let removed = store
+            .unregister(&owner, &app, &device_id, &muc)
+            .await
+            .map_err(storage_error)?;
+        tracing::info!(%owner, %app, node = ?removed, "device unregistered");
+        return Ok(cmd.completed(None));
+    }
+
+    let token = form
+        .non_empty("token")
+        .ok_or_else(|| StanzaError::bad_request("missing token"))?
+        .to_owned();
+    if let Some(backend) = backends.get(&app) {
+        backend
+            .validate_token(&token)
+            .map_err(|e| StanzaError::bad_request(e.to_string()))?;
+    }
+    let reg = store
+        .register(&NewRegistration {
+            owner,
+            device_id,
+            muc,
+            app,
+            token,
+            with_secret: true,
+        })
+        .await
+        .map_err(storage_error)?;
+    tracing::info!(owner = %reg.owner, app = %reg.app, node = %reg.node, "device registered");
+    let answer = DataForm::new("result")
+        .field("jid", Some("jid-single"), component_jid)
+        .field("node", Some("text-single"), &reg.node)
+        .field("secret", Some("text-private"), reg.secret.as_deref().unwrap_or(""));
+    Ok(cmd.completed(Some(answer)))
+}
+
+/// The form a generic client is shown when it executes without one.
+fn blank_form(registering: bool) -> DataForm {
+    let form = DataForm::new("form").field("device-id", Some("text-single"), "");
+    if registering {
+        form.field("token", Some("text-single"), "")
+            .field("muc", Some("jid-single"), "")
+    } else {
+        form.field("channel", Some("jid-single"), "")
+    }
+}

@@ -1,0 +1,275 @@
+//! The App Server's stanza router: every stanza the component receives
+//! comes here and gets exactly the answer the protocols require.
+//!
+//! - iq get disco#info / disco#items / ping: answered at once;
+//! - iq set pubsub publish (XEP-0357) and ad-hoc commands (XEP-0050): need
+//!   the database or a provider, so each runs in a task of its own, bounded
+//!   by `max_in_flight` (beyond it the reader waits, which pushes back on
+//!   the server through TCP);
+//! - any other iq get/set: `service-unavailable`; malformed ones:
+//!   `bad-request`;
+//! - iq results and errors, messages and presence: never answered, so that
+//!   two entities can never loop on each other's errors.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tracing::{debug, error, warn};
+
+use crate::dispatch::Dispatcher;
+use crate::push::{self, PublishRequest};
+use crate::register::adhoc::CommandRequest;
+use crate::register::conversations;
+use crate::store::RegistrationStore;
+use crate::xmpp::disco::{self, DiscoInfo, DiscoItem, Identity};
+use crate::xmpp::jid::Jid;
+use crate::xmpp::stanza::{Iq, IqParseError, IqType, StanzaError};
+use crate::xmpp::stream::{Outbound, StanzaHandler};
+use crate::xmpp::{Element, ns};
+
+/// Everything a stanza may need.
+pub struct Service {
+    domain: String,
+    store: RegistrationStore,
+    dispatcher: Dispatcher,
+    outbound: Outbound,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: u32,
+}
+
+impl Service {
+    pub fn new(
+        domain: String,
+        store: RegistrationStore,
+        dispatcher: Dispatcher,
+        outbound: Outbound,
+        max_in_flight: usize,
+    ) -> Self {
+        let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS) as u32;
+        Service {
+            domain,
+            store,
+            dispatcher,
+            outbound,
+            in_flight: Arc::new(Semaphore::new(max_in_flight as usize)),
+            max_in_flight,
+        }
+    }
+
+    async fn route(self: &Arc<Self>, stanza: Element) {
+        let iq = match Iq::from_element(stanza) {
+            None => return, // message, presence or anything else: never answered
+            Some(Ok(iq)) => iq,
+            Some(Err((IqParseError::BadType(t), el))) => {
+                // Unknown type: answerable when we know whom and which id.
+                if let (Some(id), Some(from)) = (el.get_attr("id"), el.get_attr("from")) {
+                    let iq = Iq {
+                        id: id.into(),
+                        from: from.into(),
+                        to: el.get_attr("to").unwrap_or("").into(),
+                        kind: IqType::Get,
+                        payload: None,
+                    };
+                    self.answer(iq.error(&StanzaError::bad_request(format!("unknown iq type {t:?}"))))
+                        .await;
+                }
+                return;
+            }
+            Some(Err((e, _))) => {
+                warn!(error = %e, "dropping an iq that cannot be answered");
+                return;
+            }
+        };
+        match iq.kind {
+            IqType::Result | IqType::Error => {
+                debug!(id = %iq.id, from = %iq.from, "ignoring iq {:?}", iq.kind);
+            }
+            IqType::Get | IqType::Set => self.request(iq).await,
+        }
+    }
+
+    async fn request(self: &Arc<Self>, iq: Iq) {
+        let Some(payload) = &iq.payload else {
+            self.answer(iq.error(&StanzaError::bad_request("iq without payload")))
+                .await;
+            return;
+        };
+        match (iq.kind, payload.name.as_str(), payload.ns.as_str()) {
+            (IqType::Get, "query", ns::DISCO_INFO) => {
+                let reply = match self.disco_info(payload.get_attr("node")) {
+                    Some(info) => iq.result(Some(info.to_element())),
+                    None => iq.error(&StanzaError::item_not_found()),
+                };
+                self.answer(reply).await;
+            }
+            (IqType::Get, "query", ns::DISCO_ITEMS) => {
+                let node = payload.get_attr("node");
+                let reply = match node {
+                    None => iq.result(Some(disco::items_element(None, &[]))),
+                    Some(ns::COMMANDS) => iq.result(Some(disco::items_element(
+                        Some(ns::COMMANDS),
+                        &self.command_items(),
+                    ))),
+                    Some(_) => iq.error(&StanzaError::item_not_found()),
+                };
+                self.answer(reply).await;
+            }
+            (IqType::Get, "ping", ns::PING) => self.answer(iq.result(None)).await,
+            (IqType::Set, "pubsub", ns::PUBSUB) => match PublishRequest::from_pubsub(payload) {
+                Some(Ok(request)) => self.spawn(iq, Job::Publish(request)).await,
+                Some(Err(e)) => {
+                    self.answer(iq.error(&StanzaError::bad_request(e.to_string())))
+                        .await
+                }
+                None => self.answer(iq.error(&StanzaError::feature_not_implemented())).await,
+            },
+            (IqType::Set, "command", ns::COMMANDS) => match CommandRequest::from_element(payload) {
+                Ok(cmd) if conversations::handles(&cmd.node) => {
+                    self.spawn(iq, Job::Command(cmd)).await
+                }
+                Ok(_) => self.answer(iq.error(&StanzaError::item_not_found())).await,
+                Err(e) => self.answer(iq.error(&StanzaError::bad_request(e))).await,
+            },
+            _ => self.answer(iq.error(&StanzaError::service_unavailable())).await,
+        }
+    }
+
+    /// Runs a job that needs the database or a provider in its own task.
+    async fn spawn(self: &Arc<Self>, iq: Iq, job: Job) {
+        let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+            return; // closed semaphore: shutting down
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = match &job {
+                Job::Publish(request) => this.publish(&iq, request).await.map(|()| None),
+                Job::Command(cmd) => this.command(&iq, cmd).await.map(Some),
+            };
+            let reply = match result {
+                Ok(payload) => iq.result(payload),
+                Err(e) => iq.error(&e),
+            };
+            this.answer(reply).await;
+            drop(permit);
+        });
+    }
+
+    async fn publish(&self, iq: &Iq, request: &PublishRequest) -> Result<(), StanzaError> {
+        let from = Jid::parse(&iq.from).map_err(|_| StanzaError::bad_request("invalid from"))?;
+        let reg = self
+            .store
+            .find(&request.node)
+            .await
+            .map_err(|e| {
+                error!(error = %e, "registration lookup failed");
+                StanzaError::internal_server_error("storage unavailable")
+            })?
+            .ok_or_else(StanzaError::item_not_found)?;
+        push::authorize(request, &from, &reg)?;
+        self.dispatcher.dispatch(&reg, &request.notification).await
+    }
+
+    async fn command(&self, iq: &Iq, cmd: &CommandRequest) -> Result<Element, StanzaError> {
+        let from = Jid::parse(&iq.from).map_err(|_| StanzaError::bad_request("invalid from"))?;
+        conversations::execute(cmd, &from, &self.domain, self.dispatcher.backends(), &self.store)
+            .await
+    }
+
+    async fn answer(&self, reply: Element) {
+        self.outbound.send(&reply).await;
+    }
+
+    /// The registration command names this instance offers: one per app,
+    /// plus the provider's name where exactly one app uses that provider
+    /// (Conversations asks for `register-push-fcm`).
+    fn command_names(&self) -> Vec<String> {
+        let backends = self.dispatcher.backends();
+        let mut names: Vec<String> = backends.apps().iter().map(|a| a.to_string()).collect();
+        for app in backends.apps() {
+            if let Some(b) = backends.get(app) {
+                let provider = b.provider().to_ascii_lowercase();
+                if !names.contains(&provider) && backends.resolve(&provider).is_ok() {
+                    names.push(provider);
+                }
+            }
+        }
+        names
+    }
+
+    fn command_items(&self) -> Vec<DiscoItem> {
+        let mut items = Vec::new();
+        for name in self.command_names() {
+            for (prefix, what) in [
+                (conversations::REGISTER_PREFIX, "Register a device"),
+                (conversations::UNREGISTER_PREFIX, "Unregister a device"),
+            ] {
+                items.push(DiscoItem {
+                    jid: self.domain.clone(),
+                    node: Some(format!("{prefix}{name}")),
+                    name: Some(format!("{what} ({name})")),
+                });
+            }
+        }
+        items
+    }
+
+    fn disco_info(&self, node: Option<&str>) -> Option<DiscoInfo> {
+        match node {
+            None => Some(DiscoInfo {
+                node: None,
+                identities: vec![Identity {
+                    category: "pubsub",
+                    kind: "push",
+                    name: "Nudge push notifications".into(),
+                }],
+                features: vec![
+                    ns::DISCO_INFO,
+                    ns::DISCO_ITEMS,
+                    ns::COMMANDS,
+                    ns::PUSH,
+                    ns::PING,
+                ],
+            }),
+            Some(ns::COMMANDS) => Some(DiscoInfo {
+                node: Some(ns::COMMANDS.into()),
+                identities: vec![Identity {
+                    category: "automation",
+                    kind: "command-list",
+                    name: "Registration commands".into(),
+                }],
+                features: vec![ns::DISCO_INFO, ns::DISCO_ITEMS],
+            }),
+            Some(n) if self.command_items().iter().any(|i| i.node.as_deref() == Some(n)) => {
+                Some(DiscoInfo {
+                    node: Some(n.into()),
+                    identities: vec![Identity {
+                        category: "automation",
+                        kind: "command-node",
+                        name: n.into(),
+                    }],
+                    features: vec![ns::COMMANDS, ns::DATA_FORMS],
+                })
+            }
+            Some(_) => None,
+        }
+    }
+}
+
+/// Work that runs in its own task.
+enum Job {
+    Publish(PublishRequest),
+    Command(CommandRequest),
+}
+
+impl StanzaHandler for Service {
+    async fn handle(self: &Arc<Self>, stanza: Element) {
+        self.route(stanza).await
+    }
+
+    async fn drained(&self) {
+        // Holding every permit means no job is running.
+        if let Ok(all) = self.in_flight.acquire_many(self.max_in_flight).await {
+            drop(all);
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! The registration store: which device a pubsub node wakes, and with which
+//! secret. SQLite (one file, the zero-set-up default) or PostgreSQL (for
+//! several instances), through sqlx; a read-through cache in front keeps the
+//! publish path off the database for nodes in use.
+//!
+//! The secret is stored as it was handed out, not hashed: Conversations
+//! registers again on every start and expects the same node *and* secret
+//! back (its server still holds them from `<enable/>`), which a hash could
+//! not give. The secret only lets a server wake a device; the token stored
+//! beside it is the more sensitive value either way.
+//!
+//! Both databases run the same SQL (`$N` placeholders work in both); each has
+//! its own migrations folder for where the dialects will differ.
+
+mod cache;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{FromRow, Row};
+
+use cache::RegistrationCache;
+
+/// A device registered with the App Server.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct Registration {
+    pub node: String,
+    pub secret: Option<String>,
+    pub owner: String,
+    pub domain: String,
+    pub device_id: String,
+    pub muc: String,
+    pub app: String,
+    pub token: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Registration {
+    /// The device as the push backends see it.
+    pub fn device(&self) -> nudge_plugins::Device {
+        nudge_plugins::Device {
+            token: self.token.clone(),
+            app: self.app.clone(),
+            account: Some(self.owner.clone()),
+            device_id: (!self.device_id.is_empty()).then(|| self.device_id.clone()),
+            muc: (!self.muc.is_empty()).then(|| self.muc.clone()),
+        }
+    }
+}
+
+/// What a client asks to register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRegistration {
+    /// Bare JID of the account.
+    pub owner: String,
+    pub device_id: String,
+    /// Bare room JID, or '' for the account's own pushes.
+    pub muc: String,
+    pub app: String,
+    pub token: String,
+    /// Whether a publish-options secret is handed out with the node.
+    pub with_secret: bool,
+}
+
+/// Errors of the store; every one is a failure on our side, so publishes
+/// are answered with `wait` errors when one occurs.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("unsupported database URL {0:?}: use sqlite://… or postgres://…")]
+    UnsupportedUrl(String),
+}
+
+#[derive(Debug, Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs the same query body against whichever database is configured.
+macro_rules! on_pool {
+    ($pool:expr, |$p:ident| $body:expr) => {
+        match $pool {
+            Pool::Sqlite($p) => $body,
+            Pool::Postgres($p) => $body,
+        }
+    };
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// The registrations, with the cache in front.
+#[derive(Clone)]
+pub struct RegistrationStore {
+    pool: Pool,
+    cache: Arc<RegistrationCache>,
+}
+
+/// The columns of a [`Registration`], in its field order. A macro so that
+/// the queries stay `&'static str` (sqlx refuses unaudited dynamic SQL).
+macro_rules! columns {
+    () => {
+        "node, secret, owner, domain, device_id, muc, app, token, created_at, updated_at"
+    };
+}
+
+impl RegistrationStore {
+    /// Opens the database at `url` (`sqlite://path` or `postgres://…`);
+    /// a SQLite file and its directory are created when missing.
+    pub async fn open(url: &str, cache_capacity: usize) -> Result<Self, StoreError> {
+        let pool = if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            let file = path.split('?').next().unwrap_or(path);
+            if let Some(dir) = std::path::Path::new(file).parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5));
+            Pool::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(options)
+                    .await?,
+            )
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect(url)
+                    .await?,
+            )
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.into()));
+        };
+        Ok(RegistrationStore {
+            pool,
+            cache: Arc::new(RegistrationCache::new(cache_capacity)),
+        })
+    }
+
+    /// Applies the migrations that are not applied yet.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.pool {
+            Pool::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await?,
+            Pool::Postgres(p) => POSTGRES_MIGRATIONS.run(p).await?,
+        }
+        Ok(())
+    }
+
+    /// Which database this is, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Registers a device, or updates the token of an existing registration
+    /// of the same account, app, device and room: the node and secret stay
+    /// the same, so the user's server keeps working with what it has.
+    pub async fn register(&self, new: &NewRegistration) -> Result<Registration, StoreError> {
+        let now = now();
+        let node = random_id(16);
+        let secret = new.with_secret.then(|| random_id(18));
+        let domain = new
+            .owner
+            .rsplit_once('@')
+            .map_or(new.owner.as_str(), |(_, d)| d)
+            .to_owned();
+        let sql = concat!(
+            "INSERT INTO registrations (",
+            columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+             ON CONFLICT (owner, app, device_id, muc) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at \
+             RETURNING ",
+            columns!()
+        );
+        let reg: Registration = on_pool!(&self.pool, |p| {
+            sqlx::query_as(sql)
+                .bind(&node)
+                .bind(&secret)
+                .bind(&new.owner)
+                .bind(&domain)
+                .bind(&new.device_id)
+                .bind(&new.muc)
+                .bind(&new.app)
+                .bind(&new.token)
+                .bind(now)
+                .fetch_one(p)
+                .await?
+        });
+        // A re-registration may have changed the token of a cached node.
+        self.cache.remove(&reg.node);
+        Ok(reg)
+    }
+
+    /// The registration of a node, from the cache when it is there.
+    pub async fn find(&self, node: &str) -> Result<Option<Arc<Registration>>, StoreError> {
+        if let Some(hit) = self.cache.get(node) {
+            return Ok(Some(hit));
+        }
+        let sql = concat!("SELECT ", columns!(), " FROM registrations WHERE node = $1");
+        let found: Option<Registration> = on_pool!(&self.pool, |p| {
+            sqlx::query_as(sql).bind(node).fetch_optional(p).await?
+        });
+        Ok(found.map(|r| {
+            let r = Arc::new(r);
+            self.cache.insert(r.clone());
+            r
+        }))
+    }
+
+    /// Removes the registration of an account's device (and room); returns
+    /// the removed node, if there was one.
+    pub async fn unregister(
+        &self,
+        owner: &str,
+        app: &str,
+        device_id: &str,
+        muc: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let sql = "DELETE FROM registrations WHERE owner = $1 AND app = $2 AND device_id = $3 AND muc = $4 RETURNING node";
+        let node: Option<String> = on_pool!(&self.pool, |p| {
+            sqlx::query(sql)
+                .bind(owner)
+                .bind(app)
+                .bind(device_id)
+                .bind(muc)
+                .fetch_optional(p)
+                .await?
+                .map(|row| row.get::<String, _>(0))
+        });
+        if let Some(n) = &node {
+            self.cache.remove(n);
+        }
+        Ok(node)
+    }
+
+    /// Removes a registration whose token the provider declared dead, but
+    /// only if it still has that token: a device that registered a new
+    /// token meanwhile keeps its registration.
+    pub async fn remove_dead_token(&self, node: &str, token: &str) -> Result<bool, StoreError> {
+        let sql = "DELETE FROM registrations WHERE node = $1 AND token = $2";
+        let n = on_pool!(&self.pool, |p| {
+            sqlx::query(sql)
+                .bind(node)
+                .bind(token)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        self.cache.remove(node);
+        Ok(n > 0)
+    }
+
+    /// Removes a registration by node (operator's command).
+    pub async fn remove(&self, node: &str) -> Result<bool, StoreError> {
+        let sql = "DELETE FROM registrations WHERE node = $1";
+        let n = on_pool!(&self.pool, |p| {
+            sqlx::query(sql).bind(node).execute(p).await?.rows_affected()
+        });
+        self.cache.remove(node);
+        Ok(n > 0)
+    }
+
+    /// Registrations in node order, optionally only one account's.
+    pub async fn list(
+        &self,
+        owner: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Registration>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM registrations WHERE ($1 IS NULL OR owner = $1) ORDER BY owner, node LIMIT $2"
+        );
+        let rows: Vec<Registration> = on_pool!(&self.pool, |p| {
+            sqlx::query_as(sql)
+                .bind(owner)
+                .bind(limit)
+                .fetch_all(p)
+                .await?
+        });
+        Ok(rows)
+    }
+
+    /// Closes the pool (waits for connections to be returned).
+    pub async fn close(&self) {
+        on_pool!(&self.pool, |p| p.close().await)
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `bytes` random bytes as base64url: URL- and XML-safe, no padding.
+fn random_id(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_long_and_url_safe() {
+        let id = random_id(16);
+        assert_eq!(id.len(), 22);
+        assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert_ne!(random_id(16), random_id(16));
+    }
+}

@@ -1,0 +1,132 @@
+//! A small owned XML element: what one stanza is parsed into.
+//!
+//! Stanzas are small (capped by `max_stanza_size`) and short-lived, so a
+//! compact tree of owned strings is simpler and fast enough; the typed views
+//! (`Iq`, `PublishRequest`, data forms) read from it. Mixed content is not
+//! needed by any protocol we speak, so an element keeps its direct text as
+//! one string.
+
+use std::fmt::Write as _;
+
+use quick_xml::escape::escape;
+
+/// One XML element with its namespace resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Element {
+    /// Local name (`iq`, `pubsub`, …).
+    pub name: String,
+    /// Resolved namespace URI; empty when unbound.
+    pub ns: String,
+    /// Attributes other than namespace declarations, in document order.
+    /// Names keep their prefix (`xml:lang`).
+    pub attrs: Vec<(String, String)>,
+    /// Child elements in document order.
+    pub children: Vec<Element>,
+    /// The concatenated character data directly inside this element.
+    pub text: String,
+}
+
+impl Element {
+    /// A new element with no attributes or content.
+    pub fn new(name: impl Into<String>, ns: impl Into<String>) -> Self {
+        Element {
+            name: name.into(),
+            ns: ns.into(),
+            ..Element::default()
+        }
+    }
+
+    /// Builder: adds an attribute.
+    pub fn attr(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attrs.push((name.into(), value.into()));
+        self
+    }
+
+    /// Builder: adds a child.
+    pub fn child(mut self, child: Element) -> Self {
+        self.children.push(child);
+        self
+    }
+
+    /// Builder: sets the text content.
+    pub fn text(mut self, text: impl Into<String>) -> Self {
+        self.text = text.into();
+        self
+    }
+
+    /// Value of an attribute, if present.
+    pub fn get_attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether this element has this name and namespace.
+    pub fn is(&self, name: &str, ns: &str) -> bool {
+        self.name == name && self.ns == ns
+    }
+
+    /// First child with this name and namespace.
+    pub fn get_child(&self, name: &str, ns: &str) -> Option<&Element> {
+        self.children.iter().find(|c| c.is(name, ns))
+    }
+
+    /// All children with this name and namespace.
+    pub fn children_named<'a>(
+        &'a self,
+        name: &'a str,
+        ns: &'a str,
+    ) -> impl Iterator<Item = &'a Element> + 'a {
+        self.children.iter().filter(move |c| c.is(name, ns))
+    }
+
+    /// Serializes the element; `xmlns` is written where the namespace differs
+    /// from the parent's (`parent_ns`; the stream's default namespace for a
+    /// stanza).
+    pub fn write_to(&self, out: &mut String, parent_ns: &str) {
+        out.push('<');
+        out.push_str(&self.name);
+        if self.ns != parent_ns {
+            let _ = write!(out, " xmlns='{}'", escape(self.ns.as_str()));
+        }
+        for (k, v) in &self.attrs {
+            let _ = write!(out, " {}='{}'", k, escape(v.as_str()));
+        }
+        if self.children.is_empty() && self.text.is_empty() {
+            out.push_str("/>");
+            return;
+        }
+        out.push('>');
+        out.push_str(&escape(self.text.as_str()));
+        for c in &self.children {
+            c.write_to(out, &self.ns);
+        }
+        out.push_str("</");
+        out.push_str(&self.name);
+        out.push('>');
+    }
+
+    /// Serializes a stanza of the component stream.
+    pub fn to_stanza_string(&self) -> String {
+        let mut s = String::with_capacity(256);
+        self.write_to(&mut s, super::ns::COMPONENT);
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_with_namespaces_and_escaping() {
+        let e = Element::new("iq", crate::xmpp::ns::COMPONENT)
+            .attr("id", "a'<b")
+            .child(Element::new("query", "urn:x").child(Element::new("item", "urn:x").text("1 & 2")));
+        assert_eq!(
+            e.to_stanza_string(),
+            "<iq id='a&apos;&lt;b'><query xmlns='urn:x'><item>1 &amp; 2</item></query></iq>"
+        );
+    }
+}

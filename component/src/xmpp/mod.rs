@@ -1,0 +1,30 @@
+//! XMPP as an external component speaks it: the XEP-0114 stream, the
+//! streaming stanza reader, JIDs, stanza errors, data forms and disco.
+//! Nothing here knows about push.
+
+pub mod dataform;
+pub mod disco;
+pub mod element;
+pub mod jid;
+pub mod reader;
+pub mod stanza;
+pub mod stream;
+
+pub use element::Element;
+
+/// Namespaces used across the crate.
+pub mod ns {
+    pub const COMPONENT: &str = "jabber:component:accept";
+    pub const STREAM: &str = "http://etherx.jabber.org/streams";
+    pub const STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+    pub const STANZA_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+    pub const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+    pub const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+    pub const COMMANDS: &str = "http://jabber.org/protocol/commands";
+    pub const DATA_FORMS: &str = "jabber:x:data";
+    pub const PING: &str = "urn:xmpp:ping";
+    pub const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+    pub const PUSH: &str = "urn:xmpp:push:0";
+    pub const PUSH_SUMMARY: &str = "urn:xmpp:push:summary";
+    pub const PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
+}

@@ -1,0 +1,235 @@
+//! Typed views of the stanzas the component handles, and the stanza errors
+//! it answers with (RFC 6120 §8.3).
+
+use super::element::Element;
+use super::ns;
+
+/// `type` of an iq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IqType {
+    Get,
+    Set,
+    Result,
+    Error,
+}
+
+/// An iq addressed to the component.
+#[derive(Debug, Clone)]
+pub struct Iq {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub kind: IqType,
+    /// The payload child of a get/set (exactly one is required).
+    pub payload: Option<Element>,
+}
+
+/// Why an iq could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IqParseError {
+    #[error("iq without id")]
+    MissingId,
+    #[error("iq without from")]
+    MissingFrom,
+    #[error("iq with unknown type {0:?}")]
+    BadType(String),
+}
+
+impl Iq {
+    /// Reads an `<iq/>`; `None` when the element is not an iq.
+    pub fn from_element(mut el: Element) -> Option<Result<Iq, (IqParseError, Element)>> {
+        if !el.is("iq", ns::COMPONENT) {
+            return None;
+        }
+        let kind = match el.get_attr("type") {
+            Some("get") => IqType::Get,
+            Some("set") => IqType::Set,
+            Some("result") => IqType::Result,
+            Some("error") => IqType::Error,
+            other => {
+                let t = other.unwrap_or("").to_owned();
+                return Some(Err((IqParseError::BadType(t), el)));
+            }
+        };
+        let Some(id) = el.get_attr("id").map(str::to_owned) else {
+            return Some(Err((IqParseError::MissingId, el)));
+        };
+        let Some(from) = el.get_attr("from").map(str::to_owned) else {
+            return Some(Err((IqParseError::MissingFrom, el)));
+        };
+        let to = el.get_attr("to").unwrap_or("").to_owned();
+        let payload = if el.children.is_empty() {
+            None
+        } else {
+            Some(el.children.swap_remove(0))
+        };
+        Some(Ok(Iq {
+            id,
+            from,
+            to,
+            kind,
+            payload,
+        }))
+    }
+
+    /// An empty or payload-carrying `result` for this iq.
+    pub fn result(&self, payload: Option<Element>) -> Element {
+        let mut el = reply_base(&self.to, &self.from, &self.id, "result");
+        if let Some(p) = payload {
+            el.children.push(p);
+        }
+        el
+    }
+
+    /// An `error` reply for this iq.
+    pub fn error(&self, error: &StanzaError) -> Element {
+        reply_base(&self.to, &self.from, &self.id, "error").child(error.to_element())
+    }
+}
+
+/// The reply skeleton: from the address the request was sent to (so that a
+/// request to `push.example.org` is answered by `push.example.org`).
+fn reply_base(from: &str, to: &str, id: &str, kind: &str) -> Element {
+    let mut el = Element::new("iq", ns::COMPONENT).attr("type", kind).attr("id", id);
+    if !from.is_empty() {
+        el.attrs.push(("from".into(), from.into()));
+    }
+    el.attrs.push(("to".into(), to.into()));
+    el
+}
+
+/// The `type` of a stanza error: what the requester should do about it.
+/// It decides how the user's server treats our answer (`interop.md`): only
+/// `wait` is guaranteed never to disable push for the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorType {
+    Auth,
+    Cancel,
+    Modify,
+    Wait,
+}
+
+impl ErrorType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::Auth => "auth",
+            ErrorType::Cancel => "cancel",
+            ErrorType::Modify => "modify",
+            ErrorType::Wait => "wait",
+        }
+    }
+}
+
+/// A stanza error: type, defined condition and optional text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StanzaError {
+    pub kind: ErrorType,
+    pub condition: &'static str,
+    pub text: Option<String>,
+}
+
+impl StanzaError {
+    pub fn new(kind: ErrorType, condition: &'static str) -> Self {
+        StanzaError {
+            kind,
+            condition,
+            text: None,
+        }
+    }
+
+    pub fn with_text(mut self, text: impl Into<String>) -> Self {
+        self.text = Some(text.into());
+        self
+    }
+
+    pub fn bad_request(text: impl Into<String>) -> Self {
+        Self::new(ErrorType::Modify, "bad-request").with_text(text)
+    }
+
+    pub fn item_not_found() -> Self {
+        Self::new(ErrorType::Cancel, "item-not-found")
+    }
+
+    pub fn forbidden() -> Self {
+        Self::new(ErrorType::Auth, "forbidden")
+    }
+
+    pub fn service_unavailable() -> Self {
+        Self::new(ErrorType::Cancel, "service-unavailable")
+    }
+
+    pub fn feature_not_implemented() -> Self {
+        Self::new(ErrorType::Cancel, "feature-not-implemented")
+    }
+
+    /// A transient failure on our side or the provider's: `wait` keeps the
+    /// user's registration on every server.
+    pub fn resource_constraint(text: impl Into<String>) -> Self {
+        Self::new(ErrorType::Wait, "resource-constraint").with_text(text)
+    }
+
+    pub fn internal_server_error(text: impl Into<String>) -> Self {
+        Self::new(ErrorType::Wait, "internal-server-error").with_text(text)
+    }
+
+    pub fn remote_server_timeout(text: impl Into<String>) -> Self {
+        Self::new(ErrorType::Wait, "remote-server-timeout").with_text(text)
+    }
+
+    pub fn to_element(&self) -> Element {
+        let mut el = Element::new("error", ns::COMPONENT)
+            .attr("type", self.kind.as_str())
+            .child(Element::new(self.condition, ns::STANZA_ERRORS));
+        if let Some(t) = &self.text {
+            el.children
+                .push(Element::new("text", ns::STANZA_ERRORS).text(t.clone()));
+        }
+        el
+    }
+}
+
+/// A `<stream:error/>` received from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamError {
+    pub condition: String,
+    pub text: Option<String>,
+}
+
+impl StreamError {
+    pub fn from_element(el: &Element) -> Option<StreamError> {
+        if !el.is("error", ns::STREAM) {
+            return None;
+        }
+        let condition = el
+            .children
+            .iter()
+            .find(|c| c.ns == ns::STREAM_ERRORS && c.name != "text")
+            .map(|c| c.name.clone())
+            .unwrap_or_else(|| "undefined-condition".into());
+        let text = el
+            .get_child("text", ns::STREAM_ERRORS)
+            .map(|t| t.text.clone())
+            .filter(|t| !t.is_empty());
+        Some(StreamError { condition, text })
+    }
+}
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.text {
+            Some(t) => write!(f, "{} ({t})", self.condition),
+            None => f.write_str(&self.condition),
+        }
+    }
+}
+
+/// Serializes the stream error we send before closing.
+pub fn stream_error_xml(condition: &str, text: &str) -> String {
+    let mut s = String::from("<stream:error>");
+    Element::new(condition, ns::STREAM_ERRORS).write_to(&mut s, "");
+    Element::new("text", ns::STREAM_ERRORS)
+        .text(text)
+        .write_to(&mut s, "");
+    s.push_str("</stream:error></stream:stream>");
+    s
+}

@@ -1,0 +1,503 @@
+//! The XEP-0114 component stream: connect, handshake, keep the link alive,
+//! and reconnect when it drops.
+//!
+//! One [`Link`] lives as long as the service. Its outgoing queue outlives
+//! each TCP connection, so an answer computed while the link was down is
+//! sent on the next connection instead of being lost (Prosody still accepts
+//! a late answer to a publish). Per connection, a reader task parses stanzas
+//! and hands them to the [`StanzaHandler`]; the connection task writes the
+//! queue in batches (one socket write for every answer ready at that
+//! moment) and sends a whitespace keepalive when the link is idle.
+//!
+//! How it reacts to the server (see `interop.md`):
+//! - connection lost or closed: reconnect with capped exponential backoff
+//!   (100 ms doubling to `reconnect_max_delay`, 1 s by default), so the
+//!   component is back within a second or two of the server's return;
+//! - `not-authorized` / `host-unknown` (wrong secret or domain): a
+//!   configuration problem, retried slowly (5 s doubling to 5 min) with an
+//!   error in the log, never in a tight loop;
+//! - `conflict` "Component already connected" (Prosody, another instance
+//!   holds the domain): stand by, retrying every `standby_retry`, so this
+//!   instance takes over within a second when the other goes away;
+//! - `conflict` "Replaced by a new connection" (Prosody `kick_old`: a newer
+//!   instance took over on purpose): stop, never reconnect to kick it back.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha1::{Digest, Sha1};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, timeout};
+use tracing::{debug, error, info, warn};
+
+use super::element::Element;
+use super::ns;
+use super::reader::{ReadError, StanzaReader, StreamItem};
+use super::stanza::{StreamError, stream_error_xml};
+
+/// Settings of the component connection.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    /// The XMPP server's component port.
+    pub host: String,
+    pub port: u16,
+    /// The component's domain (`push.example.org`).
+    pub domain: String,
+    /// The shared secret of the component.
+    pub secret: String,
+    /// Largest stanza accepted from the server, in bytes.
+    pub max_stanza_size: usize,
+    /// Idle time after which a single space is sent.
+    pub keepalive: Duration,
+    /// Longest delay between reconnection attempts after a lost connection.
+    pub reconnect_max_delay: Duration,
+    /// How often a standby instance tries to take over the domain.
+    pub standby_retry: Duration,
+    /// How long to wait for the server's side of the handshake.
+    pub handshake_timeout: Duration,
+    /// How long a graceful stop waits for answers still being computed.
+    pub drain_timeout: Duration,
+}
+
+impl StreamConfig {
+    /// Defaults for everything but the addresses and the secret.
+    pub fn new(host: &str, port: u16, domain: &str, secret: &str) -> Self {
+        StreamConfig {
+            host: host.into(),
+            port,
+            domain: domain.into(),
+            secret: secret.into(),
+            max_stanza_size: 64 * 1024,
+            keepalive: Duration::from_secs(60),
+            reconnect_max_delay: Duration::from_secs(1),
+            standby_retry: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Receives the stanzas of the stream, in order.
+pub trait StanzaHandler: Send + Sync + 'static {
+    /// Handles one stanza. May wait (backpressure: the reader does not read
+    /// on meanwhile), but answers that take long should be computed in a
+    /// task of their own and sent through the [`Outbound`] queue.
+    fn handle(self: &Arc<Self>, stanza: Element) -> impl Future<Output = ()> + Send;
+
+    /// Resolves once every stanza handed over so far has been answered.
+    fn drained(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// The queue of stanzas to send; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    tx: mpsc::Sender<String>,
+}
+
+impl Outbound {
+    /// Queues a stanza, waiting while the queue is full.
+    pub async fn send(&self, stanza: &Element) {
+        // The receiver lives as long as the link; after a stop there is
+        // nobody left to answer, so a failed send is nothing to report.
+        let _ = self.tx.send(stanza.to_stanza_string()).await;
+    }
+}
+
+/// The state of the link, for health checks and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    Connecting,
+    Connected,
+    /// Another instance holds the component domain; waiting to take over.
+    Standby,
+    /// The server refused our credentials.
+    AuthFailed,
+    /// Stopped for good (shut down or replaced).
+    Stopped,
+}
+
+/// The component's connection to its XMPP server, across reconnects.
+pub struct Link {
+    config: StreamConfig,
+    rx: mpsc::Receiver<String>,
+    state: watch::Sender<LinkState>,
+}
+
+/// Why [`Link::run`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// The shutdown signal fired; in-flight stanzas were answered.
+    Shutdown,
+    /// A newer connection replaced this one (Prosody `kick_old`).
+    Replaced,
+}
+
+/// How one connection ended.
+#[derive(Debug)]
+enum SessionEnd {
+    Lost(String),
+    ServerError(StreamError),
+    Stopped(StopReason),
+}
+
+/// Size of the outgoing queue, in stanzas.
+const OUTBOUND_CAPACITY: usize = 8192;
+/// Largest batch written in one socket write.
+const MAX_BATCH: usize = 256 * 1024;
+
+impl Link {
+    /// Creates the link and the queue handlers answer through.
+    pub fn new(config: StreamConfig) -> (Link, Outbound, watch::Receiver<LinkState>) {
+        let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
+        let (state, state_rx) = watch::channel(LinkState::Connecting);
+        (Link { config, rx, state }, Outbound { tx }, state_rx)
+    }
+
+    /// Runs until `shutdown` turns true (then drains: every stanza already
+    /// read is answered before the stream is closed) or the connection is
+    /// replaced.
+    pub async fn run<H: StanzaHandler>(
+        mut self,
+        handler: Arc<H>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> StopReason {
+        let mut failures: u32 = 0;
+        let mut auth_failures: u32 = 0;
+        loop {
+            if *shutdown.borrow() {
+                self.state.send_replace(LinkState::Stopped);
+                return StopReason::Shutdown;
+            }
+            self.state.send_replace(LinkState::Connecting);
+            let (end, was_connected) = self.connect_and_serve(&handler, &mut shutdown).await;
+            if was_connected {
+                failures = 0;
+                auth_failures = 0;
+            }
+            let delay = match end {
+                SessionEnd::Stopped(reason) => {
+                    self.state.send_replace(LinkState::Stopped);
+                    return reason;
+                }
+                SessionEnd::Lost(why) => {
+                    let d = backoff(failures, self.config.reconnect_max_delay);
+                    failures = failures.saturating_add(1);
+                    warn!(server = %self.addr(), %why, retry_in = ?d, "component connection lost");
+                    d
+                }
+                SessionEnd::ServerError(e) => match e.condition.as_str() {
+                    "not-authorized" | "host-unknown" | "improper-addressing" => {
+                        let d = Duration::from_secs(5)
+                            .saturating_mul(1 << auth_failures.min(6))
+                            .min(Duration::from_secs(300));
+                        auth_failures = auth_failures.saturating_add(1);
+                        self.state.send_replace(LinkState::AuthFailed);
+                        error!(
+                            server = %self.addr(), domain = %self.config.domain, error = %e, retry_in = ?d,
+                            "the XMPP server refused the component: check component.domain and component.secret against the server's component configuration"
+                        );
+                        d
+                    }
+                    "conflict" if is_replaced(&e) => {
+                        info!(error = %e, "a newer connection replaced this one; stopping without reconnecting");
+                        self.state.send_replace(LinkState::Stopped);
+                        return StopReason::Replaced;
+                    }
+                    "conflict" => {
+                        if *self.state.borrow() != LinkState::Standby {
+                            info!(error = %e, "another instance holds the component domain; standing by");
+                        }
+                        self.state.send_replace(LinkState::Standby);
+                        self.config.standby_retry
+                    }
+                    _ => {
+                        let d = backoff(failures, self.config.reconnect_max_delay);
+                        failures = failures.saturating_add(1);
+                        warn!(error = %e, retry_in = ?d, "the XMPP server closed the component stream");
+                        d
+                    }
+                },
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("{}:{}", self.config.host, self.config.port)
+    }
+
+    /// One connection, from connect to close; also says whether the
+    /// handshake succeeded (which resets the backoff).
+    async fn connect_and_serve<H: StanzaHandler>(
+        &mut self,
+        handler: &Arc<H>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> (SessionEnd, bool) {
+        let connect = TcpStream::connect((self.config.host.as_str(), self.config.port));
+        let tcp = match timeout(self.config.handshake_timeout, connect).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return (SessionEnd::Lost(format!("connect: {e}")), false),
+            Err(_) => return (SessionEnd::Lost("connect: timed out".into()), false),
+        };
+        let _ = tcp.set_nodelay(true);
+        let (read, mut write) = tcp.into_split();
+        let mut reader = StanzaReader::new(read, self.config.max_stanza_size);
+        match timeout(
+            self.config.handshake_timeout,
+            handshake(&self.config, &mut reader, &mut write),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(end)) => return (end, false),
+            Err(_) => return (SessionEnd::Lost("handshake: timed out".into()), false),
+        }
+        info!(server = %self.addr(), domain = %self.config.domain, "component connected");
+        self.state.send_replace(LinkState::Connected);
+        (self.serve(handler, reader, write, shutdown).await, true)
+    }
+
+    /// The connected part of a session: reader task plus batched writer.
+    async fn serve<H: StanzaHandler>(
+        &mut self,
+        handler: &Arc<H>,
+        reader: StanzaReader<OwnedReadHalf>,
+        mut write: OwnedWriteHalf,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
+        let (stop_reading, stop_rx) = watch::channel(false);
+        let mut reading = tokio::spawn(read_loop(reader, handler.clone(), stop_rx));
+        let mut batch = String::with_capacity(16 * 1024);
+        let mut last_write = Instant::now();
+        let mut draining = false;
+        // Armed when a stop begins; far in the future until then.
+        let drain_deadline = tokio::time::sleep_until(Instant::now() + Duration::from_secs(86400 * 365));
+        tokio::pin!(drain_deadline);
+        let drained = handler.drained();
+        tokio::pin!(drained);
+        let mut reader_done: Option<SessionEnd> = None;
+
+        loop {
+            let keepalive_at = last_write + self.config.keepalive;
+            tokio::select! {
+                biased;
+                msg = self.rx.recv() => {
+                    let Some(first) = msg else {
+                        return SessionEnd::Stopped(StopReason::Shutdown);
+                    };
+                    batch.clear();
+                    batch.push_str(&first);
+                    while batch.len() < MAX_BATCH {
+                        match self.rx.try_recv() {
+                            Ok(more) => batch.push_str(&more),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = write.write_all(batch.as_bytes()).await {
+                        reading.abort();
+                        return SessionEnd::Lost(format!("write: {e}"));
+                    }
+                    last_write = Instant::now();
+                }
+                end = &mut reading, if reader_done.is_none() => {
+                    let end = match end {
+                        Ok(ReadOutcome::Error(e)) => {
+                            if let Some(cond) = e.stream_condition() {
+                                warn!(error = %e, "closing the stream: {cond}");
+                                let _ = write.write_all(stream_error_xml(cond, &e.to_string()).as_bytes()).await;
+                            }
+                            SessionEnd::Lost(e.to_string())
+                        }
+                        Ok(ReadOutcome::StreamError(e)) => SessionEnd::ServerError(e),
+                        Ok(ReadOutcome::Stopped) => SessionEnd::Stopped(StopReason::Shutdown),
+                        Err(e) => SessionEnd::Lost(format!("reader task: {e}")),
+                    };
+                    if draining {
+                        // Keep writing answers until drained, then close.
+                        reader_done = Some(end);
+                    } else {
+                        let _ = write.shutdown().await;
+                        return end;
+                    }
+                }
+                _ = tokio::time::sleep_until(keepalive_at), if !draining => {
+                    if let Err(e) = write.write_all(b" ").await {
+                        reading.abort();
+                        return SessionEnd::Lost(format!("keepalive: {e}"));
+                    }
+                    last_write = Instant::now();
+                }
+                _ = shutdown.changed(), if !draining => {
+                    if *shutdown.borrow() {
+                        info!("stopping: answering the stanzas already read, then closing the stream");
+                        draining = true;
+                        let _ = stop_reading.send(true);
+                        drain_deadline.as_mut().reset(Instant::now() + self.config.drain_timeout);
+                    }
+                }
+                _ = &mut drained, if draining && reader_done.is_some() => {
+                    // Everything read has been answered: flush and close.
+                    batch.clear();
+                    while let Ok(more) = self.rx.try_recv() {
+                        batch.push_str(&more);
+                    }
+                    batch.push_str("</stream:stream>");
+                    let _ = write.write_all(batch.as_bytes()).await;
+                    let _ = write.shutdown().await;
+                    return SessionEnd::Stopped(StopReason::Shutdown);
+                }
+                _ = &mut drain_deadline, if draining => {
+                    warn!("drain timed out; closing with answers still pending");
+                    let _ = write.write_all(b"</stream:stream>").await;
+                    let _ = write.shutdown().await;
+                    reading.abort();
+                    return SessionEnd::Stopped(StopReason::Shutdown);
+                }
+            }
+        }
+    }
+}
+
+/// How the reader task ended.
+#[derive(Debug)]
+enum ReadOutcome {
+    Error(ReadError),
+    StreamError(StreamError),
+    Stopped,
+}
+
+async fn read_loop<H: StanzaHandler>(
+    mut reader: StanzaReader<OwnedReadHalf>,
+    handler: Arc<H>,
+    mut stop: watch::Receiver<bool>,
+) -> ReadOutcome {
+    loop {
+        let item = tokio::select! {
+            biased;
+            _ = stop.changed() => return ReadOutcome::Stopped,
+            item = reader.next() => item,
+        };
+        match item {
+            Ok(StreamItem::Stanza(el)) => {
+                if let Some(e) = StreamError::from_element(&el) {
+                    return ReadOutcome::StreamError(e);
+                }
+                handler.handle(el).await;
+            }
+            Ok(StreamItem::Keepalive) => {}
+            Ok(StreamItem::Header(_)) => {
+                return ReadOutcome::Error(ReadError::NotWellFormed(
+                    "second stream header".into(),
+                ));
+            }
+            Err(e) => return ReadOutcome::Error(e),
+        }
+    }
+}
+
+/// Opens the stream and authenticates (XEP-0114 §3).
+async fn handshake(
+    config: &StreamConfig,
+    reader: &mut StanzaReader<OwnedReadHalf>,
+    write: &mut OwnedWriteHalf,
+) -> Result<(), SessionEnd> {
+    let header = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' to='{}'>",
+        ns::COMPONENT,
+        ns::STREAM,
+        quick_xml::escape::escape(config.domain.as_str())
+    );
+    write
+        .write_all(header.as_bytes())
+        .await
+        .map_err(|e| SessionEnd::Lost(format!("write: {e}")))?;
+    let id = loop {
+        match reader.next().await {
+            Ok(StreamItem::Header(attrs)) => {
+                match attrs.into_iter().find(|(k, _)| k == "id").map(|(_, v)| v) {
+                    Some(id) => break id,
+                    None => return Err(SessionEnd::Lost("stream header without id".into())),
+                }
+            }
+            Ok(StreamItem::Keepalive) => continue,
+            Ok(StreamItem::Stanza(el)) => return Err(unexpected(el)),
+            Err(e) => return Err(SessionEnd::Lost(format!("stream header: {e}"))),
+        }
+    };
+    let digest = hex::encode(Sha1::digest(format!("{id}{}", config.secret).as_bytes()));
+    write
+        .write_all(format!("<handshake>{digest}</handshake>").as_bytes())
+        .await
+        .map_err(|e| SessionEnd::Lost(format!("write: {e}")))?;
+    loop {
+        match reader.next().await {
+            Ok(StreamItem::Stanza(el)) if el.is("handshake", ns::COMPONENT) => return Ok(()),
+            Ok(StreamItem::Keepalive) => continue,
+            Ok(StreamItem::Stanza(el)) => return Err(unexpected(el)),
+            Ok(StreamItem::Header(_)) => {
+                return Err(SessionEnd::Lost("second stream header".into()));
+            }
+            Err(e) => return Err(SessionEnd::Lost(format!("handshake: {e}"))),
+        }
+    }
+}
+
+fn unexpected(el: Element) -> SessionEnd {
+    match StreamError::from_element(&el) {
+        Some(e) => SessionEnd::ServerError(e),
+        None => {
+            debug!(?el, "unexpected element during handshake");
+            SessionEnd::Lost(format!("unexpected <{}> during handshake", el.name))
+        }
+    }
+}
+
+/// Prosody's text when `component_conflict_resolve = "kick_old"` lets a new
+/// connection take over.
+fn is_replaced(e: &StreamError) -> bool {
+    e.text
+        .as_deref()
+        .is_some_and(|t| t.to_ascii_lowercase().contains("replaced"))
+}
+
+/// 100 ms doubling per failure, capped.
+fn backoff(failures: u32, max: Duration) -> Duration {
+    Duration::from_millis(100)
+        .saturating_mul(1u32 << failures.min(16))
+        .min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped() {
+        let max = Duration::from_secs(1);
+        assert_eq!(backoff(0, max), Duration::from_millis(100));
+        assert_eq!(backoff(2, max), Duration::from_millis(400));
+        assert_eq!(backoff(10, max), max);
+        assert_eq!(backoff(u32::MAX, max), max);
+    }
+
+    #[test]
+    fn replaced_is_told_apart_from_already_connected() {
+        let replaced = StreamError {
+            condition: "conflict".into(),
+            text: Some("Replaced by a new connection".into()),
+        };
+        let taken = StreamError {
+            condition: "conflict".into(),
+            text: Some("Component already connected".into()),
+        };
+        assert!(is_replaced(&replaced));
+        assert!(!is_replaced(&taken));
+    }
+}

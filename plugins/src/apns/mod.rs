@@ -1,0 +1,543 @@
+//! The Apple Push Notification service backend.
+//!
+//! One [`ApnsBackend`] per configured app: its topic (bundle id), its
+//! credentials (a .p8 signing key or a TLS client certificate), its
+//! endpoint. It keeps one long-lived HTTP/2 connection to that endpoint (or
+//! `connections` of them) and sends every push as a stream on it, with the
+//! provider token ([`jwt`]) reused for up to an hour. `a2` is not used: its
+//! endpoint is hard-coded and its root store fixed, so it could be pointed
+//! at neither a mock nor a proxy.
+//!
+//! - [`jwt`]: the ES256 provider token and its cache.
+//! - [`payload`]: alert, background or VoIP payload for a notification.
+//! - [`response`]: what APNs' answer means for the registration.
+
+pub mod jwt;
+pub mod payload;
+pub(crate) mod response;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::HeaderValue;
+use serde::Deserialize;
+
+use crate::clock::{Clock, SystemClock};
+use crate::http::{self, ClientIdentity, Http2Clients, SetupError};
+use crate::{
+    BoxFuture, Device, InvalidTokenFormat, Notification, Outcome, PushBackend, check_token_chars,
+};
+use jwt::{JwtError, ProviderToken, SigningKey};
+use payload::PayloadSettings;
+use response::Verdict;
+
+/// APNs production endpoint.
+pub const PRODUCTION_URL: &str = "https://api.push.apple.com";
+/// APNs sandbox (development builds) endpoint.
+pub const SANDBOX_URL: &str = "https://api.sandbox.push.apple.com";
+
+/// One APNs app, as read from its `[apps.NAME]` table (`provider = "apns"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsConfig {
+    /// The app's bundle id, sent as `apns-topic` (with `.voip` appended when
+    /// `voip` is set).
+    pub topic: String,
+    /// `"production"` (default), `"sandbox"`, or a base URL (a mock, a
+    /// proxy).
+    #[serde(default)]
+    pub endpoint: ApnsEndpoint,
+    /// Token-based authentication (a .p8 key). Exactly one of `token` and
+    /// `certificate` must be given.
+    #[serde(default)]
+    pub token: Option<ApnsTokenAuth>,
+    /// Certificate-based authentication (PEM certificate and key).
+    #[serde(default)]
+    pub certificate: Option<ApnsCertificateAuth>,
+    /// Send every push as a PushKit VoIP push (topic `<topic>.voip`).
+    #[serde(default)]
+    pub voip: bool,
+    /// Forward `last-message-sender` (alert title and `sender` key).
+    #[serde(default)]
+    pub include_sender: bool,
+    /// Forward `last-message-body` as the alert body.
+    #[serde(default)]
+    pub include_body: bool,
+    /// Alert text when the body is not forwarded.
+    #[serde(default = "default_alert_body")]
+    pub alert_body: String,
+    /// `aps.sound` of alerts; `""` for silent alerts.
+    #[serde(default = "default_sound")]
+    pub sound: String,
+    /// How long APNs keeps a push for an offline device, in seconds; sent as
+    /// the absolute time `apns-expiration` = now + `ttl_secs`. Absent: the
+    /// header is left out and APNs applies its own storage policy.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// `apns-collapse-id` (at most 64 bytes): newer pushes replace older
+    /// undelivered ones.
+    #[serde(default)]
+    pub collapse_id: Option<String>,
+    /// HTTP/2 connections to open to the endpoint (1 to 16).
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+    /// Timeout of one request, in seconds.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// A PEM file of extra CA certificates to trust besides the system's
+    /// (a test server, a TLS-intercepting proxy).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Token-based APNs authentication.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsTokenAuth {
+    /// The .p8 signing key downloaded from Apple (PKCS#8 PEM).
+    pub key_path: PathBuf,
+    /// Its 10-character key id.
+    pub key_id: String,
+    /// The 10-character team id.
+    pub team_id: String,
+    /// Age in seconds at which the provider token is replaced (1200 to
+    /// 3600; default 3000).
+    #[serde(default = "default_refresh_secs")]
+    pub refresh_secs: u64,
+}
+
+/// Certificate-based APNs authentication.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsCertificateAuth {
+    /// PEM file with the certificate (and its chain).
+    pub cert_path: PathBuf,
+    /// PEM file with the private key; defaults to `cert_path`, since
+    /// `openssl pkcs12 -nodes` writes both into one file.
+    #[serde(default)]
+    pub key_path: Option<PathBuf>,
+}
+
+/// Where pushes go.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(from = "String")]
+pub enum ApnsEndpoint {
+    #[default]
+    Production,
+    Sandbox,
+    /// Any base URL; pushes go to `{url}/3/device/{token}`.
+    Url(String),
+}
+
+impl From<String> for ApnsEndpoint {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "production" => ApnsEndpoint::Production,
+            "sandbox" | "development" => ApnsEndpoint::Sandbox,
+            _ => ApnsEndpoint::Url(s),
+        }
+    }
+}
+
+impl ApnsEndpoint {
+    /// The base URL.
+    pub fn url(&self) -> &str {
+        match self {
+            ApnsEndpoint::Production => PRODUCTION_URL,
+            ApnsEndpoint::Sandbox => SANDBOX_URL,
+            ApnsEndpoint::Url(url) => url,
+        }
+    }
+}
+
+fn default_alert_body() -> String {
+    "New message".into()
+}
+fn default_sound() -> String {
+    "default".into()
+}
+fn default_connections() -> usize {
+    1
+}
+fn default_timeout_secs() -> u64 {
+    10
+}
+fn default_refresh_secs() -> u64 {
+    50 * 60
+}
+
+/// The most connections one app may ask for: APNs serves ~1000 streams on
+/// each, so a handful is plenty.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// Why an APNs backend could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ApnsError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
+}
+
+/// Checks an APNs device token: hexadecimal, an even number of digits,
+/// 64 (today's 32-byte tokens) to 200 (Apple's stated 100-byte maximum).
+pub fn validate_apns_token(token: &str) -> Result<(), InvalidTokenFormat> {
+    check_token_chars(token)?;
+    if !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(InvalidTokenFormat("APNs tokens are hexadecimal".into()));
+    }
+    if token.len() % 2 != 0 || !(64..=200).contains(&token.len()) {
+        return Err(InvalidTokenFormat(format!(
+            "APNs tokens have 64 to 200 hex digits, an even number; got {}",
+            token.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The APNs backend of one app. Cheap to clone; clones share the
+/// connections and the provider token.
+#[derive(Clone, Debug)]
+pub struct ApnsBackend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    app: String,
+    /// `{base}/3/device/`: the token is appended.
+    device_url: String,
+    topic: HeaderValue,
+    collapse_id: Option<HeaderValue>,
+    ttl: Option<u64>,
+    payload: PayloadSettings,
+    /// `None` with certificate authentication.
+    provider_token: Option<ProviderToken>,
+    http: Http2Clients,
+    clock: Arc<dyn Clock>,
+}
+
+impl ApnsBackend {
+    /// Builds the backend of app `app`: reads its key or certificate, sets
+    /// up TLS. Connections open with the first push.
+    pub fn new(app: &str, config: &ApnsConfig) -> Result<Self, ApnsError> {
+        Self::with_clock(app, config, Arc::new(SystemClock))
+    }
+
+    /// [`ApnsBackend::new`] with a clock of the caller's (tests move it to
+    /// age the provider token).
+    pub fn with_clock(
+        app: &str,
+        config: &ApnsConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ApnsError> {
+        let bad = |msg: String| ApnsError::Config(msg);
+        if config.topic.is_empty() || !config.topic.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad(format!("invalid topic {:?}", config.topic)));
+        }
+        let topic = if config.voip {
+            format!("{}.voip", config.topic)
+        } else {
+            config.topic.clone()
+        };
+        let topic = HeaderValue::from_str(&topic).map_err(|e| bad(format!("topic: {e}")))?;
+        let collapse_id = match &config.collapse_id {
+            Some(id) if id.is_empty() || id.len() > 64 => {
+                return Err(bad("collapse_id must have 1 to 64 bytes".into()));
+            }
+            Some(id) => {
+                Some(HeaderValue::from_str(id).map_err(|e| bad(format!("collapse_id: {e}")))?)
+            }
+            None => None,
+        };
+        if !(1..=MAX_CONNECTIONS).contains(&config.connections) {
+            return Err(bad(format!("connections must be 1 to {MAX_CONNECTIONS}")));
+        }
+        if config.timeout_secs == 0 {
+            return Err(bad("timeout_secs must be at least 1".into()));
+        }
+
+        let (provider_token, identity) = match (&config.token, &config.certificate) {
+            (Some(token), None) => {
+                let refresh = Duration::from_secs(token.refresh_secs);
+                if !(jwt::MIN_REFRESH..=jwt::MAX_REFRESH).contains(&refresh) {
+                    return Err(bad(format!(
+                        "token.refresh_secs must be {} to {} (APNs refuses tokens older \
+                         than an hour and replacements more often than every 20 minutes)",
+                        jwt::MIN_REFRESH.as_secs(),
+                        jwt::MAX_REFRESH.as_secs()
+                    )));
+                }
+                if token.key_id.is_empty() || token.team_id.is_empty() {
+                    return Err(bad("token.key_id and token.team_id are required".into()));
+                }
+                let pem = http::read_file(&token.key_path)?;
+                let key = SigningKey::from_pem(&pem, &token.key_id, &token.team_id)?;
+                // Sign once now, so that a key that cannot sign fails at
+                // start-up rather than on the first push.
+                key.sign(clock.unix_secs())?;
+                (Some(ProviderToken::new(key, refresh, clock.clone())), None)
+            }
+            (None, Some(cert)) => {
+                let key_path = cert.key_path.as_ref().unwrap_or(&cert.cert_path);
+                let identity = ClientIdentity::from_pem_files(&cert.cert_path, key_path)?;
+                (None, Some(identity))
+            }
+            _ => {
+                return Err(bad(
+                    "exactly one of [token] and [certificate] must be configured".into(),
+                ));
+            }
+        };
+
+        let base = http::base_url(config.endpoint.url())?;
+        let tls = http::tls_config(config.ca_file.as_deref(), identity)?;
+        let http = Http2Clients::new(
+            tls,
+            config.connections,
+            Duration::from_secs(config.timeout_secs),
+        )?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                app: app.to_owned(),
+                device_url: format!("{base}/3/device/"),
+                topic,
+                collapse_id,
+                ttl: config.ttl_secs,
+                payload: PayloadSettings {
+                    voip: config.voip,
+                    include_sender: config.include_sender,
+                    include_body: config.include_body,
+                    alert_body: config.alert_body.clone(),
+                    sound: config.sound.clone(),
+                },
+                provider_token,
+                http,
+                clock,
+            }),
+        })
+    }
+
+    /// Sends one push and reports what APNs made of it.
+    pub async fn push(&self, device: &Device, notification: &Notification) -> Outcome {
+        let outcome = self.inner.push(device, notification).await;
+        let app = &self.inner.app;
+        match &outcome {
+            Outcome::Delivered => {}
+            Outcome::InvalidToken { reason } => {
+                tracing::info!(app, %reason, "APNs: device token is dead");
+            }
+            Outcome::Rejected { reason } => {
+                tracing::warn!(app, %reason, "APNs rejected a push");
+            }
+            Outcome::Throttled { retry_after } => {
+                tracing::debug!(app, ?retry_after, "APNs: throttled");
+            }
+            Outcome::Transient { reason, .. } => {
+                tracing::debug!(app, %reason, "APNs: transient failure");
+            }
+        }
+        outcome
+    }
+}
+
+impl Inner {
+    async fn push(&self, device: &Device, notification: &Notification) -> Outcome {
+        // The token goes into the URL path: anything but hex digits can
+        // never be a valid token (APNs would answer BadDeviceToken), and
+        // must not reach the path.
+        let token = &device.token;
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Outcome::InvalidToken {
+                reason: "not a hexadecimal APNs token".into(),
+            };
+        }
+        let payload = match payload::build(&self.payload, notification) {
+            Ok(payload) => payload,
+            Err(e) => {
+                return Outcome::Rejected {
+                    reason: e.to_string(),
+                };
+            }
+        };
+        let url = format!("{}{token}", self.device_url);
+        let body = Bytes::from(payload.body);
+        let mut refreshed = false;
+        loop {
+            let jwt = match self.provider_token.as_ref().map(ProviderToken::current) {
+                None => None,
+                Some(Ok(jwt)) => Some(jwt),
+                Some(Err(e)) => {
+                    return Outcome::Rejected {
+                        reason: e.to_string(),
+                    };
+                }
+            };
+            let mut request = self
+                .http
+                .next()
+                .post(&url)
+                .header("apns-topic", self.topic.clone())
+                .header("apns-push-type", payload.push_type.header())
+                .header("apns-priority", payload.push_type.priority().to_string())
+                .body(body.clone());
+            if let Some(jwt) = &jwt {
+                request = request.header("authorization", format!("bearer {jwt}"));
+            }
+            if let Some(ttl) = self.ttl {
+                // An absolute UNIX time, computed per push.
+                let expiration = self.clock.unix_secs().saturating_add(ttl);
+                request = request.header("apns-expiration", expiration.to_string());
+            }
+            if let Some(id) = &self.collapse_id {
+                request = request.header("apns-collapse-id", id.clone());
+            }
+
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(e) => {
+                    // hyper drops a broken connection from its pool, so
+                    // the next push reconnects.
+                    return Outcome::Transient {
+                        reason: http::describe_transport_error(&e),
+                        retry_after: None,
+                    };
+                }
+            };
+            let status = response.status().as_u16();
+            if status == 200 {
+                return Outcome::Delivered;
+            }
+            let retry_after = http::retry_after(response.headers(), self.clock.now());
+            let answer = http::body_capped(response, 4096).await;
+            match response::classify(status, retry_after, &answer) {
+                Verdict::Done(outcome) => return outcome,
+                Verdict::RefreshProviderToken => match (&self.provider_token, jwt, refreshed) {
+                    (Some(tokens), Some(jwt), false) => {
+                        tracing::info!(app = %self.app, "APNs: provider token expired; signing a new one");
+                        tokens.invalidate(&jwt);
+                        refreshed = true;
+                    }
+                    _ => {
+                        return Outcome::Rejected {
+                            reason: "403 ExpiredProviderToken with a fresh provider token \
+                                     (is the clock right?)"
+                                .into(),
+                        };
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl PushBackend for ApnsBackend {
+    fn provider(&self) -> &str {
+        "apns"
+    }
+
+    fn validate_token(&self, token: &str) -> Result<(), InvalidTokenFormat> {
+        validate_apns_token(token)
+    }
+
+    fn send<'a>(
+        &'a self,
+        device: &'a Device,
+        notification: &'a Notification,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(self.push(device, notification))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> Result<ApnsConfig, toml::de::Error> {
+        toml::from_str(toml_text)
+    }
+
+    #[test]
+    fn token_format() {
+        let good = "a1".repeat(32);
+        assert!(validate_apns_token(&good).is_ok());
+        assert!(validate_apns_token(&good.to_uppercase()).is_ok());
+        assert!(validate_apns_token(&"ab".repeat(100)).is_ok());
+        assert!(validate_apns_token("").is_err());
+        assert!(validate_apns_token(&"ab".repeat(31)).is_err(), "too short");
+        assert!(validate_apns_token(&"ab".repeat(101)).is_err(), "too long");
+        assert!(validate_apns_token(&format!("{good}a")).is_err(), "odd");
+        assert!(validate_apns_token(&format!("{}zz", "ab".repeat(31))).is_err());
+        assert!(validate_apns_token(&format!("{}/../x", "ab".repeat(32))).is_err());
+    }
+
+    #[test]
+    fn minimal_config_and_defaults() {
+        let c = parse(
+            r#"
+            topic = "im.example.app"
+            token = { key_path = "/etc/nudge/AuthKey.p8", key_id = "ABC123DEFG", team_id = "TEAM123456" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.endpoint, ApnsEndpoint::Production);
+        assert_eq!(c.endpoint.url(), PRODUCTION_URL);
+        assert_eq!(c.token.as_ref().unwrap().refresh_secs, 3000);
+        assert!(!c.voip && !c.include_body && !c.include_sender);
+        assert_eq!(c.alert_body, "New message");
+        assert_eq!(c.sound, "default");
+        assert_eq!(c.connections, 1);
+        assert_eq!(c.timeout_secs, 10);
+        assert_eq!(c.ttl_secs, None);
+    }
+
+    #[test]
+    fn endpoints_and_unknown_keys() {
+        let c = parse("topic = \"a\"\nendpoint = \"sandbox\"").unwrap();
+        assert_eq!(c.endpoint.url(), SANDBOX_URL);
+        let c = parse("topic = \"a\"\nendpoint = \"https://127.0.0.1:9/\"").unwrap();
+        assert_eq!(c.endpoint, ApnsEndpoint::Url("https://127.0.0.1:9/".into()));
+        assert!(parse("topic = \"a\"\ntopics = \"b\"").is_err());
+        assert!(parse("topic = \"a\"\n[token]\nkey_path = \"k\"\nkey_id = \"i\"\nteam_id = \"t\"\nkid = \"x\"").is_err());
+    }
+
+    #[test]
+    fn build_refuses_bad_configs() {
+        let dir = std::env::temp_dir().join(format!("nudge-apns-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key.p8");
+        std::fs::write(&key, jwt::tests::test_p8()).unwrap();
+        let base = format!(
+            "topic = \"im.example.app\"\n[token]\nkey_path = {:?}\nkey_id = \"K\"\nteam_id = \"T\"\n",
+            key.display().to_string()
+        );
+        assert!(ApnsBackend::new("ok", &parse(&base).unwrap()).is_ok());
+        for (extra_top, extra_token, why) in [
+            ("", "refresh_secs = 600\n", "refresh too young"),
+            ("", "refresh_secs = 7200\n", "refresh too old"),
+            ("connections = 0\n", "", "no connection"),
+            ("collapse_id = \"\"\n", "", "empty collapse id"),
+            ("timeout_secs = 0\n", "", "zero timeout"),
+            ("endpoint = \"ftp://x\"\n", "", "bad endpoint"),
+        ] {
+            let text = format!("{extra_top}{base}{extra_token}");
+            let config = parse(&text).unwrap();
+            assert!(ApnsBackend::new("bad", &config).is_err(), "{why}");
+        }
+        let neither = parse("topic = \"a\"").unwrap();
+        assert!(ApnsBackend::new("bad", &neither).is_err());
+        let both = parse(&format!(
+            "{base}[certificate]\ncert_path = \"/nonexistent\"\n"
+        ))
+        .unwrap();
+        assert!(ApnsBackend::new("bad", &both).is_err());
+        let missing = parse(&base.replace("key.p8", "missing.p8")).unwrap();
+        let err = ApnsBackend::new("bad", &missing).unwrap_err().to_string();
+        assert!(err.contains("missing.p8"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -190,7 +190,7 @@ pub fn validate_apns_token(token: &str) -> Result<(), InvalidTokenFormat> {
     if !token.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(InvalidTokenFormat("APNs tokens are hexadecimal".into()));
     }
-    if token.len() % 2 != 0 || !(64..=200).contains(&token.len()) {
+    if !token.len().is_multiple_of(2) || !(64..=200).contains(&token.len()) {
         return Err(InvalidTokenFormat(format!(
             "APNs tokens have 64 to 200 hex digits, an even number; got {}",
             token.len()

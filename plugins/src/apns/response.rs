@@ -36,7 +36,13 @@ pub(crate) fn reason(body: &[u8]) -> Option<String> {
 /// verdict.
 pub(crate) fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Verdict {
     let reason = reason(body);
-    let said = |default: &str| reason.clone().unwrap_or_else(|| default.to_owned());
+    // APNs' reason, else the start of whatever else answered (a proxy's
+    // page), else a default.
+    let said = |default: &str| match (&reason, body.is_empty()) {
+        (Some(r), _) => r.clone(),
+        (None, false) => crate::http::excerpt(body),
+        (None, true) => default.to_owned(),
+    };
     let outcome = match (status, reason.as_deref()) {
         (200, _) => Outcome::Delivered,
         (410, _) => Outcome::InvalidToken {
@@ -132,7 +138,7 @@ mod tests {
         assert_eq!(
             classify(503, delay, b"<html>"),
             Verdict::Done(Outcome::Transient {
-                reason: "503 server error".into(),
+                reason: "503 <html>".into(),
                 retry_after: delay
             })
         );

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::PushBackend;
 use crate::apns::{ApnsBackend, ApnsConfig};
+use crate::fcm::{FcmBackend, FcmConfig};
 
 /// One app's backend settings; `provider` selects the variant.
 #[derive(Debug, Clone, Deserialize)]
@@ -16,6 +17,8 @@ use crate::apns::{ApnsBackend, ApnsConfig};
 pub enum ProviderConfig {
     /// Apple Push Notification service (`provider = "apns"`).
     Apns(ApnsConfig),
+    /// Firebase Cloud Messaging HTTP v1 (`provider = "fcm"`).
+    Fcm(FcmConfig),
 }
 
 /// Why a backend could not be built from its configuration.
@@ -37,6 +40,9 @@ pub async fn build_backend(
     };
     match config {
         ProviderConfig::Apns(c) => ApnsBackend::new(app, c)
+            .map(|b| Arc::new(b) as Arc<dyn PushBackend>)
+            .map_err(|e| fail(e.to_string())),
+        ProviderConfig::Fcm(c) => FcmBackend::new(app, c)
             .map(|b| Arc::new(b) as Arc<dyn PushBackend>)
             .map_err(|e| fail(e.to_string())),
     }

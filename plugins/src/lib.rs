@@ -16,6 +16,8 @@
 pub mod apns;
 pub mod clock;
 mod config;
+pub mod fcm;
+mod fit;
 mod http;
 pub use config::{BackendConfigError, ProviderConfig, build_backend};
 pub use http::SetupError;

@@ -75,9 +75,8 @@ pub(crate) struct PayloadTooLarge {
 }
 
 /// Builds the payload for `n`. A forwarded body that does not fit is cut
-/// (on a character boundary, marked with `…`) rather than losing the push:
-/// the phone must still wake, and its extension fetches the full message
-/// anyway. Only a payload too large without any body is refused.
+/// to fit ([`crate::fit`]); only a payload too large without any body is
+/// refused.
 pub(crate) fn build(
     settings: &PayloadSettings,
     n: &Notification,
@@ -102,70 +101,22 @@ pub(crate) fn build(
         .as_deref()
         .filter(|_| settings.include_body);
 
-    let fits = |kept: usize| -> Result<Vec<u8>, usize> {
-        let cut = body.map(|b| truncate(b, kept));
-        let json = render(settings, push_type, n, sender, cut.as_deref());
+    let rendered = crate::fit::longest_fitting(body, |body| {
+        let json = render(settings, push_type, n, sender, body);
         if json.len() <= limit {
             Ok(json)
         } else {
             Err(json.len())
         }
-    };
-    let too_large = |size| PayloadTooLarge {
-        size,
-        limit,
-        push_type: push_type.header(),
-    };
-    let full = body.map_or(0, str::len);
-    match fits(full) {
-        Ok(json) => {
-            return Ok(ApnsPayload {
-                push_type,
-                body: json,
-            });
-        }
-        Err(size) if body.is_none() => return Err(too_large(size)),
-        Err(_) => {}
+    });
+    match rendered {
+        Ok(body) => Ok(ApnsPayload { push_type, body }),
+        Err(size) => Err(PayloadTooLarge {
+            size,
+            limit,
+            push_type: push_type.header(),
+        }),
     }
-    // Escaping makes payload size grow unevenly with the body (a quote
-    // costs two bytes, a control character six), so search for the longest
-    // cut that fits: a dozen renders of a few KiB, and only for huge bodies.
-    let (mut lo, mut hi) = (0, full);
-    let mut best = match fits(0) {
-        Ok(json) => json,
-        Err(size) => return Err(too_large(size)),
-    };
-    while lo < hi {
-        let mid = lo + (hi - lo).div_ceil(2);
-        match fits(mid) {
-            Ok(json) => {
-                best = json;
-                lo = mid;
-            }
-            Err(_) => hi = mid - 1,
-        }
-    }
-    Ok(ApnsPayload {
-        push_type,
-        body: best,
-    })
-}
-
-/// `s` cut to at most `max` bytes on a character boundary, with `…` when
-/// anything was cut.
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let ellipsis = '…';
-    let budget = max.saturating_sub(ellipsis.len_utf8());
-    let mut end = budget;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut out = s[..end].to_owned();
-    out.push(ellipsis);
-    out
 }
 
 fn render(
@@ -359,13 +310,5 @@ mod tests {
         let err = build(&s, &n).unwrap_err();
         assert_eq!(err.limit, MAX_PAYLOAD);
         assert!(err.size > MAX_PAYLOAD);
-    }
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("hello", 10), "hello");
-        assert_eq!(truncate("hello", 4), "h…");
-        assert_eq!(truncate("ééé", 5), "é…");
-        assert_eq!(truncate("abc", 0), "…");
     }
 }

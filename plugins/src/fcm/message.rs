@@ -1,0 +1,267 @@
+//! The FCM v1 message for one notification.
+//!
+//! A data message (no `notification` block: the app decides what to show)
+//! that the real Conversations app can act on. Conversations reads
+//! `data.account` = `hex(sha1(bare_jid + "\0" + device_id))` to know which
+//! account to wake, and `data.channel` (the same hash over the room JID) for
+//! a MUC registration; the summary fields follow, sender and body only when
+//! the XMPP server sent them and the app's configuration allows it.
+//! `android.priority` is `high` for important notifications: data messages
+//! at normal priority do not wake a phone in Doze.
+
+use serde_json::{Map, Value};
+use sha1::{Digest, Sha1};
+
+use crate::{Device, Notification};
+
+/// FCM's limit on a message's payload.
+pub const MAX_DATA: usize = 4096;
+
+/// The per-app choices that shape a message.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MessageSettings {
+    pub include_sender: bool,
+    pub include_body: bool,
+    pub ttl_secs: Option<u64>,
+    pub collapse_key: Option<String>,
+}
+
+/// Why no message could be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("FCM data payload of {size} bytes exceeds the {MAX_DATA}-byte limit")]
+pub(crate) struct MessageTooLarge {
+    pub size: usize,
+}
+
+/// Conversations' account (or channel) key: `hex(sha1(jid + "\0" + device_id))`.
+pub fn conversations_hash(jid: &str, device_id: &str) -> String {
+    let mut sha = Sha1::new();
+    sha.update(jid.as_bytes());
+    sha.update([0u8]);
+    sha.update(device_id.as_bytes());
+    hex::encode(sha.finalize())
+}
+
+/// The `priority` of important and other notifications.
+pub(crate) fn priority(n: &Notification) -> &'static str {
+    if n.is_important() { "high" } else { "normal" }
+}
+
+/// Builds the request body `{"message": {...}}`. The size limit applies to
+/// the `data` object as serialised; a forwarded body that does not fit is
+/// cut ([`crate::fit`]).
+pub(crate) fn build(
+    settings: &MessageSettings,
+    device: &Device,
+    n: &Notification,
+) -> Result<Vec<u8>, MessageTooLarge> {
+    let body = n
+        .last_message_body
+        .as_deref()
+        .filter(|_| settings.include_body);
+    let data = crate::fit::longest_fitting(body, |body| {
+        let data = data(settings, device, n, body);
+        if data.len() <= MAX_DATA {
+            Ok(data)
+        } else {
+            Err(data.len())
+        }
+    })
+    .map_err(|size| MessageTooLarge { size })?;
+
+    let mut android = Map::new();
+    android.insert("priority".into(), priority(n).into());
+    if let Some(ttl) = settings.ttl_secs {
+        // A protobuf Duration in JSON: seconds with an `s` suffix.
+        android.insert("ttl".into(), format!("{ttl}s").into());
+    }
+    if let Some(key) = &settings.collapse_key {
+        android.insert("collapse_key".into(), key.as_str().into());
+    }
+    // The measured `data` bytes go into the request as they are.
+    let mut message = Vec::with_capacity(data.len() + device.token.len() + 128);
+    message.extend_from_slice(b"{\"message\":{\"token\":");
+    message.extend_from_slice(Value::from(device.token.as_str()).to_string().as_bytes());
+    message.extend_from_slice(b",\"data\":");
+    message.extend_from_slice(&data);
+    message.extend_from_slice(b",\"android\":");
+    message.extend_from_slice(Value::Object(android).to_string().as_bytes());
+    message.extend_from_slice(b"}}");
+    Ok(message)
+}
+
+/// The `data` map (FCM wants string values only), serialised.
+fn data(
+    settings: &MessageSettings,
+    device: &Device,
+    n: &Notification,
+    body: Option<&str>,
+) -> Vec<u8> {
+    let mut data = Map::new();
+    if let (Some(account), Some(device_id)) = (&device.account, &device.device_id) {
+        data.insert(
+            "account".into(),
+            conversations_hash(account, device_id).into(),
+        );
+        if let Some(muc) = &device.muc {
+            data.insert("channel".into(), conversations_hash(muc, device_id).into());
+        }
+    }
+    if let Some(count) = n.message_count {
+        data.insert("message-count".into(), count.to_string().into());
+    }
+    if let Some(sender) = n
+        .last_message_sender
+        .as_deref()
+        .filter(|_| settings.include_sender)
+    {
+        data.insert("last-message-sender".into(), sender.into());
+    }
+    if let Some(body) = body {
+        data.insert("last-message-body".into(), body.into());
+    }
+    Value::Object(data).to_string().into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn device() -> Device {
+        Device {
+            token: "fcm-token-1".into(),
+            app: "conversations".into(),
+            account: Some("romeo@montague.example".into()),
+            device_id: Some("a1b2c3d4e5f60718".into()),
+            muc: None,
+        }
+    }
+
+    fn important() -> Notification {
+        Notification {
+            message_count: Some(1),
+            last_message_sender: Some("juliet@capulet.example/balcony".into()),
+            last_message_body: Some("Wherefore art thou?".into()),
+            fields: vec![],
+        }
+    }
+
+    fn parse(bytes: &[u8]) -> Value {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    #[test]
+    fn account_hash_is_conversations() {
+        // sha1("romeo@montague.example\0a1b2c3d4e5f60718"), computed
+        // independently with `printf 'romeo@montague.example\0a1b2c3d4e5f60718' | sha1sum`.
+        assert_eq!(
+            conversations_hash("romeo@montague.example", "a1b2c3d4e5f60718"),
+            "352b12a7c47ff7efa7477904b4ae6fb4286866bf"
+        );
+    }
+
+    #[test]
+    fn important_message_is_high_priority_without_private_data_by_default() {
+        let v = parse(&build(&MessageSettings::default(), &device(), &important()).unwrap());
+        assert_eq!(
+            v,
+            json!({"message": {
+                "token": "fcm-token-1",
+                "data": {
+                    "account": conversations_hash("romeo@montague.example", "a1b2c3d4e5f60718"),
+                    "message-count": "1",
+                },
+                "android": {"priority": "high"},
+            }})
+        );
+    }
+
+    #[test]
+    fn unimportant_is_normal_priority() {
+        let v = parse(
+            &build(
+                &MessageSettings::default(),
+                &device(),
+                &Notification::default(),
+            )
+            .unwrap(),
+        );
+        assert_eq!(v["message"]["android"]["priority"], "normal");
+        assert!(
+            v["message"].get("notification").is_none(),
+            "data message only"
+        );
+    }
+
+    #[test]
+    fn options_sender_body_channel() {
+        let settings = MessageSettings {
+            include_sender: true,
+            include_body: true,
+            ttl_secs: Some(86400),
+            collapse_key: Some("xmpp".into()),
+        };
+        let mut d = device();
+        d.muc = Some("garden@chat.capulet.example".into());
+        let v = parse(&build(&settings, &d, &important()).unwrap());
+        let m = &v["message"];
+        assert_eq!(
+            m["android"],
+            json!({"priority": "high", "ttl": "86400s", "collapse_key": "xmpp"})
+        );
+        assert_eq!(
+            m["data"]["last-message-sender"],
+            "juliet@capulet.example/balcony"
+        );
+        assert_eq!(m["data"]["last-message-body"], "Wherefore art thou?");
+        assert_eq!(
+            m["data"]["channel"],
+            conversations_hash("garden@chat.capulet.example", "a1b2c3d4e5f60718")
+        );
+        // Every data value is a string.
+        assert!(
+            m["data"]
+                .as_object()
+                .unwrap()
+                .values()
+                .all(Value::is_string)
+        );
+    }
+
+    #[test]
+    fn without_account_or_device_id_there_is_no_account_key() {
+        let mut d = device();
+        d.device_id = None;
+        let v = parse(&build(&MessageSettings::default(), &d, &important()).unwrap());
+        assert!(v["message"]["data"].get("account").is_none());
+    }
+
+    #[test]
+    fn size_is_checked() {
+        let settings = MessageSettings {
+            include_sender: true,
+            include_body: true,
+            ..Default::default()
+        };
+        let mut n = important();
+        n.last_message_body = Some("\"".repeat(10_000));
+        let v = parse(&build(&settings, &device(), &n).unwrap());
+        let data = v["message"]["data"].to_string();
+        assert!(
+            data.len() <= MAX_DATA && data.len() > MAX_DATA - 16,
+            "{}",
+            data.len()
+        );
+        assert!(
+            v["message"]["data"]["last-message-body"]
+                .as_str()
+                .unwrap()
+                .ends_with('…')
+        );
+
+        n.last_message_sender = Some("x".repeat(5000));
+        let err = build(&settings, &device(), &n).unwrap_err();
+        assert!(err.size > MAX_DATA);
+    }
+}

@@ -290,3 +290,53 @@ fn element_from_start(start: &BytesStart<'_>, ns: String) -> Result<Element, Rea
         text: String::new(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn items(input: &str, max: usize) -> Vec<Result<StreamItem, ReadError>> {
+        let mut r = StanzaReader::new(input.as_bytes(), max);
+        let mut out = Vec::new();
+        loop {
+            let item = r.next().await;
+            let stop = item.is_err();
+            out.push(item);
+            if stop {
+                return out;
+            }
+        }
+    }
+
+    const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='1'>";
+
+    #[tokio::test]
+    async fn reads_header_stanzas_and_keepalives() {
+        let input = format!("{HEADER} <iq id='a'><q xmlns='x'>t&amp;&#65;</q></iq>  <handshake/></stream:stream>");
+        let got = items(&input, 4096).await;
+        assert!(matches!(got[0], Ok(StreamItem::Header(_))), "{got:?}");
+        assert!(matches!(got[1], Ok(StreamItem::Keepalive)), "{got:?}");
+        match &got[2] {
+            Ok(StreamItem::Stanza(el)) => {
+                assert!(el.is("iq", crate::xmpp::ns::COMPONENT));
+                assert_eq!(el.children[0].ns, "x");
+                assert_eq!(el.children[0].text, "t&A");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(got[3], Ok(StreamItem::Keepalive)), "{got:?}");
+        assert!(matches!(got[4], Ok(StreamItem::Stanza(_))), "{got:?}");
+        assert!(matches!(got[5], Err(ReadError::Closed)), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn size_cap_counts_each_stanza_separately() {
+        let stanza = format!("<message><body>{}</body></message>", "x".repeat(3000));
+        let input = format!("{HEADER}{}", stanza.repeat(20));
+        let got = items(&input, 4096).await;
+        assert_eq!(got.iter().filter(|i| matches!(i, Ok(StreamItem::Stanza(_)))).count(), 20);
+        let input = format!("{HEADER}<message><body>{}</body></message>", "x".repeat(5000));
+        let got = items(&input, 4096).await;
+        assert!(matches!(got.last(), Some(Err(ReadError::TooLarge { .. }))), "{got:?}");
+    }
+}

@@ -90,6 +90,8 @@ impl FakeServer {
 pub struct ServerConn {
     reader: StanzaReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
+    /// Whitespace keepalives seen from the component so far.
+    pub keepalives: usize,
 }
 
 impl ServerConn {
@@ -98,6 +100,7 @@ impl ServerConn {
         ServerConn {
             reader: StanzaReader::new(r, 1 << 20),
             writer: w,
+            keepalives: 0,
         }
     }
 
@@ -119,18 +122,19 @@ impl ServerConn {
         loop {
             match self.next_item().await {
                 Some(Ok(StreamItem::Stanza(el))) => return el,
-                Some(Ok(StreamItem::Keepalive)) => continue,
+                Some(Ok(StreamItem::Keepalive)) => self.keepalives += 1,
                 other => panic!("expected a stanza from the component, got {other:?}"),
             }
         }
     }
 
-    /// The next stanza within `limit`, or `None` if nothing came.
+    /// The next stanza within `limit`, or `None` if nothing came. A read
+    /// cut off by the limit may lose a keepalive that was being read.
     pub async fn recv_within(&mut self, limit: Duration) -> Option<Element> {
         loop {
             match tokio::time::timeout(limit, self.reader.next()).await {
                 Ok(Ok(StreamItem::Stanza(el))) => return Some(el),
-                Ok(Ok(StreamItem::Keepalive)) => continue,
+                Ok(Ok(StreamItem::Keepalive)) => self.keepalives += 1,
                 Ok(other) => panic!("unexpected from the component: {other:?}"),
                 Err(_) => return None,
             }

@@ -28,7 +28,10 @@ pub enum StartError {
 pub async fn build_backends(config: &Config) -> Result<Backends, StartError> {
     let mut backends = Backends::new();
     for (app, provider) in &config.apps {
-        backends.insert(app.clone(), nudge_plugins::build_backend(app, provider).await?);
+        backends.insert(
+            app.clone(),
+            nudge_plugins::build_backend(app, provider).await?,
+        );
     }
     Ok(backends)
 }

@@ -217,7 +217,10 @@ impl Config {
             .map(|j| j.local().is_some() || j.resource().is_some())
             .unwrap_or(true)
         {
-            return bad("component.domain", "must be a domain such as push.example.org");
+            return bad(
+                "component.domain",
+                "must be a domain such as push.example.org",
+            );
         }
         if self.component.secret.is_empty() {
             return bad("component.secret", "must not be empty");
@@ -236,11 +239,14 @@ impl Config {
         }
         for name in self.apps.keys() {
             if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.')
+                || !name.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.'
+                })
             {
-                return bad("apps", "app names use lower-case letters, digits, '-', '_', '.'");
+                return bad(
+                    "apps",
+                    "app names use lower-case letters, digits, '-', '_', '.'",
+                );
             }
         }
         Ok(())
@@ -276,7 +282,8 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_defaults() {
-        let c = Config::from_toml("[component]\ndomain = 'push.example.org'\nsecret = 's'\n").unwrap();
+        let c =
+            Config::from_toml("[component]\ndomain = 'push.example.org'\nsecret = 's'\n").unwrap();
         assert_eq!(c.component.port, 5347);
         assert_eq!(c.component.max_stanza_size, 65536);
         assert_eq!(c.database_url(), "sqlite://data/nudge.db");
@@ -284,9 +291,11 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = Config::from_toml("[component]\ndomain = 'push.example.org'\nsecret = 's'\nport = 'x'\n")
-            .unwrap_err()
-            .to_string();
+        let e = Config::from_toml(
+            "[component]\ndomain = 'push.example.org'\nsecret = 's'\nport = 'x'\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("component.port") || e.contains("port"), "{e}");
         let e = Config::from_toml("[component]\ndomain = 'a@b'\nsecret = 's'\n")
             .unwrap_err()

@@ -104,11 +104,15 @@ impl Dispatcher {
             ));
         };
         let device = reg.device();
-        let outcome = match tokio::time::timeout(self.timeout, backend.send(&device, notification)).await {
+        let outcome = match tokio::time::timeout(self.timeout, backend.send(&device, notification))
+            .await
+        {
             Ok(outcome) => outcome,
             Err(_) => {
                 warn!(node = %reg.node, app = %reg.app, timeout = ?self.timeout, "push timed out");
-                return Err(StanzaError::remote_server_timeout("push provider timed out"));
+                return Err(StanzaError::remote_server_timeout(
+                    "push provider timed out",
+                ));
             }
         };
         debug!(node = %reg.node, app = %reg.app, outcome = outcome.kind(), "push sent");
@@ -117,7 +121,10 @@ impl Dispatcher {
             Outcome::InvalidToken { reason } => {
                 info!(node = %reg.node, app = %reg.app, %reason, "provider says the token is dead; removing the registration");
                 match self.store.remove_dead_token(&reg.node, &reg.token).await {
-                    Ok(_) => Err(StanzaError::item_not_found().with_text("device token is no longer valid")),
+                    Ok(_) => {
+                        Err(StanzaError::item_not_found()
+                            .with_text("device token is no longer valid"))
+                    }
                     Err(e) => {
                         // Not removed: answer `wait`, the next push retries
                         // the removal rather than leaving a half state.
@@ -130,13 +137,20 @@ impl Dispatcher {
                 warn!(node = %reg.node, app = %reg.app, ?retry_after, "provider throttled the push");
                 Err(StanzaError::resource_constraint("push provider throttled"))
             }
-            Outcome::Transient { reason, retry_after } => {
+            Outcome::Transient {
+                reason,
+                retry_after,
+            } => {
                 warn!(node = %reg.node, app = %reg.app, %reason, ?retry_after, "push failed for now");
-                Err(StanzaError::resource_constraint("push provider unavailable"))
+                Err(StanzaError::resource_constraint(
+                    "push provider unavailable",
+                ))
             }
             Outcome::Rejected { reason } => {
                 error!(node = %reg.node, app = %reg.app, %reason, "provider rejected the push request");
-                Err(StanzaError::internal_server_error("push provider rejected the request"))
+                Err(StanzaError::internal_server_error(
+                    "push provider rejected the request",
+                ))
             }
         }
     }

@@ -10,10 +10,20 @@ use nudge::store::RegistrationStore;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "nudge", version, about = "XEP-0357 push App Server (XEP-0114 component)")]
+#[command(
+    name = "nudge",
+    version,
+    about = "XEP-0357 push App Server (XEP-0114 component)"
+)]
 struct Cli {
     /// Configuration file (TOML); every key can be overridden by NUDGE_<SECTION>__<KEY>.
-    #[arg(short, long, env = "NUDGE_CONFIG", default_value = "nudge.toml", global = true)]
+    #[arg(
+        short,
+        long,
+        env = "NUDGE_CONFIG",
+        default_value = "nudge.toml",
+        global = true
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -61,8 +71,14 @@ fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("nudge: cannot start the runtime: {e}");
@@ -107,11 +123,16 @@ async fn execute(command: Command, config: Config) -> Result<(), BoxError> {
             match command {
                 RegistrationsCommand::List { owner, limit } => {
                     for r in store.list(owner.as_deref(), limit).await? {
-                        println!("{}\t{}\t{}\t{}\t{}", r.node, r.owner, r.app, r.device_id, r.muc);
+                        println!(
+                            "{}\t{}\t{}\t{}\t{}",
+                            r.node, r.owner, r.app, r.device_id, r.muc
+                        );
                     }
                 }
                 RegistrationsCommand::Show { node } => match store.find(&node).await? {
-                    Some(r) => println!("{}", serde_json::to_string_pretty(&registration_json(&r))?),
+                    Some(r) => {
+                        println!("{}", serde_json::to_string_pretty(&registration_json(&r))?)
+                    }
                     None => return Err(format!("no registration with node {node}").into()),
                 },
                 RegistrationsCommand::Remove { node } => {

@@ -70,8 +70,10 @@ impl Service {
                         kind: IqType::Get,
                         payload: None,
                     };
-                    self.answer(iq.error(&StanzaError::bad_request(format!("unknown iq type {t:?}"))))
-                        .await;
+                    self.answer(
+                        iq.error(&StanzaError::bad_request(format!("unknown iq type {t:?}"))),
+                    )
+                    .await;
                 }
                 return;
             }
@@ -121,7 +123,10 @@ impl Service {
                     self.answer(iq.error(&StanzaError::bad_request(e.to_string())))
                         .await
                 }
-                None => self.answer(iq.error(&StanzaError::feature_not_implemented())).await,
+                None => {
+                    self.answer(iq.error(&StanzaError::feature_not_implemented()))
+                        .await
+                }
             },
             (IqType::Set, "command", ns::COMMANDS) => match CommandRequest::from_element(payload) {
                 Ok(cmd) if conversations::handles(&cmd.node) => {
@@ -130,7 +135,10 @@ impl Service {
                 Ok(_) => self.answer(iq.error(&StanzaError::item_not_found())).await,
                 Err(e) => self.answer(iq.error(&StanzaError::bad_request(e))).await,
             },
-            _ => self.answer(iq.error(&StanzaError::service_unavailable())).await,
+            _ => {
+                self.answer(iq.error(&StanzaError::service_unavailable()))
+                    .await
+            }
         }
     }
 
@@ -171,8 +179,14 @@ impl Service {
 
     async fn command(&self, iq: &Iq, cmd: &CommandRequest) -> Result<Element, StanzaError> {
         let from = Jid::parse(&iq.from).map_err(|_| StanzaError::bad_request("invalid from"))?;
-        conversations::execute(cmd, &from, &self.domain, self.dispatcher.backends(), &self.store)
-            .await
+        conversations::execute(
+            cmd,
+            &from,
+            &self.domain,
+            self.dispatcher.backends(),
+            &self.store,
+        )
+        .await
     }
 
     async fn answer(&self, reply: Element) {
@@ -239,7 +253,12 @@ impl Service {
                 }],
                 features: vec![ns::DISCO_INFO, ns::DISCO_ITEMS],
             }),
-            Some(n) if self.command_items().iter().any(|i| i.node.as_deref() == Some(n)) => {
+            Some(n)
+                if self
+                    .command_items()
+                    .iter()
+                    .any(|i| i.node.as_deref() == Some(n)) =>
+            {
                 Some(DiscoInfo {
                     node: Some(n.into()),
                     identities: vec![Identity {

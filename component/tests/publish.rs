@@ -30,7 +30,13 @@ async fn publish_is_delivered_and_acknowledged(kind: DbKind) {
     assert!(secret.len() >= 22, "secret has at least 128 bits");
     let answer = h
         .conn
-        .request(&publish_iq("p1", "localhost", &node, Some(&secret), "Hello"))
+        .request(&publish_iq(
+            "p1",
+            "localhost",
+            &node,
+            Some(&secret),
+            "Hello",
+        ))
         .await;
     assert_eq!(answer_kind(&answer), ("result".into(), String::new()));
     assert_eq!(answer.get_attr("to"), Some("localhost"));
@@ -52,9 +58,18 @@ async fn unknown_node_is_item_not_found(kind: DbKind) {
     let mut h = Harness::start(kind).await;
     let answer = h
         .conn
-        .request(&publish_iq("p1", "localhost", "nosuchnode", Some("x"), "Hi"))
+        .request(&publish_iq(
+            "p1",
+            "localhost",
+            "nosuchnode",
+            Some("x"),
+            "Hi",
+        ))
         .await;
-    assert_eq!(answer_kind(&answer), ("cancel".into(), "item-not-found".into()));
+    assert_eq!(
+        answer_kind(&answer),
+        ("cancel".into(), "item-not-found".into())
+    );
     assert!(h.backend.sent().is_empty());
     h.finish().await;
 }
@@ -81,9 +96,18 @@ async fn publish_from_another_domain_is_item_not_found(kind: DbKind) {
     let (node, secret) = h.register("alice@localhost", "dev1", "tok").await;
     let answer = h
         .conn
-        .request(&publish_iq("p1", "evil.example", &node, Some(&secret), "Hi"))
+        .request(&publish_iq(
+            "p1",
+            "evil.example",
+            &node,
+            Some(&secret),
+            "Hi",
+        ))
         .await;
-    assert_eq!(answer_kind(&answer), ("cancel".into(), "item-not-found".into()));
+    assert_eq!(
+        answer_kind(&answer),
+        ("cancel".into(), "item-not-found".into())
+    );
     assert!(h.backend.sent().is_empty());
     h.finish().await;
 }
@@ -108,7 +132,12 @@ async fn prosody_fixtures_tell_important_from_silent(kind: DbKind) {
     let (node, secret) = h.register("alice@localhost", "dev1", "tok").await;
     for (file, important, body, sender) in [
         ("prosody-publish-silent.xml", false, None, None),
-        ("prosody-publish-important.xml", true, Some("New Message!"), None),
+        (
+            "prosody-publish-important.xml",
+            true,
+            Some("New Message!"),
+            None,
+        ),
         (
             "prosody-publish-body-sender.xml",
             true,
@@ -137,11 +166,19 @@ async fn ejabberd_fixture_with_summary_is_important(kind: DbKind) {
         .await;
     assert_eq!(answer_kind(&answer).0, "result");
     // ejabberd's id is echoed verbatim, '+' and '=' included.
-    assert!(answer.get_attr("id").unwrap().starts_with("rr-1795682657499-"));
+    assert!(
+        answer
+            .get_attr("id")
+            .unwrap()
+            .starts_with("rr-1795682657499-")
+    );
     let (_, n) = h.backend.sent().pop().unwrap();
     assert!(n.is_important());
     assert_eq!(n.last_message_body.as_deref(), Some("Hello offline alice"));
-    assert_eq!(n.last_message_sender.as_deref(), Some("bob@localhost/phone"));
+    assert_eq!(
+        n.last_message_sender.as_deref(),
+        Some("bob@localhost/phone")
+    );
     h.finish().await;
 }
 
@@ -187,13 +224,18 @@ async fn unregister_then_publish_is_item_not_found(kind: DbKind) {
         <field var='android-id'><value>dev1</value></field></x></command></iq>";
     let a = h.conn.request(unreg).await;
     assert_eq!(answer_kind(&a).0, "result");
-    let cmd = a.get_child("command", "http://jabber.org/protocol/commands").unwrap();
+    let cmd = a
+        .get_child("command", "http://jabber.org/protocol/commands")
+        .unwrap();
     assert_eq!(cmd.get_attr("status"), Some("completed"));
     let gone = h
         .conn
         .request(&publish_iq("p2", "localhost", &node, Some(&secret), "2"))
         .await;
-    assert_eq!(answer_kind(&gone), ("cancel".into(), "item-not-found".into()));
+    assert_eq!(
+        answer_kind(&gone),
+        ("cancel".into(), "item-not-found".into())
+    );
     h.finish().await;
 }
 
@@ -210,8 +252,15 @@ async fn dead_token_removes_registration(kind: DbKind) {
         .conn
         .request(&publish_iq("p2", "localhost", &node, Some(&secret), "2"))
         .await;
-    assert_eq!(answer_kind(&again), ("cancel".into(), "item-not-found".into()));
-    assert_eq!(h.backend.sent().len(), 1, "no push to a removed registration");
+    assert_eq!(
+        answer_kind(&again),
+        ("cancel".into(), "item-not-found".into())
+    );
+    assert_eq!(
+        h.backend.sent().len(),
+        1,
+        "no push to a removed registration"
+    );
     h.finish().await;
 }
 
@@ -229,10 +278,23 @@ async fn transient_failures_answer_wait_and_keep_registration(kind: DbKind) {
         let (node, secret) = h.register("alice@localhost", &format!("d{i}"), token).await;
         let a = h
             .conn
-            .request(&publish_iq(&format!("p{i}"), "localhost", &node, Some(&secret), "1"))
+            .request(&publish_iq(
+                &format!("p{i}"),
+                "localhost",
+                &node,
+                Some(&secret),
+                "1",
+            ))
             .await;
-        assert_eq!(answer_kind(&a), ("wait".into(), condition.into()), "{token}");
-        assert!(h.nudge.store.find(&node).await.unwrap().is_some(), "{token} kept");
+        assert_eq!(
+            answer_kind(&a),
+            ("wait".into(), condition.into()),
+            "{token}"
+        );
+        assert!(
+            h.nudge.store.find(&node).await.unwrap().is_some(),
+            "{token} kept"
+        );
     }
     h.finish().await;
 }
@@ -258,14 +320,19 @@ async fn registration_errors(kind: DbKind) {
         .await;
     assert_eq!(answer_kind(&a), ("modify".into(), "bad-request".into()));
     // A server (no local part) cannot register.
-    let a = h.conn.request(&register_iq("localhost", "fcm", "d", "t")).await;
+    let a = h
+        .conn
+        .request(&register_iq("localhost", "fcm", "d", "t"))
+        .await;
     assert_eq!(answer_kind(&a), ("auth".into(), "forbidden".into()));
     // Executing without a form returns the form to fill in.
     let a = h
         .conn
         .request("<iq id='r5' type='set' from='alice@localhost/pc' to='push.localhost'><command node='register-push-conversations' action='execute' xmlns='http://jabber.org/protocol/commands'/></iq>")
         .await;
-    let cmd = a.get_child("command", "http://jabber.org/protocol/commands").unwrap();
+    let cmd = a
+        .get_child("command", "http://jabber.org/protocol/commands")
+        .unwrap();
     assert_eq!(cmd.get_attr("status"), Some("executing"));
     assert!(cmd.get_child("x", "jabber:x:data").is_some());
     h.finish().await;
@@ -279,11 +346,19 @@ async fn per_room_registration_is_separate(kind: DbKind) {
         .request("<iq id='m1' type='set' from='alice@localhost/phone' to='push.localhost'><command node='register-push-fcm' action='execute' xmlns='http://jabber.org/protocol/commands'><x xmlns='jabber:x:data' type='submit'><field var='token'><value>tok</value></field><field var='device-id'><value>dev1</value></field><field var='muc'><value>room@conference.localhost</value></field></x></command></iq>")
         .await;
     assert_eq!(answer_kind(&a).0, "result");
-    let regs = h.nudge.store.list(Some("alice@localhost"), 10).await.unwrap();
+    let regs = h
+        .nudge
+        .store
+        .list(Some("alice@localhost"), 10)
+        .await
+        .unwrap();
     assert_eq!(regs.len(), 2);
     let room = regs.iter().find(|r| r.node != own).unwrap();
     assert_eq!(room.muc, "room@conference.localhost");
-    assert_eq!(room.device().muc.as_deref(), Some("room@conference.localhost"));
+    assert_eq!(
+        room.device().muc.as_deref(),
+        Some("room@conference.localhost")
+    );
     let _ = Duration::from_secs(0);
     h.finish().await;
 }

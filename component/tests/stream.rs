@@ -24,7 +24,10 @@ async fn handshake_failure_is_not_retried_in_a_tight_loop() {
     assert!(nudge.wait_for_state(LinkState::AuthFailed, STEP).await);
     // The first retry after a refused secret waits 5 s.
     assert!(
-        server.try_accept_tcp(Duration::from_secs(3)).await.is_none(),
+        server
+            .try_accept_tcp(Duration::from_secs(3))
+            .await
+            .is_none(),
         "reconnected within 3 s after not-authorized"
     );
     nudge.stop().await;
@@ -49,11 +52,21 @@ async fn reconnects_within_two_seconds_and_keeps_working() {
     drop(conn);
     let dropped = Instant::now();
     let mut conn = server.accept().await;
-    assert!(dropped.elapsed() < Duration::from_secs(2), "took {:?}", dropped.elapsed());
+    assert!(
+        dropped.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        dropped.elapsed()
+    );
     assert!(nudge.wait_for_state(LinkState::Connected, STEP).await);
     let regs = nudge.store.list(None, 10).await.unwrap();
     let a = conn
-        .request(&publish_iq("p1", "localhost", &regs[0].node, regs[0].secret.as_deref(), "hi"))
+        .request(&publish_iq(
+            "p1",
+            "localhost",
+            &regs[0].node,
+            regs[0].secret.as_deref(),
+            "hi",
+        ))
         .await;
     assert_eq!(answer_kind(&a).0, "result");
     assert_eq!(backend.sent().len(), 1);
@@ -72,10 +85,15 @@ async fn a_server_that_stays_away_is_retried_until_it_returns() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let returned = Instant::now();
     let accepted = tokio::time::timeout(Duration::from_secs(3), listener.accept()).await;
-    assert!(accepted.is_ok(), "no reconnection within 3 s of the server's return");
+    assert!(
+        accepted.is_ok(),
+        "no reconnection within 3 s of the server's return"
+    );
     assert!(returned.elapsed() <= Duration::from_millis(1500));
     nudge.stop().await;
 }
@@ -179,8 +197,12 @@ async fn answers_disco_ping_and_unknown_requests() {
         .request(&common::fixture("prosody-disco-info.xml", "", ""))
         .await;
     assert_eq!(info.get_attr("to"), Some("alice@localhost/phone"));
-    let q = info.get_child("query", "http://jabber.org/protocol/disco#info").unwrap();
-    let identity = q.get_child("identity", "http://jabber.org/protocol/disco#info").unwrap();
+    let q = info
+        .get_child("query", "http://jabber.org/protocol/disco#info")
+        .unwrap();
+    let identity = q
+        .get_child("identity", "http://jabber.org/protocol/disco#info")
+        .unwrap();
     assert_eq!(identity.get_attr("category"), Some("pubsub"));
     assert_eq!(identity.get_attr("type"), Some("push"));
     let features: Vec<_> = q
@@ -223,7 +245,10 @@ async fn answers_disco_ping_and_unknown_requests() {
             .conn
             .request(&format!("<iq id='{id}' type='{kind}' from='localhost' to='push.localhost'><vcard xmlns='vcard-temp'/></iq>"))
             .await;
-        assert_eq!(answer_kind(&a), ("cancel".into(), "service-unavailable".into()));
+        assert_eq!(
+            answer_kind(&a),
+            ("cancel".into(), "service-unavailable".into())
+        );
     }
     h.finish().await;
 }
@@ -241,7 +266,12 @@ async fn results_errors_messages_and_presence_are_never_answered() {
              <presence from='bob@localhost/x' to='push.localhost'/>",
         )
         .await;
-    assert!(h.conn.recv_within(Duration::from_millis(700)).await.is_none());
+    assert!(
+        h.conn
+            .recv_within(Duration::from_millis(700))
+            .await
+            .is_none()
+    );
     // …and the stream is still fine.
     let a = h
         .conn
@@ -261,7 +291,9 @@ async fn graceful_stop_answers_what_was_read_then_closes() {
     // Let the publish reach the backend (it takes 500 ms there).
     tokio::time::sleep(Duration::from_millis(100)).await;
     let stopping = tokio::spawn(async move {
-        let Harness { nudge, conn, db, .. } = h;
+        let Harness {
+            nudge, conn, db, ..
+        } = h;
         let reason = nudge.stop().await;
         (reason, conn, db)
     });
@@ -271,7 +303,11 @@ async fn graceful_stop_answers_what_was_read_then_closes() {
     let answer = conn.recv().await;
     assert_eq!(answer.get_attr("id"), Some("s1"));
     assert_eq!(answer_kind(&answer).0, "result");
-    assert_eq!(conn.expect_close().await, None, "closed with </stream:stream>, no error");
+    assert_eq!(
+        conn.expect_close().await,
+        None,
+        "closed with </stream:stream>, no error"
+    );
     db.drop_db().await;
 }
 
@@ -296,7 +332,12 @@ async fn conflict_stands_by_and_replaced_stops() {
     c.send("<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Replaced by a new connection</text></stream:error></stream:stream>").await;
     let reason = tokio::time::timeout(STEP, nudge.wait()).await.unwrap();
     assert_eq!(reason, StopReason::Replaced);
-    assert!(server.try_accept_tcp(Duration::from_secs(2)).await.is_none());
+    assert!(
+        server
+            .try_accept_tcp(Duration::from_secs(2))
+            .await
+            .is_none()
+    );
 }
 
 #[tokio::test]

@@ -53,11 +53,11 @@ impl PublishRequest {
         let item = publish
             .get_child("item", ns::PUBSUB)
             .ok_or(PublishError::MissingNotification("no <item/>"))?;
-        let notification_el = item
-            .get_child("notification", ns::PUSH)
-            .ok_or(PublishError::MissingNotification(
-                "no <notification xmlns='urn:xmpp:push:0'/>",
-            ))?;
+        let notification_el =
+            item.get_child("notification", ns::PUSH)
+                .ok_or(PublishError::MissingNotification(
+                    "no <notification xmlns='urn:xmpp:push:0'/>",
+                ))?;
         let summary = notification_el
             .children
             .iter()

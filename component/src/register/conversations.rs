@@ -9,10 +9,10 @@
 
 use crate::dispatch::{Backends, ResolveError};
 use crate::store::{NewRegistration, RegistrationStore};
+use crate::xmpp::Element;
 use crate::xmpp::dataform::DataForm;
 use crate::xmpp::jid::Jid;
 use crate::xmpp::stanza::StanzaError;
-use crate::xmpp::Element;
 
 use super::adhoc::{Action, CommandRequest};
 
@@ -44,7 +44,8 @@ pub async fn execute(
     let app = match backends.resolve(name) {
         Ok(app) => app.to_owned(),
         Err(ResolveError::Unknown) => {
-            return Err(StanzaError::item_not_found().with_text(format!("no push service named {name:?} here")));
+            return Err(StanzaError::item_not_found()
+                .with_text(format!("no push service named {name:?} here")));
         }
         Err(ResolveError::Ambiguous) => {
             return Err(StanzaError::item_not_found().with_text(format!(
@@ -74,7 +75,11 @@ pub async fn execute(
     let muc = match form.non_empty(room_field) {
         Some(room) => match Jid::parse(room) {
             Ok(j) if j.resource().is_none() => j.bare(),
-            _ => return Err(StanzaError::bad_request(format!("{room_field} is not a bare JID"))),
+            _ => {
+                return Err(StanzaError::bad_request(format!(
+                    "{room_field} is not a bare JID"
+                )));
+            }
         },
         None => String::new(),
     };
@@ -116,7 +121,11 @@ pub async fn execute(
     let answer = DataForm::new("result")
         .field("jid", Some("jid-single"), component_jid)
         .field("node", Some("text-single"), &reg.node)
-        .field("secret", Some("text-private"), reg.secret.as_deref().unwrap_or(""));
+        .field(
+            "secret",
+            Some("text-private"),
+            reg.secret.as_deref().unwrap_or(""),
+        );
     Ok(cmd.completed(Some(answer)))
 }
 

@@ -22,7 +22,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{FromRow, Row};
 
 use cache::RegistrationCache;
@@ -284,7 +286,11 @@ impl RegistrationStore {
     pub async fn remove(&self, node: &str) -> Result<bool, StoreError> {
         let sql = "DELETE FROM registrations WHERE node = $1";
         let n = on_pool!(&self.pool, |p| {
-            sqlx::query(sql).bind(node).execute(p).await?.rows_affected()
+            sqlx::query(sql)
+                .bind(node)
+                .execute(p)
+                .await?
+                .rows_affected()
         });
         self.cache.remove(node);
         Ok(n > 0)
@@ -338,7 +344,10 @@ mod tests {
     fn ids_are_long_and_url_safe() {
         let id = random_id(16);
         assert_eq!(id.len(), 22);
-        assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        );
         assert_ne!(random_id(16), random_id(16));
     }
 }

@@ -123,7 +123,9 @@ mod tests {
     fn serializes_with_namespaces_and_escaping() {
         let e = Element::new("iq", crate::xmpp::ns::COMPONENT)
             .attr("id", "a'<b")
-            .child(Element::new("query", "urn:x").child(Element::new("item", "urn:x").text("1 & 2")));
+            .child(
+                Element::new("query", "urn:x").child(Element::new("item", "urn:x").text("1 & 2")),
+            );
         assert_eq!(
             e.to_stanza_string(),
             "<iq id='a&apos;&lt;b'><query xmlns='urn:x'><item>1 &amp; 2</item></query></iq>"

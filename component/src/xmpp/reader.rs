@@ -127,10 +127,9 @@ impl<R: AsyncRead + Unpin> StanzaReader<R> {
                         }
                     } else {
                         match e {
-                            quick_xml::Error::Io(io) => ReadError::Io(std::io::Error::new(
-                                io.kind(),
-                                io.to_string(),
-                            )),
+                            quick_xml::Error::Io(io) => {
+                                ReadError::Io(std::io::Error::new(io.kind(), io.to_string()))
+                            }
                             other => ReadError::NotWellFormed(other.to_string()),
                         }
                     });
@@ -252,7 +251,9 @@ fn resolve_reference(r: &quick_xml::events::BytesRef<'_>) -> Result<char, ReadEr
     if r.is_char_ref() {
         return match r.resolve_char_ref() {
             Ok(Some(c)) => Ok(c),
-            _ => Err(ReadError::NotWellFormed("invalid character reference".into())),
+            _ => Err(ReadError::NotWellFormed(
+                "invalid character reference".into(),
+            )),
         };
     }
     match &**r {
@@ -312,7 +313,9 @@ mod tests {
 
     #[tokio::test]
     async fn reads_header_stanzas_and_keepalives() {
-        let input = format!("{HEADER} <iq id='a'><q xmlns='x'>t&amp;&#65;</q></iq>  <handshake/></stream:stream>");
+        let input = format!(
+            "{HEADER} <iq id='a'><q xmlns='x'>t&amp;&#65;</q></iq>  <handshake/></stream:stream>"
+        );
         let got = items(&input, 4096).await;
         assert!(matches!(got[0], Ok(StreamItem::Header(_))), "{got:?}");
         assert!(matches!(got[1], Ok(StreamItem::Keepalive)), "{got:?}");
@@ -334,9 +337,20 @@ mod tests {
         let stanza = format!("<message><body>{}</body></message>", "x".repeat(3000));
         let input = format!("{HEADER}{}", stanza.repeat(20));
         let got = items(&input, 4096).await;
-        assert_eq!(got.iter().filter(|i| matches!(i, Ok(StreamItem::Stanza(_)))).count(), 20);
-        let input = format!("{HEADER}<message><body>{}</body></message>", "x".repeat(5000));
+        assert_eq!(
+            got.iter()
+                .filter(|i| matches!(i, Ok(StreamItem::Stanza(_))))
+                .count(),
+            20
+        );
+        let input = format!(
+            "{HEADER}<message><body>{}</body></message>",
+            "x".repeat(5000)
+        );
         let got = items(&input, 4096).await;
-        assert!(matches!(got.last(), Some(Err(ReadError::TooLarge { .. }))), "{got:?}");
+        assert!(
+            matches!(got.last(), Some(Err(ReadError::TooLarge { .. }))),
+            "{got:?}"
+        );
     }
 }

@@ -90,7 +90,9 @@ impl Iq {
 /// The reply skeleton: from the address the request was sent to (so that a
 /// request to `push.example.org` is answered by `push.example.org`).
 fn reply_base(from: &str, to: &str, id: &str, kind: &str) -> Element {
-    let mut el = Element::new("iq", ns::COMPONENT).attr("type", kind).attr("id", id);
+    let mut el = Element::new("iq", ns::COMPONENT)
+        .attr("type", kind)
+        .attr("id", id);
     if !from.is_empty() {
         el.attrs.push(("from".into(), from.into()));
     }

@@ -278,7 +278,8 @@ impl Link {
         let mut last_write = Instant::now();
         let mut draining = false;
         // Armed when a stop begins; far in the future until then.
-        let drain_deadline = tokio::time::sleep_until(Instant::now() + Duration::from_secs(86400 * 365));
+        let drain_deadline =
+            tokio::time::sleep_until(Instant::now() + Duration::from_secs(86400 * 365));
         tokio::pin!(drain_deadline);
         let drained = handler.drained();
         tokio::pin!(drained);
@@ -393,9 +394,7 @@ async fn read_loop<H: StanzaHandler>(
             }
             Ok(StreamItem::Keepalive) => {}
             Ok(StreamItem::Header(_)) => {
-                return ReadOutcome::Error(ReadError::NotWellFormed(
-                    "second stream header".into(),
-                ));
+                return ReadOutcome::Error(ReadError::NotWellFormed("second stream header".into()));
             }
             Err(e) => return ReadOutcome::Error(e),
         }

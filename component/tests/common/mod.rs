@@ -50,7 +50,10 @@ impl FakeServer {
         let mut conn = ServerConn::new(tcp);
         match conn.next_item().await {
             Some(Ok(StreamItem::Header(attrs))) => {
-                assert!(attrs.iter().any(|(k, v)| k == "to" && v == DOMAIN), "{attrs:?}");
+                assert!(
+                    attrs.iter().any(|(k, v)| k == "to" && v == DOMAIN),
+                    "{attrs:?}"
+                );
             }
             other => panic!("expected stream header, got {other:?}"),
         }
@@ -161,13 +164,13 @@ impl ServerConn {
     pub async fn request(&mut self, xml: &str) -> Element {
         self.send(xml).await;
         let id = request_id(xml);
-        loop {
-            let el = self.recv().await;
-            if el.get_attr("id") == Some(id.as_str()) {
-                return el;
-            }
-            panic!("answer to another request: {el:?}");
-        }
+        let el = self.recv().await;
+        assert_eq!(
+            el.get_attr("id"),
+            Some(id.as_str()),
+            "answer to another request: {el:?}"
+        );
+        el
     }
 }
 
@@ -182,7 +185,9 @@ pub fn answer_kind(el: &Element) -> (String, String) {
     match el.get_attr("type") {
         Some("result") => ("result".into(), String::new()),
         Some("error") => {
-            let err = el.get_child("error", "jabber:component:accept").expect("error child");
+            let err = el
+                .get_child("error", "jabber:component:accept")
+                .expect("error child");
             let cond = err
                 .children
                 .iter()
@@ -300,7 +305,9 @@ impl TestDb {
         match self {
             TestDb::Sqlite(dir) => format!("sqlite://{}", dir.path().join("nudge.db").display()),
             TestDb::Postgres { admin_url, name } => {
-                let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
+                let base = admin_url
+                    .rsplit_once('/')
+                    .map_or(admin_url.as_str(), |(b, _)| b);
                 format!("{base}/{name}")
             }
         }

@@ -1,0 +1,174 @@
+//! The `nudge` binary: configuration errors name the key, environment
+//! overrides work, and the registration commands operate on the store.
+
+mod common;
+
+use std::process::Command;
+
+use nudge::store::{NewRegistration, RegistrationStore};
+
+fn nudge() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nudge"));
+    // Keep the caller's NUDGE_* variables out of these tests.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("NUDGE_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn example_config() -> String {
+    format!(
+        "{}/../deploy/nudge.example.toml",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = nudge()
+        .args(["--config", &example_config(), "check-config"])
+        .env("NUDGE_STORAGE__DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("configuration OK: component push.localhost via 127.0.0.1:5347"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn environment_overrides_the_file_and_errors_name_the_key() {
+    let out = nudge()
+        .args(["--config", &example_config(), "check-config"])
+        .env("NUDGE_COMPONENT__PORT", "15347")
+        .env("NUDGE_COMPONENT__DOMAIN", "push.example.org")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("push.example.org via 127.0.0.1:15347"),
+        "{stdout}"
+    );
+
+    let out = nudge()
+        .args(["--config", &example_config(), "check-config"])
+        .env("NUDGE_COMPONENT__PORT", "not-a-port")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("component.port"), "{stderr}");
+
+    let out = nudge()
+        .args(["--config", "/nonexistent/nudge.toml", "check-config"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/nudge.toml"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[component]\ndomain = 'push.localhost'\nsecret = 'x'\n[apps.x]\nprovider = 'carrier-pigeon'\n").unwrap();
+    let out = nudge()
+        .args(["--config", bad.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("carrier-pigeon"), "{stderr}");
+}
+
+#[tokio::test]
+async fn registrations_can_be_listed_shown_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/nudge.db", dir.path().display());
+    let out = nudge()
+        .args(["--config", &example_config(), "migrate"])
+        .env("NUDGE_STORAGE__URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = RegistrationStore::open(&url, 10).await.unwrap();
+    let reg = store
+        .register(&NewRegistration {
+            owner: "alice@localhost".into(),
+            device_id: "dev1".into(),
+            muc: String::new(),
+            app: "conversations".into(),
+            token: "tok".into(),
+            with_secret: true,
+        })
+        .await
+        .unwrap();
+    store.close().await;
+
+    let run = |args: &[&str]| {
+        let mut full = vec!["--config", example_config().leak() as &str, "registrations"];
+        full.extend_from_slice(args);
+        nudge()
+            .args(full)
+            .env("NUDGE_STORAGE__URL", &url)
+            .output()
+            .unwrap()
+    };
+    let list = run(&["list"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains(&reg.node));
+    let show = run(&["show", &reg.node]);
+    let json: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(json["owner"], "alice@localhost");
+    assert_eq!(json["has_secret"], true);
+    assert!(run(&["remove", &reg.node]).status.success());
+    let again = run(&["show", &reg.node]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no registration"));
+}
+
+#[tokio::test]
+async fn run_connects_and_stops_cleanly_on_sigterm() {
+    let server = common::FakeServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nudge"))
+        .args(["--config", &example_config(), "run"])
+        .env("NUDGE_COMPONENT__PORT", server.port.to_string())
+        .env("NUDGE_COMPONENT__SECRET", common::SECRET)
+        .env("NUDGE_STORAGE__DATA_DIR", dir.path())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut conn = server.accept().await;
+    let a = conn
+        .request("<iq id='p' type='get' from='localhost' to='push.localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    assert_eq!(common::answer_kind(&a).0, "result");
+    assert!(
+        dir.path().join("nudge.db").exists(),
+        "SQLite created in the data dir"
+    );
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(conn.expect_close().await, None);
+    let status = tokio::time::timeout(common::STEP, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -1,0 +1,147 @@
+//! `nudge-test-app`: runs the mock providers, the control API and the live
+//! page as a process, for manual runs and for end-to-end setups that cannot
+//! use the library in-process.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nudge-test-app",
+    version,
+    about = "Mock APNs/FCM providers and a live push page for testing Nudge"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the mocks until Ctrl-C or SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to bind every endpoint to.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Control API and live page port (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    control_port: u16,
+    /// Mock APNs port (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    apns_port: u16,
+    /// Mock FCM port (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    fcm_port: u16,
+    /// Write the CA, APNs key, client identity, service account JSON and a
+    /// Nudge config snippet into this directory.
+    #[arg(long)]
+    export_dir: Option<PathBuf>,
+    /// An APNs topic the key may push to (repeatable; default
+    /// org.example.app).
+    #[arg(long = "topic")]
+    topics: Vec<String>,
+    /// Accept any APNs topic.
+    #[arg(long, conflicts_with = "topics")]
+    any_topic: bool,
+    /// FCM project id.
+    #[arg(long, default_value = "nudge-test")]
+    project: String,
+    /// Lifetime of issued OAuth access tokens, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    oauth_token_lifetime: u64,
+    /// Write the HTTPS token endpoint into the service account's token_uri.
+    #[arg(long)]
+    oauth_https: bool,
+    /// Reject APNs requests Apple accepts but that are almost surely bugs.
+    #[arg(long)]
+    strict: bool,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Cli {
+        command: Command::Serve(args),
+    } = Cli::parse();
+    match serve(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nudge-test-app: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), nudge_test_app::Error> {
+    let defaults = nudge_test_app::TestAppConfig::default();
+    let config = nudge_test_app::TestAppConfig {
+        bind: args.bind,
+        apns_port: args.apns_port,
+        fcm_port: args.fcm_port,
+        control_port: args.control_port,
+        apns_topics: if args.any_topic {
+            Vec::new()
+        } else if args.topics.is_empty() {
+            defaults.apns_topics.clone()
+        } else {
+            args.topics
+        },
+        apns_strict: args.strict,
+        fcm_project_id: args.project,
+        oauth_token_lifetime: Duration::from_secs(args.oauth_token_lifetime),
+        oauth_token_uri_https: args.oauth_https,
+        ..defaults
+    };
+    let app = nudge_test_app::start(config).await?;
+    println!("control + live page: {}/", app.control_url());
+    println!("mock APNs:           {}", app.apns_url());
+    println!("mock FCM:            {}", app.fcm_url());
+    println!("OAuth token_uri:     {}", app.oauth_token_url());
+    if let Some(dir) = &args.export_dir {
+        let files = app.export(dir)?;
+        println!("credentials written: {}", dir.display());
+        println!("  {}", files.summary.display());
+        println!("  {}", files.nudge_apps_toml.display());
+    } else {
+        println!("credentials:         {}/api/credentials", app.control_url());
+    }
+    wait_for_signal().await;
+    println!("shutting down");
+    app.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

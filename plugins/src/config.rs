@@ -47,3 +47,63 @@ pub async fn build_backend(
             .map_err(|e| fail(e.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Deserialize)]
+    struct File {
+        apps: BTreeMap<String, ProviderConfig>,
+    }
+
+    #[test]
+    fn apps_tables_select_their_provider() {
+        let file: File = toml::from_str(
+            r#"
+            [apps.ios]
+            provider = "apns"
+            topic = "im.example.app"
+            endpoint = "sandbox"
+            ttl_secs = 86400
+            [apps.ios.token]
+            key_path = "/etc/nudge/AuthKey_ABC123DEFG.p8"
+            key_id = "ABC123DEFG"
+            team_id = "TEAM123456"
+
+            [apps.android]
+            provider = "fcm"
+            service_account_path = "/etc/nudge/firebase.json"
+            include_body = false
+            "#,
+        )
+        .unwrap();
+        assert!(matches!(&file.apps["ios"], ProviderConfig::Apns(c) if c.ttl_secs == Some(86400)));
+        assert!(matches!(&file.apps["android"], ProviderConfig::Fcm(c)
+            if c.service_account_path.ends_with("firebase.json")));
+    }
+
+    #[test]
+    fn unknown_providers_and_keys_are_refused() {
+        for text in [
+            "[apps.x]\nprovider = \"gcm\"",
+            "[apps.x]\ntopic = \"a\"",
+            "[apps.x]\nprovider = \"apns\"\ntopic = \"a\"\nbundle = \"b\"",
+            "[apps.x]\nprovider = \"fcm\"\nservice_account_path = \"a\"\nserver_key = \"b\"",
+            "[apps.x]\nprovider = \"fcm\"\nservice_account_path = \"a\"\nttl_secs = \"1h\"",
+        ] {
+            assert!(toml::from_str::<File>(text).is_err(), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn build_names_the_app_on_failure() {
+        let config: ProviderConfig =
+            toml::from_str("provider = \"fcm\"\nservice_account_path = \"/nonexistent.json\"")
+                .unwrap();
+        let err = build_backend("android", &config).await.err().unwrap();
+        assert_eq!(err.app, "android");
+        assert!(err.message.contains("/nonexistent.json"), "{err}");
+    }
+}

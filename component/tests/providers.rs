@@ -1,0 +1,265 @@
+//! The whole path in one process with the real push backends: fake XMPP
+//! server → Nudge → APNs/FCM backend → the test-app's mock providers over
+//! TLS HTTP/2. Proves registration through the commands with each
+//! provider's token check, the alert/silent choice, and that a token the
+//! provider declares dead removes the registration and reaches the XMPP
+//! side as `item-not-found`.
+
+mod common;
+
+use common::{DbKind, FakeServer, STEP, ServerConn, TestDb, answer_kind, fixture, publish_iq};
+use nudge::Config;
+use nudge::xmpp::stream::LinkState;
+use nudge_test_app::{Fault, TestApp, TestAppConfig};
+
+struct Setup {
+    app: TestApp,
+    _server: FakeServer,
+    conn: ServerConn,
+    nudge: nudge::Running,
+    db: TestDb,
+    _files: tempfile::TempDir,
+}
+
+async fn setup() -> Setup {
+    let app = nudge_test_app::start(TestAppConfig::default())
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let exported = app.export(files.path()).unwrap();
+    let creds = app.apns_credentials();
+    let server = FakeServer::start().await;
+    let db = TestDb::new(DbKind::Sqlite).await;
+    let config = Config::from_toml(&format!(
+        r#"
+[component]
+domain = "{domain}"
+secret = "{secret}"
+port = {port}
+[storage]
+url = "{db}"
+[apps.ios]
+provider = "apns"
+topic = "org.example.app"
+endpoint = "{apns}"
+ca_file = "{ca}"
+token = {{ key_path = "{key}", key_id = "{key_id}", team_id = "{team_id}" }}
+[apps.conversations]
+provider = "fcm"
+service_account_path = "{sa}"
+endpoint = "{fcm}"
+ca_file = "{ca}"
+"#,
+        domain = common::DOMAIN,
+        secret = common::SECRET,
+        port = server.port,
+        db = db.url(),
+        apns = app.apns_url(),
+        ca = exported.ca_cert.display(),
+        key = exported.apns_key.display(),
+        key_id = creds.key_id,
+        team_id = creds.team_id,
+        sa = exported.fcm_service_account.display(),
+        fcm = app.fcm_url(),
+    ))
+    .unwrap();
+    let backends = nudge::app::build_backends(&config).await.unwrap();
+    let mut nudge = nudge::start(&config, backends).await.unwrap();
+    let conn = server.accept().await;
+    assert!(nudge.wait_for_state(LinkState::Connected, STEP).await);
+    Setup {
+        app,
+        _server: server,
+        conn,
+        nudge,
+        db,
+        _files: files,
+    }
+}
+
+impl Setup {
+    async fn register(
+        &mut self,
+        service: &str,
+        device: &str,
+        token: &str,
+    ) -> Result<(String, String), (String, String)> {
+        let a = self
+            .conn
+            .request(&common::register_iq(
+                "alice@localhost",
+                service,
+                device,
+                token,
+            ))
+            .await;
+        let kind = answer_kind(&a);
+        if kind.0 != "result" {
+            return Err(kind);
+        }
+        let form = a
+            .get_child("command", "http://jabber.org/protocol/commands")
+            .and_then(|c| c.get_child("x", "jabber:x:data"))
+            .unwrap();
+        let value = |var: &str| {
+            form.children
+                .iter()
+                .find(|f| f.get_attr("var") == Some(var))
+                .and_then(|f| f.children.first())
+                .map(|v| v.text.clone())
+                .unwrap()
+        };
+        Ok((value("node"), value("secret")))
+    }
+
+    async fn finish(self) {
+        self.nudge.stop().await;
+        self.db.drop_db().await;
+        self.app.shutdown().await;
+    }
+}
+
+fn apns_token(tag: u8) -> String {
+    format!("{:02x}", tag).repeat(32)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apns_alert_and_background_pushes_reach_the_mock() {
+    let mut s = setup().await;
+    // The APNs token check refuses what Apple would.
+    assert_eq!(
+        s.register("apns", "iphone", "not-hex").await.unwrap_err(),
+        ("modify".into(), "bad-request".into())
+    );
+    let token = apns_token(0xab);
+    let (node, secret) = s.register("apns", "iphone", &token).await.unwrap();
+
+    let a = s
+        .conn
+        .request(&fixture("prosody-publish-important.xml", &node, &secret))
+        .await;
+    assert_eq!(answer_kind(&a).0, "result", "{a:?}");
+    let push = s.app.wait_for_push(&token, STEP).await.expect("alert push");
+    assert_eq!(push.status, 200);
+    assert_eq!(
+        push.headers.get("apns-push-type").map(String::as_str),
+        Some("alert")
+    );
+    assert_eq!(
+        push.headers.get("apns-priority").map(String::as_str),
+        Some("10")
+    );
+    assert_eq!(push.payload["aps"]["mutable-content"], 1);
+
+    // Prosody's empty fields: a silent wake-up.
+    let a = s
+        .conn
+        .request(&fixture("prosody-publish-silent.xml", &node, &secret))
+        .await;
+    assert_eq!(answer_kind(&a).0, "result");
+    let push = s
+        .app
+        .wait_for_push(&token, STEP)
+        .await
+        .expect("background push");
+    assert_eq!(
+        push.headers.get("apns-push-type").map(String::as_str),
+        Some("background")
+    );
+    assert_eq!(
+        push.headers.get("apns-priority").map(String::as_str),
+        Some("5")
+    );
+    assert_eq!(push.payload["aps"]["content-available"], 1);
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fcm_push_carries_what_conversations_needs() {
+    let mut s = setup().await;
+    let token = "fcm-token-0123456789";
+    let (node, secret) = s.register("fcm", "a1b2c3d4e5f60718", token).await.unwrap();
+    let a = s
+        .conn
+        .request(&fixture("ejabberd-publish-summary.xml", &node, &secret))
+        .await;
+    assert_eq!(answer_kind(&a).0, "result", "{a:?}");
+    let push = s.app.wait_for_push(token, STEP).await.expect("fcm push");
+    assert_eq!(push.status, 200);
+    // hex(sha1("alice@localhost" + "\0" + device id))
+    use sha1::Digest;
+    let account = hex::encode(sha1::Sha1::digest(b"alice@localhost\0a1b2c3d4e5f60718"));
+    assert_eq!(push.payload["data"]["account"], account.as_str());
+    assert_eq!(push.payload["android"]["priority"], "high");
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_tokens_are_removed_and_reported_as_item_not_found() {
+    let mut s = setup().await;
+    let apns = apns_token(0xcd);
+    let (apns_node, apns_secret) = s.register("apns", "iphone", &apns).await.unwrap();
+    let fcm = "fcm-dead-token";
+    let (fcm_node, fcm_secret) = s.register("fcm", "android", fcm).await.unwrap();
+    s.app.set_fault(&apns, Fault::Dead);
+    s.app.set_fault(fcm, Fault::Dead);
+    for (i, (node, secret)) in [(&apns_node, &apns_secret), (&fcm_node, &fcm_secret)]
+        .into_iter()
+        .enumerate()
+    {
+        let a = s
+            .conn
+            .request(&publish_iq(
+                &format!("d{i}"),
+                "localhost",
+                node,
+                Some(secret),
+                "hi",
+            ))
+            .await;
+        assert_eq!(answer_kind(&a), ("cancel".into(), "item-not-found".into()));
+        assert!(
+            s.nudge.store.find(node).await.unwrap().is_none(),
+            "registration removed"
+        );
+    }
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_outage_is_wait_and_keeps_the_registration() {
+    let mut s = setup().await;
+    let token = apns_token(0xef);
+    let (node, secret) = s.register("apns", "iphone", &token).await.unwrap();
+    s.app.set_fault(&token, Fault::FailTimes(1));
+    let a = s
+        .conn
+        .request(&publish_iq("o1", "localhost", &node, Some(&secret), "hi"))
+        .await;
+    assert_eq!(
+        answer_kind(&a),
+        ("wait".into(), "resource-constraint".into())
+    );
+    assert!(s.nudge.store.find(&node).await.unwrap().is_some());
+    // The provider is back: the next publish is delivered.
+    let a = s
+        .conn
+        .request(&publish_iq("o2", "localhost", &node, Some(&secret), "hi"))
+        .await;
+    assert_eq!(answer_kind(&a).0, "result");
+    s.app.set_fault(
+        &token,
+        Fault::Throttle {
+            retry_after_secs: 7,
+        },
+    );
+    let a = s
+        .conn
+        .request(&publish_iq("o3", "localhost", &node, Some(&secret), "hi"))
+        .await;
+    assert_eq!(
+        answer_kind(&a),
+        ("wait".into(), "resource-constraint".into())
+    );
+    s.finish().await;
+}

@@ -398,14 +398,19 @@ async fn certificate_authentication() {
         assert_eq!(stats.apns_client_cert_connections, 1);
         assert_eq!(stats.apns_jwts_seen, 0);
 
-        // One PEM file holding both, as `openssl pkcs12 -nodes` writes it.
+        // One PEM file holding both, as `openssl pkcs12 -nodes -clcerts`
+        // writes it: text lines between the sections, certificate first.
         let combined = mock.dir.path().join("combined.pem");
         let identity = mock.app.apns_client_identity();
-        std::fs::write(
-            &combined,
-            format!("{}{}", identity.key_pem, identity.cert_pem),
-        )
-        .unwrap();
+        let text = format!(
+            "Bag Attributes\n    localKeyID: D2 D1 AF DF\n\
+             subject=CN = Apple Push Services: org.example.app\n\
+             issuer=CN = Test CA\n{}\
+             Bag Attributes\n    localKeyID: D2 D1 AF DF\n\
+             Key Attributes: <No Attributes>\n{}",
+            identity.cert_pem, identity.key_pem
+        );
+        std::fs::write(&combined, text).unwrap();
         config.certificate = Some(ApnsCertificateAuth {
             cert_path: combined,
             key_path: None,

@@ -26,7 +26,8 @@ use serde_json::{Value, json};
 use crate::Shared;
 use crate::stats::inc;
 
-pub(crate) const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// The `grant_type` of the JWT-bearer grant.
+pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const FCM_SCOPES: [&str; 2] = [
     "https://www.googleapis.com/auth/firebase.messaging",
     "https://www.googleapis.com/auth/cloud-platform",

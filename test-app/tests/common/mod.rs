@@ -119,7 +119,9 @@ impl Resp {
     }
 }
 
-/// An HTTP/2 connection over TLS.
+/// An HTTP/2 connection over TLS; clones share the connection (one stream
+/// per request).
+#[derive(Clone)]
 pub struct H2 {
     sender: http2::SendRequest<Full<Bytes>>,
 }

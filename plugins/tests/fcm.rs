@@ -377,12 +377,13 @@ async fn token_server_down_is_transient() {
         let started = Instant::now();
         let o = push(&backend, &token("ok"), true).await;
         assert!(matches!(o, Outcome::Transient { .. }), "{o:?}");
-        // The back-off answers the next pushes at once.
+        // The back-off answers the next pushes at once (gcp_auth alone
+        // retries for at least 350 ms).
         let again = Instant::now();
         let o = push(&backend, &token("ok"), true).await;
         assert!(matches!(o, Outcome::Transient { .. }), "{o:?}");
         assert!(
-            again.elapsed() < Duration::from_millis(50),
+            again.elapsed() < Duration::from_millis(300),
             "{:?}",
             again.elapsed()
         );

@@ -10,7 +10,7 @@
 //!
 //! - [`jwt`]: the ES256 provider token and its cache.
 //! - [`payload`]: alert, background or VoIP payload for a notification.
-//! - [`response`]: what APNs' answer means for the registration.
+//! - `response`: what APNs' answer means for the registration.
 
 pub mod jwt;
 pub mod payload;

@@ -8,7 +8,7 @@
 //!
 //! - [`auth`]: the access token and its refresh.
 //! - [`message`]: the data message Conversations understands.
-//! - [`response`]: what FCM's answer means for the registration.
+//! - `response`: what FCM's answer means for the registration.
 
 pub mod auth;
 pub mod message;

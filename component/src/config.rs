@@ -193,12 +193,22 @@ impl Config {
     fn build(
         builder: config::ConfigBuilder<config::builder::DefaultState>,
     ) -> Result<Config, ConfigError> {
+        // Only `NUDGE_<SECTION>__<KEY>` variables are configuration; others
+        // with the prefix (`NUDGE_CONFIG`, the tests' own) are not keys.
+        let overrides: config::Map<String, String> = std::env::vars()
+            .filter(|(k, _)| {
+                k.strip_prefix("NUDGE_")
+                    .and_then(|rest| rest.split_once("__"))
+                    .is_some_and(|(section, _)| !section.is_empty())
+            })
+            .collect();
         let cfg: Config = builder
             .add_source(
                 config::Environment::with_prefix("NUDGE")
                     .prefix_separator("_")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .source(Some(overrides)),
             )
             .build()?
             .try_deserialize()?;

@@ -59,6 +59,20 @@ fn environment_overrides_the_file_and_errors_name_the_key() {
         "{stdout}"
     );
 
+    // NUDGE_CONFIG names the file; it and other non-section NUDGE_ variables
+    // are not configuration keys.
+    let out = nudge()
+        .arg("check-config")
+        .env("NUDGE_CONFIG", example_config())
+        .env("NUDGE_SOMETHING_ELSE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let out = nudge()
         .args(["--config", &example_config(), "check-config"])
         .env("NUDGE_COMPONENT__PORT", "not-a-port")

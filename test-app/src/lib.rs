@@ -5,13 +5,13 @@
 //! [`start`] runs, on 127.0.0.1 and ephemeral ports by default:
 //! - a **mock APNs** (HTTP/2 only, TLS): `POST /3/device/{token}`, JWT
 //!   (ES256) or client-certificate authentication, Apple's header and
-//!   payload checks and error reasons ([`apns`](crate::apns) module docs list
+//!   payload checks and error reasons ([`apns`] module docs list
 //!   every check);
 //! - a **mock FCM HTTP v1** (TLS, HTTP/2 or 1.1):
-//!   `POST /v1/projects/{project}/messages:send`, bearer tokens from
-//!   - a **mock OAuth token endpoint** (the service-account JWT-bearer grant),
-//!     served over plain HTTP on the control port (`/token`, the default
-//!     `token_uri`) and over HTTPS on the FCM port (`/token`);
+//!   `POST /v1/projects/{project}/messages:send`, with bearer tokens from
+//! - a **mock OAuth token endpoint** (the service-account JWT-bearer grant),
+//!   served over plain HTTP on the control port (`/token`, the default
+//!   `token_uri`) and over HTTPS on the FCM port (`/token`);
 //! - a **control API and live page** (plain HTTP): list and wait for pushes,
 //!   set faults, reset, export credentials, and a page that shows the pushes
 //!   per device like a phone's notification list, updated live by SSE.
@@ -33,13 +33,13 @@
 //!
 //! Prefixes are case-insensitive hex, so they work for APNs tokens; *N* is
 //! the decimal digits right after the prefix (at most 5). See
-//! [`faults`](crate::faults) for details and [`TestApp::set_fault`] for the
+//! [`faults`] for details and [`TestApp::set_fault`] for the
 //! explicit way. [`random_apns_token`] makes tokens that match no prefix.
 //!
 //! # Waiting for pushes
 //! [`TestApp::wait_for_push`] returns the next push for a token that no
 //! earlier wait returned, including one recorded before the call; see
-//! [`recorder`](crate::recorder) for the exact semantics.
+//! [`recorder`] for the exact semantics.
 //!
 //! # Example
 //! ```no_run
@@ -111,7 +111,7 @@ pub struct TestAppConfig {
     /// freely.
     pub apns_min_token_refresh: Option<Duration>,
     /// Reject (instead of only warn about) requests Apple accepts but that
-    /// are almost surely a bug; see [`apns`](crate::apns).
+    /// are almost surely a bug; see [`apns`].
     pub apns_strict: bool,
     /// The FCM project id (in the service account and the URL).
     pub fcm_project_id: String,
@@ -145,7 +145,7 @@ impl Default for TestAppConfig {
             fcm_project_id: "nudge-test".into(),
             oauth_token_lifetime: Duration::from_secs(3600),
             oauth_token_uri_https: false,
-            max_recorded: 100_000,
+            max_recorded: 20_000,
         }
     }
 }

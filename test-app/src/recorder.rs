@@ -9,12 +9,12 @@
 //! [`crate::Stats`].
 //!
 //! # Waiting
-//! Each token has a cursor: [`Recorder::wait`] returns the oldest push for
+//! Each token has a cursor: [`crate::TestApp::wait_for_push`] returns the oldest push for
 //! the token that lies after the cursor and moves the cursor past it,
 //! waiting up to the timeout for one to arrive. So a push recorded before the
 //! call but never returned by a wait counts ("already recorded but
 //! unconsumed"), and two waits never return the same push. `delivered_only`
-//! skips (and consumes) rejected pushes on the way. [`Recorder::list`] never
+//! skips (and consumes) rejected pushes on the way. [`crate::TestApp::pushes`] never
 //! moves cursors; `reset` clears everything.
 //!
 //! The record is bounded (`max_recorded`): the oldest entries go first, so

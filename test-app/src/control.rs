@@ -33,10 +33,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
 use futures_util::Stream;
+use hyper::Request;
+use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
+use tower_service::Service;
 
 use crate::recorder::{FeedEvent, Provider, PushFilter};
 use crate::{FaultSpec, Shared};
@@ -46,10 +49,21 @@ type AppState = State<Arc<Shared>>;
 /// The longest a `GET /api/wait` may block.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
+/// Serves the control port. The router runs in the test-app's own accept
+/// loop (not `axum::serve`, whose connection tasks outlive it) so that
+/// stopping the test-app also ends open SSE feeds and long-polls.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    if let Err(e) = axum::serve(listener, router(shared)).await {
-        tracing::error!(error = %e, "control endpoint stopped");
-    }
+    let router = router(shared);
+    crate::server::run_plain(listener, "control", move |req| {
+        let mut router = router.clone();
+        async move {
+            // Router is always ready; asking keeps to the Service contract.
+            std::future::poll_fn(|cx| Service::<Request<Incoming>>::poll_ready(&mut router, cx))
+                .await?;
+            router.call(req).await
+        }
+    })
+    .await
 }
 
 fn router(shared: Arc<Shared>) -> Router {

@@ -18,7 +18,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::convert::Infallible;
+
+use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -185,6 +189,30 @@ async fn serve_apns(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) 
     if let Err(e) = result {
         tracing::debug!(error = %e, "APNs connection ended with an error");
     }
+}
+
+/// Plain HTTP (1.1 or h2c) on `listener`, each request handled by
+/// `handle`; used for the control port.
+pub(crate) async fn run_plain<H, Fut, B>(listener: TcpListener, name: &'static str, handle: H)
+where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    accept_loop(listener, name, move |tcp| {
+        let handle = handle.clone();
+        async move {
+            let result = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), service_fn(handle))
+                .await;
+            if let Err(e) = result {
+                tracing::debug!(endpoint = name, error = %e, "connection ended with an error");
+            }
+        }
+    })
+    .await
 }
 
 pub(crate) async fn run_fcm(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {

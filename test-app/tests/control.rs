@@ -345,3 +345,57 @@ async fn the_binary_serves_exports_and_stops_on_sigterm() {
     };
     assert!(exit.success(), "{exit:?}");
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_feeds_and_long_polls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = nudge_test_app::start(TestAppConfig::default())
+        .await
+        .unwrap();
+    let addr = app.control_url().trim_start_matches("http://").to_owned();
+    let mut sse = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    sse.write_all(b"GET /events HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    bounded(async {
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&seen).contains("event: hello") {
+            let n = sse.read(&mut buf).await.unwrap();
+            assert!(n > 0, "feed closed early");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let poll = tokio::spawn({
+        let url = format!(
+            "{}/api/wait?token=abcd&timeout_ms=120000",
+            app.control_url()
+        );
+        async move {
+            let tcp = tokio::net::TcpStream::connect(url[7..].split('/').next().unwrap()).await;
+            let mut tcp = tcp.unwrap();
+            let path = &url[url.find("/api").unwrap()..];
+            tcp.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut rest = Vec::new();
+            tcp.read_to_end(&mut rest).await.map(|_| rest)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    bounded(app.shutdown()).await;
+    // Both connections end promptly (EOF or reset), long before their
+    // keep-alive or timeout would.
+    let rest = bounded(async {
+        let mut rest = Vec::new();
+        sse.read_to_end(&mut rest).await.map(|_| rest)
+    })
+    .await;
+    assert!(!String::from_utf8_lossy(&rest.unwrap_or_default()).contains("event: push"));
+    let polled = bounded(poll).await.unwrap();
+    assert!(!String::from_utf8_lossy(&polled.unwrap_or_default()).contains("200 OK"));
+    // And the port is closed.
+    let addr2 = addr.clone();
+    assert!(tokio::net::TcpStream::connect(addr2).await.is_err());
+}

@@ -135,7 +135,7 @@ impl H2 {
         );
         let tls = bounded(tls_connect(url, config)).await.unwrap();
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        let (sender, conn) = bounded(http2::handshake(TokioExecutor::new(), TokioIo::new(tls)))
             .await
             .unwrap();
         tokio::spawn(conn);

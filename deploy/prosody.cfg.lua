@@ -1,18 +1,56 @@
--- Prosody 0.12: the App Server as an external component.
--- Add to prosody.cfg.lua (global section for the ports, the Component block
--- at the end), then `prosodyctl reload`.
+-- Prosody 0.12 (Debian bookworm: prosody + prosody-modules) with Nudge as
+-- its push App Server (XEP-0357), connected as an external component
+-- (XEP-0114).
+--
+-- Install: copy this file to /etc/prosody/conf.d/nudge.cfg.lua (Debian's
+-- prosody.cfg.lua ends with `Include "conf.d/*.cfg.lua"`; an included file
+-- is read in the global scope wherever the Include stands), then:
+--
+--   1. add "cloud_notify" (XEP-0357, from prosody-modules) and "smacks"
+--      (XEP-0198, pushes for hibernated sessions) to modules_enabled in
+--      prosody.cfg.lua. They are not set here because a second
+--      `modules_enabled` would replace yours rather than add to it;
+--   2. pick a secret (e.g. `openssl rand -hex 24`) and set it below and as
+--      component.secret in Nudge's config;
+--   3. `prosodyctl reload` (or restart), then start Nudge.
+--
+-- The matching Nudge configuration (nudge.toml, see nudge.example.toml):
+--
+--   [component]
+--   domain = "push.localhost"     # = the Component name below
+--   secret = "change-me"          # = component_secret below
+--   host = "127.0.0.1"            # where Prosody listens for components
+--   port = 5347                   # = component_ports
+--
+-- scripts/interop-test and scripts/demo run Prosody with this very file
+-- (only the port and the secret substituted), so it is tested as written.
 
+-- Where components (Nudge) connect. Keep it on loopback or a private
+-- network: the secret is the only authentication and the stream is not
+-- encrypted.
 component_ports = { 5347 }
-component_interfaces = { "127.0.0.1" }   -- where Nudge connects from
+component_interfaces = { "127.0.0.1" }
 
--- Users' servers publish to the App Server; this one hosts it too.
--- (mod_cloud_notify is what sends the publishes: enable it on every
--- VirtualHost whose users should get push.)
-modules_enabled = {
-    -- …your modules…
-    "cloud_notify";   -- XEP-0357 (from prosody-modules)
-    "smacks";         -- XEP-0198: pushes for hibernated sessions
-}
+-- mod_cloud_notify. Nudge treats a push as important (an alert that wakes
+-- the phone at high priority) when `last-message-body` has a non-empty
+-- value; Prosody always sends the field, empty for chat states and other
+-- unimportant stanzas.
+--
+-- Keep the body out of the push (the default): Prosody then sends the dummy
+-- body "New Message!" for every important message, OMEMO- and
+-- PGP-encrypted ones and Jingle call proposals included. With `true` the
+-- real body travels through Nudge and Google/Apple, and encrypted messages
+-- and calls arrive with an empty body, i.e. as unimportant.
+push_notification_with_body = false
+push_notification_with_sender = false
+-- Errors of type other than `wait` Prosody counts per registration before
+-- disabling it (the default). Nudge answers `wait` for anything transient
+-- and `cancel` only when the registration is gone or the provider declared
+-- the device token dead, so 16 costs nothing but a few useless publishes.
+push_max_errors = 16
 
+-- The App Server. Prosody accepts one connection per component domain
+-- (a second one gets stream error `conflict`, and Nudge stands by and
+-- retries every second).
 Component "push.localhost"
-    component_secret = "change-me"   -- = component.secret in nudge.toml
+    component_secret = "change-me"

@@ -301,20 +301,35 @@ async fn check(
     // 3. Authentication.
     match authorization {
         Some(value) => {
-            let jwt = value
+            let Some(jwt) = value
                 .strip_prefix("bearer ")
                 .or_else(|| value.strip_prefix("Bearer "))
-                .ok_or_else(|| reject(403, "InvalidProviderToken"))?
-                .trim();
-            seen.auth = AuthMethod::Jwt {
-                key_id: crate::jwt::parse(jwt).ok().and_then(|p| {
-                    p.header
-                        .get("kid")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                }),
+                .map(str::trim)
+            else {
+                seen.auth = AuthMethod::Jwt { key_id: None };
+                return Err(reject(403, "InvalidProviderToken"));
             };
-            check_jwt(shared, jwt)?;
+            match check_jwt(shared, jwt) {
+                // A verified token's kid is the configured key id.
+                Ok(()) => {
+                    seen.auth = AuthMethod::Jwt {
+                        key_id: Some(shared.apns_key.credentials.key_id.clone()),
+                    }
+                }
+                Err(r) => {
+                    // Slow path only: decode the header to record which
+                    // key the client named.
+                    seen.auth = AuthMethod::Jwt {
+                        key_id: crate::jwt::parse(jwt).ok().and_then(|p| {
+                            p.header
+                                .get("kid")
+                                .and_then(Value::as_str)
+                                .map(str::to_owned)
+                        }),
+                    };
+                    return Err(r);
+                }
+            }
         }
         None if conn.client_cert => seen.auth = AuthMethod::Certificate,
         None => return Err(reject(403, "MissingProviderToken")),

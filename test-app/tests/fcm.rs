@@ -215,7 +215,7 @@ async fn the_https_token_endpoint_works_for_a_client_that_trusts_the_ca() {
 #[tokio::test]
 async fn expired_revoked_unknown_and_missing_tokens_get_401() {
     let app = nudge_test_app::start(TestAppConfig {
-        oauth_token_lifetime: Duration::from_millis(300),
+        oauth_token_lifetime: Duration::from_millis(1000),
         ..TestAppConfig::default()
     })
     .await
@@ -224,7 +224,7 @@ async fn expired_revoked_unknown_and_missing_tokens_get_401() {
     let token = oauth_token(&app).await;
     let r = send(&mut c, &app, &token, &data_message("d1")).await;
     assert_eq!(r.status, 200, "fresh token: {:?}", r.body);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = send(&mut c, &app, &token, &data_message("d1")).await;
     assert_eq!(
         (r.status, r.fcm_error()),

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use nudge::dispatch::Backends;
+use nudge::xmpp::dataform::DataForm;
 use nudge::xmpp::reader::{StanzaReader, StreamItem};
 use nudge_plugins::{BoxFuture, Device, Notification, Outcome, PushBackend};
 use sha1::{Digest, Sha1};
@@ -164,16 +165,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let form = el
             .children
             .first()
-            .and_then(|c| c.children.first())
+            .and_then(|c| c.children.iter().find_map(DataForm::from_element))
             .ok_or_else(|| format!("registration failed: {el:?}"))?;
-        let value = |var: &str| {
-            form.children
-                .iter()
-                .find(|f| f.get_attr("var") == Some(var))
-                .and_then(|f| f.children.first())
-                .map(|v| v.text.clone())
-                .unwrap_or_default()
-        };
+        let value = |var: &str| form.value(var).unwrap_or_default().to_owned();
         creds[idx] = (value("node"), value("secret"));
     }
     println!("{} registrations in {:?}", args.devices, t.elapsed());

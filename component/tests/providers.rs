@@ -97,19 +97,8 @@ impl Setup {
         if kind.0 != "result" {
             return Err(kind);
         }
-        let form = a
-            .get_child("command", "http://jabber.org/protocol/commands")
-            .and_then(|c| c.get_child("x", "jabber:x:data"))
-            .unwrap();
-        let value = |var: &str| {
-            form.children
-                .iter()
-                .find(|f| f.get_attr("var") == Some(var))
-                .and_then(|f| f.children.first())
-                .map(|v| v.text.clone())
-                .unwrap()
-        };
-        Ok((value("node"), value("secret")))
+        let (_, node, secret) = common::registration_form(&a).unwrap();
+        Ok((node, secret))
     }
 
     async fn finish(self) {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use nudge::dispatch::Backends;
 use nudge::xmpp::Element;
+use nudge::xmpp::dataform::DataForm;
 use nudge::xmpp::reader::{ReadError, StanzaReader, StreamItem};
 use nudge::xmpp::stream::LinkState;
 use nudge::{Config, Running};
@@ -378,20 +379,9 @@ impl Harness {
             .request(&register_iq(account, "fcm", device, token))
             .await;
         assert_eq!(answer_kind(&answer).0, "result", "{answer:?}");
-        let form = answer
-            .get_child("command", "http://jabber.org/protocol/commands")
-            .and_then(|c| c.get_child("x", "jabber:x:data"))
-            .expect("command result with form");
-        let value = |var: &str| {
-            form.children
-                .iter()
-                .find(|f| f.get_attr("var") == Some(var))
-                .and_then(|f| f.children.first())
-                .map(|v| v.text.clone())
-                .unwrap_or_default()
-        };
-        assert_eq!(value("jid"), DOMAIN);
-        (value("node"), value("secret"))
+        let (jid, node, secret) = registration_form(&answer).expect("command result with form");
+        assert_eq!(jid, DOMAIN);
+        (node, secret)
     }
 
     pub async fn finish(self) {
@@ -399,6 +389,17 @@ impl Harness {
         nudge.stop().await;
         db.drop_db().await;
     }
+}
+
+/// `(jid, node, secret)` from a completed registration command.
+pub fn registration_form(answer: &Element) -> Option<(String, String, String)> {
+    let form = answer
+        .get_child("command", "http://jabber.org/protocol/commands")?
+        .children
+        .iter()
+        .find_map(DataForm::from_element)?;
+    let value = |var: &str| form.value(var).unwrap_or_default().to_owned();
+    Some((value("jid"), value("node"), value("secret")))
 }
 
 /// Conversations' register command (fields as in the live capture).

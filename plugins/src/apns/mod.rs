@@ -324,24 +324,8 @@ impl ApnsBackend {
 
     /// Sends one push and reports what APNs made of it.
     pub async fn push(&self, device: &Device, notification: &Notification) -> Outcome {
-        let outcome = self.inner.push(device, notification).await;
-        let app = &self.inner.app;
-        match &outcome {
-            Outcome::Delivered => {}
-            Outcome::InvalidToken { reason } => {
-                tracing::info!(app, %reason, "APNs: device token is dead");
-            }
-            Outcome::Rejected { reason } => {
-                tracing::warn!(app, %reason, "APNs rejected a push");
-            }
-            Outcome::Throttled { retry_after } => {
-                tracing::debug!(app, ?retry_after, "APNs: throttled");
-            }
-            Outcome::Transient { reason, .. } => {
-                tracing::debug!(app, %reason, "APNs: transient failure");
-            }
-        }
-        outcome
+        // The dispatcher logs every outcome with the registration's context.
+        self.inner.push(device, notification).await
     }
 }
 

@@ -193,24 +193,8 @@ impl FcmBackend {
 
     /// Sends one push and reports what FCM made of it.
     pub async fn push(&self, device: &Device, notification: &Notification) -> Outcome {
-        let outcome = self.inner.push(device, notification).await;
-        let app = &self.inner.app;
-        match &outcome {
-            Outcome::Delivered => {}
-            Outcome::InvalidToken { reason } => {
-                tracing::info!(app, %reason, "FCM: registration token is dead");
-            }
-            Outcome::Rejected { reason } => {
-                tracing::warn!(app, %reason, "FCM rejected a push");
-            }
-            Outcome::Throttled { retry_after } => {
-                tracing::debug!(app, ?retry_after, "FCM: throttled");
-            }
-            Outcome::Transient { reason, .. } => {
-                tracing::debug!(app, %reason, "FCM: transient failure");
-            }
-        }
-        outcome
+        // The dispatcher logs every outcome with the registration's context.
+        self.inner.push(device, notification).await
     }
 }
 

@@ -80,6 +80,7 @@ pub use credentials::{ApnsClientIdentity, ApnsCredentials};
 pub use faults::{Fault, FaultSpec};
 pub use recorder::{AuthMethod, Provider, PushFilter, PushSummary, RecordedPush};
 pub use stats::Stats;
+pub use tls::TlsError;
 
 /// How to run the test-app. `TestAppConfig::default()` is usable as-is:
 /// ephemeral ports on 127.0.0.1, topic `org.example.app`, project

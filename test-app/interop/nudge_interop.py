@@ -696,6 +696,32 @@ class Phases:
             return await self.message_pushes(bob, "Provider is back?", devices, True)
 
         await self.r.step(f"provider back: next message is pushed (push still enabled on {s.server})", recovered)
+
+        async def slow() -> str:
+            # The provider answers only after 3 s, later than Nudge waits
+            # (dispatch.push_timeout_secs, set to 1 by the script).
+            assert self.state.fcm
+            fcm = self.state.fcm
+            self.app.set_fault(fcm.token, {"kind": "delay", "ms": 3000})
+            try:
+                self.log.mark()
+                sent = time.monotonic()
+                send_chat(bob, self.alice_jid, "Slow provider?")
+                line = await self.log.wait_for(wait_seen(s.server, fcm.node), deadline=10)
+                answered = time.monotonic() - sent
+                counted = re.search(cancel_seen(s.server, fcm.node), self.log.since_mark())
+                if counted:
+                    raise StepFailed(f"a provider timeout was answered with a counted error: {counted.group(0)}")
+                # Nudge gave up on the request; let the provider's late answer
+                # pass before the next step looks for pushes.
+                await asyncio.sleep(max(0.0, 3.2 - (time.monotonic() - sent)))
+            finally:
+                self.app.clear_fault(fcm.token)
+            if fcm.node not in nudge_nodes(s):
+                raise StepFailed("registration removed after a provider timeout")
+            return f"answered after {answered:.2f} s; {s.server} log: {line}"
+
+        await self.r.step("slow provider: Nudge stops waiting and answers wait, registration kept", slow)
         await bob.logout()
 
     # -- after the XMPP server restarted ---------------------------------------

@@ -1,0 +1,321 @@
+# Shared by scripts/interop-test and scripts/demo (sourced, not run): brings
+# up real XMPP servers, Nudge and the test-app on 127.0.0.1 from the configs
+# in deploy/, as background processes that stop by PID.
+#
+# The caller sets ROOT, WORK (a temporary directory), SECRET, PASSWORD and
+# the ports (PROSODY_C2S, PROSODY_COMPONENT, EJABBERD_C2S,
+# EJABBERD_COMPONENT, EJABBERD_DIST), and calls stop_all on exit.
+#
+# Functions return non-zero on failure; they check every command explicitly
+# because `set -e` does not apply to a function called in a condition.
+
+PUSH_DOMAIN=push.localhost
+USER_DOMAIN=localhost
+NUDGE="$ROOT/target/debug/nudge"
+TEST_APP="$ROOT/target/debug/nudge-test-app"
+VENV="$ROOT/target/interop-venv"
+DRIVER="$ROOT/test-app/interop/nudge_interop.py"
+
+# --- processes -------------------------------------------------------------------
+declare -A PIDS=() # name -> PID of every background process started here
+
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+gone() { ! kill -0 "$1" 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_free() { ! port_open "$1"; }
+ports_open() { local p; for p in "$@"; do port_open "$p" || return 1; done; }
+
+# wait_until SECONDS COMMAND...: polls COMMAND every 0.1 s for that long.
+wait_until() {
+    local end=$(($(date +%s) + $1))
+    shift
+    until "$@"; do
+        [ "$(date +%s)" -lt "$end" ] || return 1
+        sleep 0.1
+    done
+}
+
+# stop_pid NAME [SIGNAL]: stops one process (its whole group if it leads
+# one), waits at most 10 s, then kills it.
+stop_pid() {
+    local name=$1 pid=${PIDS[$1]:-} sig=${2:-TERM}
+    [ -n "$pid" ] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill "-$sig" -- "-$pid" 2>/dev/null || kill "-$sig" "$pid" 2>/dev/null || true
+        if ! wait_until 10 gone "$pid"; then
+            echo "$name ($pid) did not stop, killing it" >&2
+            kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || true
+    unset "PIDS[$name]"
+}
+
+# Everything still running, in dependency order.
+stop_all() {
+    stop_pid nudge
+    stop_ejabberd
+    stop_pid prosody
+    stop_pid test-app
+    local name
+    for name in "${!PIDS[@]}"; do stop_pid "$name" KILL; done
+}
+
+# --- installation ----------------------------------------------------------------
+APT_UPDATED=
+apt_install() {
+    [ "$(id -u)" = 0 ] || { echo "need root to apt-get install $*"; return 1; }
+    # The packages' maintainer scripts would start the system services (on
+    # 5222, 5269, 5280…): forbid that while installing, as Docker images do.
+    local policy_created= rc=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d &&
+            policy_created=1
+    fi
+    # apt-get update once, and only when the package lists lack a package.
+    if [ -z "$APT_UPDATED" ] && ! apt-cache show "$@" >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq && APT_UPDATED=1 || rc=$?
+    fi
+    [ "$rc" != 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null || rc=$?
+    [ -z "$policy_created" ] || rm -f /usr/sbin/policy-rc.d
+    return "$rc"
+}
+
+# install_servers prosody|ejabberd...: Debian's packages, when missing.
+install_servers() {
+    local need=() server
+    for server in "$@"; do
+        case $server in
+            prosody)
+                command -v prosody >/dev/null || need+=(prosody)
+                [ -f /usr/lib/prosody/modules/mod_cloud_notify/mod_cloud_notify.lua ] || need+=(prosody-modules)
+                ;;
+            ejabberd) command -v ejabberdctl >/dev/null || need+=(ejabberd) ;;
+        esac
+    done
+    if [ ${#need[@]} != 0 ]; then
+        apt_install "${need[@]}" || return 1
+        echo -n "installed ${need[*]}; "
+    fi
+    echo "$(dpkg-query -W -f '${Package} ${Version}, ' prosody prosody-modules ejabberd 2>/dev/null)"
+}
+
+build() {
+    cargo build -q -p nudge -p nudge-test-app --bins
+}
+
+# A venv under target/ with the driver's pinned dependencies.
+python_env() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        if ! python3 -m venv "$VENV" 2>/dev/null; then
+            # Debian's python3 needs python3-venv for ensurepip.
+            rm -rf "$VENV"
+            apt_install python3-venv && python3 -m venv "$VENV" || return 1
+        fi
+    fi
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/test-app/interop/requirements.txt" ||
+        return 1
+    "$VENV/bin/python" -c 'import slixmpp; print("slixmpp", slixmpp.__version__)'
+}
+
+# --- test-app --------------------------------------------------------------------
+# start_test_app [CONTROL_PORT]: sets CONTROL (control API + live page URL).
+start_test_app() {
+    mkdir -p "$WORK/test-app" || return 1
+    "$TEST_APP" serve --control-port "${1:-0}" --export-dir "$WORK/test-app" \
+        >"$WORK/test-app/out.log" 2>"$WORK/test-app/test-app.log" &
+    PIDS[test-app]=$!
+    wait_until 20 test -s "$WORK/test-app/test-app.json" ||
+        { cat "$WORK/test-app/test-app.log"; return 1; }
+    CONTROL=$(json_url control) && FCM_URL=$(json_url fcm) || return 1
+    echo "control API + live page $CONTROL, mock FCM $FCM_URL"
+}
+json_url() {
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["urls"][sys.argv[2]])' \
+        "$WORK/test-app/test-app.json" "$1"
+}
+
+# --- Nudge -----------------------------------------------------------------------
+# deploy/nudge.example.toml as documented, plus apps pointed at the
+# test-app; server-specific values come as NUDGE_* environment overrides
+# (nudge_env), the way the README tells operators to keep secrets out of the
+# file.
+write_nudge_config() {
+    {
+        cat "$ROOT/deploy/nudge.example.toml"
+        echo
+        cat "$WORK/test-app/nudge-apps.toml"
+        cat <<EOF
+
+# Conversations' app (register-push-fcm): FCM v1 pointed at the test-app.
+[apps.conversations]
+provider = "fcm"
+service_account_path = "$WORK/test-app/fcm-service-account.json"
+endpoint = "$FCM_URL"
+ca_file = "$WORK/test-app/ca.pem"
+EOF
+    } >"$WORK/nudge.toml"
+}
+
+# nudge_env SERVER COMPONENT_PORT
+nudge_env() {
+    export NO_COLOR=1
+    export NUDGE_COMPONENT__PORT=$2
+    export NUDGE_COMPONENT__SECRET=$SECRET
+    export NUDGE_STORAGE__DATA_DIR=$WORK/$1/nudge-data
+}
+
+nudge_connections() { grep -c "component connected" "$WORK/$1/nudge.log" 2>/dev/null || true; }
+
+# start_nudge SERVER: runs Nudge and waits for its component handshake.
+start_nudge() {
+    local log=$WORK/$1/nudge.log
+    "$NUDGE" --config "$WORK/nudge.toml" check-config || return 1
+    "$NUDGE" --config "$WORK/nudge.toml" run >"$log" 2>&1 &
+    PIDS[nudge]=$!
+    wait_until 20 grep -q "component connected" "$log" || { tail -n 20 "$log"; return 1; }
+    grep "component connected" "$log" | head -n 1
+}
+
+# --- Prosody ---------------------------------------------------------------------
+# The test harness part (paths, loopback ports, no s2s, plain c2s for the
+# test clients) is written here; the Nudge part is deploy/prosody.cfg.lua,
+# Included unchanged apart from the port and the secret.
+configure_prosody() {
+    local dir=$WORK/prosody user
+    mkdir -p "$dir/data" "$dir/certs" || return 1
+    sed -e "s/component_ports = { 5347 }/component_ports = { $PROSODY_COMPONENT }/" \
+        -e "s/component_secret = \"change-me\"/component_secret = \"$SECRET\"/" \
+        "$ROOT/deploy/prosody.cfg.lua" >"$dir/nudge.cfg.lua" || return 1
+    grep -q "{ $PROSODY_COMPONENT }" "$dir/nudge.cfg.lua" && grep -q "\"$SECRET\"" "$dir/nudge.cfg.lua" ||
+        { echo "deploy/prosody.cfg.lua no longer has the port/secret lines substituted here"; return 1; }
+    cat >"$dir/prosody.cfg.lua" <<EOF
+-- Generated by scripts/lib/servers.sh: test harness only.
+run_as_root = true          -- CI runs as root; mod_posix refuses otherwise
+daemonize = false           -- a background process stopped by PID
+pidfile = "$dir/prosody.pid"
+data_path = "$dir/data"
+certificates = "$dir/certs"
+plugin_paths = { "/usr/lib/prosody/modules" }
+log = { { levels = { min = "debug" }, to = "file", filename = "$dir/prosody.log" } }
+interfaces = { "127.0.0.1" }
+c2s_ports = { $PROSODY_C2S }
+c2s_direct_tls_ports = { }
+s2s_ports = { }
+http_ports = { }
+https_ports = { }
+modules_disabled = { "s2s"; "s2s_auth_certs"; "dialback" }   -- s2s is auto-loaded otherwise
+authentication = "internal_hashed"
+c2s_require_encryption = false   -- no certificates on loopback
+allow_unencrypted_plain_auth = true
+
+VirtualHost "$USER_DOMAIN"
+    -- cloud_notify and smacks are the two deploy/prosody.cfg.lua asks for.
+    modules_enabled = { "roster"; "saslauth"; "disco"; "ping"; "carbons"; "mam"; "offline"; "smacks"; "cloud_notify" }
+
+Include "$dir/nudge.cfg.lua"
+EOF
+    for user in alice bob; do
+        prosodyctl --config "$dir/prosody.cfg.lua" register "$user" "$USER_DOMAIN" "$PASSWORD" || return 1
+    done
+    echo "users alice, bob; component $PUSH_DOMAIN on 127.0.0.1:$PROSODY_COMPONENT (from deploy/prosody.cfg.lua)"
+}
+
+start_prosody() {
+    local dir=$WORK/prosody
+    port_free "$PROSODY_C2S" && port_free "$PROSODY_COMPONENT" ||
+        { echo "port $PROSODY_C2S or $PROSODY_COMPONENT is in use"; return 1; }
+    prosody -F --config "$dir/prosody.cfg.lua" >>"$dir/prosody.out" 2>&1 &
+    PIDS[prosody]=$!
+    wait_until 20 ports_open "$PROSODY_C2S" "$PROSODY_COMPONENT" ||
+        { tail -n 20 "$dir/prosody.out" "$dir/prosody.log"; return 1; }
+    echo "prosody $(dpkg-query -W -f '${Version}' prosody), PID ${PIDS[prosody]}, c2s 127.0.0.1:$PROSODY_C2S"
+}
+
+stop_prosody() { stop_pid prosody; }
+
+# --- ejabberd --------------------------------------------------------------------
+EJABBERDCTL=()
+configure_ejabberd() {
+    local dir=$WORK/ejabberd
+    mkdir -p "$dir/spool" "$dir/logs" || return 1
+    sed -e "s/^    port: 5347$/    port: $EJABBERD_COMPONENT/" \
+        -e "s/password: \"change-me\"/password: \"$SECRET\"/" \
+        "$ROOT/deploy/ejabberd.yml" >"$dir/nudge.yml" || return 1
+    grep -q "port: $EJABBERD_COMPONENT" "$dir/nudge.yml" && grep -q "\"$SECRET\"" "$dir/nudge.yml" ||
+        { echo "deploy/ejabberd.yml no longer has the port/secret lines substituted here"; return 1; }
+    cat >"$dir/ejabberd.yml" <<EOF
+# Generated by scripts/lib/servers.sh: test harness only. The Nudge part is
+# deploy/ejabberd.yml, included below (port and secret substituted).
+hosts: [$USER_DOMAIN]
+loglevel: debug          # mod_push logs every answer to a publish at debug
+certfiles: []
+auth_method: internal
+default_db: mnesia
+s2s_access: none         # no s2s
+acl:
+  local:
+    user_regexp: ""
+access_rules:
+  local:
+    allow: local
+  c2s:
+    allow: all
+listen:
+  - port: $EJABBERD_C2S
+    ip: "127.0.0.1"
+    module: ejabberd_c2s
+    starttls: false      # no certificates on loopback
+    access: c2s
+modules:
+  mod_disco: {}
+  mod_ping: {}
+include_config_file: $dir/nudge.yml
+EOF
+    # ejabberdctl reads its own settings from --ctl-config; without one it
+    # would source /etc/ejabberd/ejabberdctl.cfg, which names the system
+    # config. A fixed distribution port on loopback replaces epmd, so no
+    # epmd is started (and none is left behind).
+    cat >"$dir/ejabberdctl.cfg" <<EOF
+ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0"
+INET_DIST_INTERFACE=127.0.0.1
+ERL_DIST_PORT=$EJABBERD_DIST
+EOF
+    # ejabberdctl runs ejabberd as user ejabberd when called by root.
+    cp /etc/ejabberd/inetrc "$dir/inetrc" && chown -R ejabberd:ejabberd "$dir" || return 1
+    EJABBERDCTL=(ejabberdctl --config-dir "$dir" --config "$dir/ejabberd.yml" --ctl-config "$dir/ejabberdctl.cfg"
+        --logs "$dir/logs" --spool "$dir/spool" --node "nudge-interop@localhost")
+    echo "component $PUSH_DOMAIN on 127.0.0.1:$EJABBERD_COMPONENT (from deploy/ejabberd.yml)"
+}
+
+start_ejabberd() {
+    local dir=$WORK/ejabberd
+    port_free "$EJABBERD_C2S" && port_free "$EJABBERD_COMPONENT" && port_free "$EJABBERD_DIST" ||
+        { echo "port $EJABBERD_C2S, $EJABBERD_COMPONENT or $EJABBERD_DIST is in use"; return 1; }
+    # Its own process group (ejabberdctl → su → erl → beam.smp), so that a
+    # last-resort kill reaches the whole tree.
+    setsid "${EJABBERDCTL[@]}" foreground >>"$dir/ejabberd.out" 2>&1 &
+    PIDS[ejabberd]=$!
+    # Listeners open last, once the modules are up.
+    wait_until 60 ports_open "$EJABBERD_C2S" "$EJABBERD_COMPONENT" ||
+        { tail -n 20 "$dir/ejabberd.out" "$dir/logs/ejabberd.log"; return 1; }
+    echo "ejabberd $(dpkg-query -W -f '${Version}' ejabberd), PID ${PIDS[ejabberd]}, c2s 127.0.0.1:$EJABBERD_C2S"
+}
+
+stop_ejabberd() {
+    [ -n "${PIDS[ejabberd]:-}" ] || return 0
+    # `ejabberdctl stop` returns before the VM is down; signalling the
+    # ejabberdctl wrapper then would orphan a half-stopped beam.smp. So wait
+    # for the whole tree to end by itself, and signal its group only if not.
+    "${EJABBERDCTL[@]}" stop >/dev/null 2>&1 || true
+    wait_until 20 gone "${PIDS[ejabberd]}" || true
+    stop_pid ejabberd
+}
+
+register_ejabberd_users() {
+    local user
+    for user in alice bob; do
+        "${EJABBERDCTL[@]}" register "$user" "$USER_DOMAIN" "$PASSWORD" 2>/dev/null || return 1
+    done
+}

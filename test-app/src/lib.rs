@@ -520,9 +520,8 @@ impl TestApp {
         Ok(files)
     }
 
-    /// A `[apps.*]` snippet for Nudge's configuration file that points one
-    /// APNs app at the mock. The FCM app is left as a commented template:
-    /// the FCM backend's settings are documented with the backend.
+    /// A `[apps.*]` snippet for Nudge's configuration file that points an
+    /// APNs app and an FCM app at the mocks.
     fn nudge_apps_toml(&self, files: &ExportedFiles) -> String {
         let creds = self.apns_credentials();
         let topic = self
@@ -549,8 +548,12 @@ impl TestApp {
              # cert_path = {cert}\n\
              # key_path = {cert_key}\n\
              \n\
-             # FCM: service account {sa} (token_uri {token_uri}),\n\
-             # endpoint {fcm}, project {project}, trust {ca}.\n",
+             # FCM project {project}; the service account's token_uri is {token_uri}.\n\
+             [apps.testapp-fcm]\n\
+             provider = \"fcm\"\n\
+             service_account_path = {sa}\n\
+             endpoint = {fcm}\n\
+             ca_file = {ca}\n",
             topic = toml_string(&topic),
             endpoint = toml_string(&self.apns_url()),
             ca = q(&files.ca_cert),
@@ -559,9 +562,9 @@ impl TestApp {
             team_id = toml_string(&creds.team_id),
             cert = q(&files.apns_client_cert),
             cert_key = q(&files.apns_client_key),
-            sa = files.fcm_service_account.display(),
+            sa = q(&files.fcm_service_account),
             token_uri = self.oauth_token_url(),
-            fcm = self.fcm_url(),
+            fcm = toml_string(&self.fcm_url()),
             project = self.fcm_project_id(),
         )
     }

@@ -300,6 +300,18 @@ async fn the_binary_serves_exports_and_stops_on_sigterm() {
         app_cfg["ca_file"].as_str().map(std::path::PathBuf::from),
         Some(dir.path().join("ca.pem"))
     );
+    let fcm_cfg = &toml["apps"]["testapp-fcm"];
+    assert_eq!(fcm_cfg["provider"].as_str(), Some("fcm"));
+    assert_eq!(
+        fcm_cfg["service_account_path"]
+            .as_str()
+            .map(std::path::PathBuf::from),
+        Some(dir.path().join("fcm-service-account.json"))
+    );
+    assert_eq!(
+        fcm_cfg["endpoint"].as_str(),
+        summary["urls"]["fcm"].as_str()
+    );
 
     // The mock in the process works with the exported credentials.
     let apns_url = summary["urls"]["apns"].as_str().unwrap();

@@ -96,7 +96,7 @@ impl Service {
                 .await;
             return;
         };
-        match (iq.kind, payload.name.as_str(), payload.ns.as_str()) {
+        match (iq.kind, &*payload.name, &*payload.ns) {
             (IqType::Get, "query", ns::DISCO_INFO) => {
                 let reply = match self.disco_info(payload.get_attr("node")) {
                     Some(info) => iq.result(Some(info.to_element())),

@@ -255,7 +255,9 @@ async fn provider_outage_is_wait_and_keeps_the_registration() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_test_apps_exported_config_snippet_is_accepted() {
-    let app = nudge_test_app::start(TestAppConfig::default()).await.unwrap();
+    let app = nudge_test_app::start(TestAppConfig::default())
+        .await
+        .unwrap();
     let files = tempfile::tempdir().unwrap();
     let exported = app.export(files.path()).unwrap();
     let snippet = std::fs::read_to_string(&exported.nudge_apps_toml).unwrap();

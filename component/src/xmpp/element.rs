@@ -5,21 +5,83 @@
 //! (`Iq`, `PublishRequest`, data forms) read from it. Mixed content is not
 //! needed by any protocol we speak, so an element keeps its direct text as
 //! one string.
+//!
+//! Names, namespaces and attribute names are [`Name`]s: the ones the
+//! protocols here use are interned as `&'static str`, so that parsing a
+//! publish allocates little beyond the attribute values and text (the
+//! allocator was the largest cost on the publish path before).
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use quick_xml::escape::escape;
+
+/// An element or attribute name, or a namespace: static when known.
+pub type Name = Cow<'static, str>;
+
+/// Names and namespaces that recur in the stanzas the component reads; a
+/// parsed name equal to one of them is stored without allocating.
+const KNOWN: &[&str] = &[
+    "iq",
+    "message",
+    "presence",
+    "id",
+    "type",
+    "from",
+    "to",
+    "xml:lang",
+    "pubsub",
+    "publish",
+    "publish-options",
+    "item",
+    "notification",
+    "x",
+    "field",
+    "value",
+    "var",
+    "node",
+    "label",
+    "query",
+    "command",
+    "action",
+    "sessionid",
+    "ping",
+    "handshake",
+    "stream",
+    "error",
+    "text",
+    "body",
+    super::ns::COMPONENT,
+    super::ns::STREAM,
+    super::ns::STREAM_ERRORS,
+    super::ns::STANZA_ERRORS,
+    super::ns::DISCO_INFO,
+    super::ns::DISCO_ITEMS,
+    super::ns::COMMANDS,
+    super::ns::DATA_FORMS,
+    super::ns::PING,
+    super::ns::PUBSUB,
+    super::ns::PUSH,
+];
+
+/// A [`Name`] for a parsed string: static when it is a known one.
+pub fn intern(s: &str) -> Name {
+    match KNOWN.iter().find(|k| **k == s) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(s.to_owned()),
+    }
+}
 
 /// One XML element with its namespace resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Element {
     /// Local name (`iq`, `pubsub`, …).
-    pub name: String,
+    pub name: Name,
     /// Resolved namespace URI; empty when unbound.
-    pub ns: String,
+    pub ns: Name,
     /// Attributes other than namespace declarations, in document order.
     /// Names keep their prefix (`xml:lang`).
-    pub attrs: Vec<(String, String)>,
+    pub attrs: Vec<(Name, String)>,
     /// Child elements in document order.
     pub children: Vec<Element>,
     /// The concatenated character data directly inside this element.
@@ -28,7 +90,7 @@ pub struct Element {
 
 impl Element {
     /// A new element with no attributes or content.
-    pub fn new(name: impl Into<String>, ns: impl Into<String>) -> Self {
+    pub fn new(name: impl Into<Name>, ns: impl Into<Name>) -> Self {
         Element {
             name: name.into(),
             ns: ns.into(),
@@ -37,7 +99,7 @@ impl Element {
     }
 
     /// Builder: adds an attribute.
-    pub fn attr(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn attr(mut self, name: impl Into<Name>, value: impl Into<String>) -> Self {
         self.attrs.push((name.into(), value.into()));
         self
     }
@@ -87,8 +149,8 @@ impl Element {
     pub fn write_to(&self, out: &mut String, parent_ns: &str) {
         out.push('<');
         out.push_str(&self.name);
-        if self.ns != parent_ns {
-            let _ = write!(out, " xmlns='{}'", escape(self.ns.as_str()));
+        if *self.ns != *parent_ns {
+            let _ = write!(out, " xmlns='{}'", escape(&*self.ns));
         }
         for (k, v) in &self.attrs {
             let _ = write!(out, " {}='{}'", k, escape(v.as_str()));

@@ -16,7 +16,7 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader, Take};
 
-use super::element::Element;
+use super::element::{Element, Name, intern};
 
 /// Deepest element nesting accepted inside a stanza. Real stanzas are under
 /// 10 levels deep.
@@ -54,7 +54,7 @@ impl ReadError {
 #[derive(Debug)]
 pub enum StreamItem {
     /// The server's `<stream:stream>` header; its attributes (`id`, `from`).
-    Header(Vec<(String, String)>),
+    Header(Vec<(Name, String)>),
     /// A complete top-level element (a stanza, `<handshake/>`, `<stream:error>`).
     Stanza(Element),
     /// Whitespace between stanzas (the server's keepalive).
@@ -137,8 +137,8 @@ impl<R: AsyncRead + Unpin> StanzaReader<R> {
             };
             let (ns, event) = event;
             let ns = match ns {
-                ResolveResult::Bound(n) => String::from(n.as_ref()),
-                ResolveResult::Unbound => String::new(),
+                ResolveResult::Bound(n) => intern(n.as_ref()),
+                ResolveResult::Unbound => Name::Borrowed(""),
                 ResolveResult::Unknown(p) => {
                     return Err(ReadError::NotWellFormed(format!("unbound prefix {p}")));
                 }
@@ -266,8 +266,8 @@ fn resolve_reference(r: &quick_xml::events::BytesRef<'_>) -> Result<char, ReadEr
     }
 }
 
-fn element_from_start(start: &BytesStart<'_>, ns: String) -> Result<Element, ReadError> {
-    let name = start.local_name().as_ref().to_owned();
+fn element_from_start(start: &BytesStart<'_>, ns: Name) -> Result<Element, ReadError> {
+    let name = intern(start.local_name().as_ref());
     let mut attrs = Vec::new();
     for attr in start.attributes() {
         let attr = attr.map_err(|e| ReadError::NotWellFormed(e.to_string()))?;
@@ -281,7 +281,7 @@ fn element_from_start(start: &BytesStart<'_>, ns: String) -> Result<Element, Rea
                 quick_xml::Error::Escape(_) => ReadError::Restricted("undeclared entity"),
                 other => ReadError::NotWellFormed(other.to_string()),
             })?;
-        attrs.push((key.to_owned(), value.into_owned()));
+        attrs.push((intern(key), value.into_owned()));
     }
     Ok(Element {
         name,

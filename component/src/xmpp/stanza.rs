@@ -206,7 +206,7 @@ impl StreamError {
             .children
             .iter()
             .find(|c| c.ns == ns::STREAM_ERRORS && c.name != "text")
-            .map(|c| c.name.clone())
+            .map(|c| c.name.to_string())
             .unwrap_or_else(|| "undefined-condition".into());
         let text = el
             .get_child("text", ns::STREAM_ERRORS)
@@ -228,7 +228,7 @@ impl std::fmt::Display for StreamError {
 /// Serializes the stream error we send before closing.
 pub fn stream_error_xml(condition: &str, text: &str) -> String {
     let mut s = String::from("<stream:error>");
-    Element::new(condition, ns::STREAM_ERRORS).write_to(&mut s, "");
+    Element::new(condition.to_owned(), ns::STREAM_ERRORS).write_to(&mut s, "");
     Element::new("text", ns::STREAM_ERRORS)
         .text(text)
         .write_to(&mut s, "");

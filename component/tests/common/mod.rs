@@ -152,7 +152,7 @@ impl ServerConn {
         loop {
             match self.next_item().await {
                 Some(Ok(StreamItem::Stanza(el))) if el.name == "error" => {
-                    condition = el.children.first().map(|c| c.name.clone());
+                    condition = el.children.first().map(|c| c.name.to_string());
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) => return condition,
@@ -195,7 +195,10 @@ pub fn answer_kind(el: &Element) -> (String, String) {
                 .find(|c| c.ns == "urn:ietf:params:xml:ns:xmpp-stanzas" && c.name != "text")
                 .map(|c| c.name.clone())
                 .unwrap_or_default();
-            (err.get_attr("type").unwrap_or("").to_owned(), cond)
+            (
+                err.get_attr("type").unwrap_or("").to_owned(),
+                cond.to_string(),
+            )
         }
         other => panic!("not an iq answer: {other:?}"),
     }

@@ -59,7 +59,7 @@ stop_all() {
     stop_pid prosody
     stop_pid test-app
     local name
-    for name in "${!PIDS[@]}"; do stop_pid "$name" KILL; done
+    for name in "${!PIDS[@]}"; do stop_pid "$name"; done
 }
 
 # --- installation ----------------------------------------------------------------
@@ -128,8 +128,8 @@ start_test_app() {
     PIDS[test-app]=$!
     wait_until 20 test -s "$WORK/test-app/test-app.json" ||
         { cat "$WORK/test-app/test-app.log"; return 1; }
-    CONTROL=$(json_url control) && FCM_URL=$(json_url fcm) || return 1
-    echo "control API + live page $CONTROL, mock FCM $FCM_URL"
+    CONTROL=$(json_url control) || return 1
+    echo "control API + live page $CONTROL, mock APNs $(json_url apns), mock FCM $(json_url fcm)"
 }
 json_url() {
     python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["urls"][sys.argv[2]])' \
@@ -137,25 +137,16 @@ json_url() {
 }
 
 # --- Nudge -----------------------------------------------------------------------
-# deploy/nudge.example.toml as documented, plus apps pointed at the
-# test-app; server-specific values come as NUDGE_* environment overrides
-# (nudge_env), the way the README tells operators to keep secrets out of the
-# file.
+# deploy/nudge.example.toml as documented, plus the apps the test-app
+# exports (testapp-apns, testapp-fcm: register-push-apns and
+# register-push-fcm resolve to them); server-specific values come as NUDGE_*
+# environment overrides (nudge_env), the way the README tells operators to
+# keep secrets out of the file.
 write_nudge_config() {
-    {
-        cat "$ROOT/deploy/nudge.example.toml"
-        echo
-        cat "$WORK/test-app/nudge-apps.toml"
-        cat <<EOF
-
-# Conversations' app (register-push-fcm): FCM v1 pointed at the test-app.
-[apps.conversations]
-provider = "fcm"
-service_account_path = "$WORK/test-app/fcm-service-account.json"
-endpoint = "$FCM_URL"
-ca_file = "$WORK/test-app/ca.pem"
-EOF
-    } >"$WORK/nudge.toml"
+    { cat "$ROOT/deploy/nudge.example.toml" && echo && cat "$WORK/test-app/nudge-apps.toml"; } >"$WORK/nudge.toml" ||
+        return 1
+    grep -q '^provider = "fcm"' "$WORK/nudge.toml" && grep -q '^provider = "apns"' "$WORK/nudge.toml" ||
+        { echo "the test-app's nudge-apps.toml lacks an FCM or an APNs app"; return 1; }
 }
 
 # nudge_env SERVER COMPONENT_PORT

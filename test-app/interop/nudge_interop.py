@@ -809,32 +809,54 @@ class Phases:
 
     # -- demo ----------------------------------------------------------------
     async def demo(self, seconds: float, every: float) -> None:
+        """Not a test: shows the system working, in the terminal and on the
+        test-app's live page."""
         s = self.s
         alice = await login(s, "alice", "phone")
         bob = await login(s, "bob", "laptop")
-        fcm = await register_device(alice, s.push_jid, Device("fcm", "demo-android-1", "0fcm-demo-alice-android"), "android-id")
-        apns = await register_device(alice, s.push_jid, Device("apns", "demo-iphone-1", "0" + "a1ce" * 15 + "000"), "device-id")
-        for d in (fcm, apns):
+        android = await register_device(
+            alice, s.push_jid, Device("fcm", "demo-android", "0fcm-demo-alice-android"), "android-id"
+        )
+        iphone = await register_device(
+            alice, s.push_jid, Device("apns", "demo-iphone", "0" + "a1ce" * 15 + "000"), "device-id"
+        )
+        for d in (android, iphone):
             await enable_push(alice, s.push_jid, d)
-        print(f"demo: alice registered an Android phone (FCM, node {fcm.node}) and an iPhone (APNs, node {apns.node})", flush=True)
+        print(f"demo: alice registered her Android phone (FCM, node {android.node}) and her iPhone (APNs, node {iphone.node})")
         await alice.logout()
-        print("demo: alice is offline; bob writes to her:", flush=True)
-        end = time.monotonic() + seconds
-        n = 0
+        print("demo: alice went offline; bob writes to her every few seconds (Ctrl-C stops):", flush=True)
         lines = [
             "Hi alice! Lunch today?", "I'll be at the usual place.", "Bring the slides, please.",
             "Running five minutes late.", "The meeting moved to 3 pm.", "Did you see the release notes?",
         ]
+        end = time.monotonic() + seconds
+        n = 0
         while time.monotonic() < end:
             n += 1
+            mark = self.app.last_id()
             if n % 4 == 0:
-                send_chat_state(bob, self.alice_jid)
-                print(f"demo: #{n} bob is typing… (chat state only: a silent wake-up)", flush=True)
+                sent = send_chat_state(bob, self.alice_jid)
+                what = "bob is typing… (a chat state only)"
             else:
                 body = lines[n % len(lines)]
-                send_chat(bob, self.alice_jid, body)
-                print(f"demo: #{n} bob: {body!r} (an alert on both phones)", flush=True)
-            await asyncio.sleep(every)
+                sent = send_chat(bob, self.alice_jid, body)
+                what = f"bob: {body!r}"
+            seen = []
+            for name, d in (("Android", android), ("iPhone", iphone)):
+                try:
+                    push = await self.app.wait_push(d.token, mark)
+                except StepFailed:
+                    seen.append(f"{name}: no push")
+                    continue
+                ms = latency(push, sent) * 1000
+                if d is android:  # Conversations gets a data message and fetches the rest
+                    priority = push["payload"].get("android", {}).get("priority")
+                    seen.append(f"{name}: FCM data message, {priority} priority, {ms:.0f} ms")
+                else:
+                    h = push["headers"]
+                    seen.append(f"{name}: APNs {h.get('apns-push-type')} push, priority {h.get('apns-priority')}, {ms:.0f} ms")
+            print(f"demo: #{n} {what}  →  " + ", ".join(seen), flush=True)
+            await asyncio.sleep(max(0.0, every - (time.time() - sent)))
         await bob.logout()
 
 
@@ -888,7 +910,10 @@ async def run(phase: str, settings: Settings, args: argparse.Namespace) -> int:
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     phase, settings, args = parse_args(sys.argv[1:])
-    sys.exit(asyncio.run(run(phase, settings, args)))
+    try:
+        sys.exit(asyncio.run(run(phase, settings, args)))
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

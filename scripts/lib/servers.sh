@@ -259,9 +259,18 @@ listen:
     module: ejabberd_c2s
     starttls: false      # no certificates on loopback
     access: c2s
+shaper_rules:
+  max_user_offline_messages: 100
 modules:
   mod_disco: {}
   mod_ping: {}
+  # Debian's default ejabberd.yml loads these, as deploy/ejabberd.yml expects.
+  mod_offline:
+    access_max_user_messages: max_user_offline_messages
+  mod_push: {}
+  mod_push_keepalive: {}
+  mod_stream_mgmt:
+    resend_on_timeout: if_offline
 include_config_file: $dir/nudge.yml
 EOF
     # ejabberdctl reads its own settings from --ctl-config; without one it

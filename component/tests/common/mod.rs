@@ -112,6 +112,11 @@ impl ServerConn {
         self.writer.write_all(xml.as_bytes()).await.unwrap();
     }
 
+    /// Closes this side of the TCP connection, as a server going away does.
+    pub async fn hang_up(&mut self) {
+        let _ = self.writer.shutdown().await;
+    }
+
     /// Sends bytes, tolerating a component that already closed.
     pub async fn send_lossy(&mut self, bytes: &[u8]) {
         let _ = self.writer.write_all(bytes).await;
@@ -141,6 +146,18 @@ impl ServerConn {
                 Ok(Ok(StreamItem::Keepalive)) => self.keepalives += 1,
                 Ok(other) => panic!("unexpected from the component: {other:?}"),
                 Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next stanza within `limit`; `None` on timeout or when the
+    /// component closed or broke the stream.
+    pub async fn try_recv(&mut self, limit: Duration) -> Option<Element> {
+        loop {
+            match tokio::time::timeout(limit, self.reader.next()).await {
+                Ok(Ok(StreamItem::Stanza(el))) => return Some(el),
+                Ok(Ok(StreamItem::Keepalive)) => self.keepalives += 1,
+                _ => return None,
             }
         }
     }

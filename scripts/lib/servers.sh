@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by scripts/interop-test and scripts/demo (sourced, not run): brings
 # up real XMPP servers, Nudge and the test-app on 127.0.0.1 from the configs
 # in deploy/, as background processes that stop by PID.
@@ -14,6 +15,7 @@ USER_DOMAIN=localhost
 NUDGE="$ROOT/target/debug/nudge"
 TEST_APP="$ROOT/target/debug/nudge-test-app"
 VENV="$ROOT/target/interop-venv"
+# shellcheck disable=SC2034 # used by the scripts that source this file
 DRIVER="$ROOT/test-app/interop/nudge_interop.py"
 
 # --- processes -------------------------------------------------------------------
@@ -68,7 +70,7 @@ apt_install() {
     [ "$(id -u)" = 0 ] || { echo "need root to apt-get install $*"; return 1; }
     # The packages' maintainer scripts would start the system services (on
     # 5222, 5269, 5280…): forbid that while installing, as Docker images do.
-    local policy_created= rc=0
+    local policy_created='' rc=0
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d &&
             policy_created=1
@@ -98,7 +100,8 @@ install_servers() {
         apt_install "${need[@]}" || return 1
         echo -n "installed ${need[*]}; "
     fi
-    echo "$(dpkg-query -W -f '${Package} ${Version}, ' prosody prosody-modules ejabberd 2>/dev/null)"
+    dpkg-query -W -f '${Package} ${Version}, ' prosody prosody-modules ejabberd 2>/dev/null
+    echo
 }
 
 build() {

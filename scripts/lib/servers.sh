@@ -80,6 +80,12 @@ apt_install() {
         DEBIAN_FRONTEND=noninteractive apt-get update -qq && APT_UPDATED=1 || rc=$?
     fi
     [ "$rc" != 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null || rc=$?
+    # Stale lists name versions the mirror no longer has: update and retry once.
+    if [ "$rc" != 0 ] && [ -z "$APT_UPDATED" ]; then
+        rc=0
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq && APT_UPDATED=1 || rc=$?
+        [ "$rc" != 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null || rc=$?
+    fi
     [ -z "$policy_created" ] || rm -f /usr/sbin/policy-rc.d
     return "$rc"
 }

@@ -6,18 +6,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{DbKind, FakeServer, Harness, STEP, ServerConn, answer_kind, publish_iq, test_config};
+use common::{DbKind, FakeServer, Harness, STEP, ServerConn, answer_kind, publish_iq, start_on};
 use nudge::dispatch::Backends;
 use nudge::xmpp::stream::{LinkState, StopReason};
 
 #[tokio::test]
 async fn handshake_failure_is_not_retried_in_a_tight_loop() {
     let server = FakeServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/n.db", dir.path().display());
-    let mut nudge = nudge::start(&test_config(server.port, &url, ""), Backends::new())
-        .await
-        .unwrap();
+    let (mut nudge, _dir) = start_on(server.port, Backends::new(), |_| {}).await;
     let (mut conn, _, _) = server.accept_until_handshake().await;
     conn.send("<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Given token does not match calculated token</text></stream:error></stream:stream>").await;
     drop(conn);
@@ -36,14 +32,10 @@ async fn handshake_failure_is_not_retried_in_a_tight_loop() {
 #[tokio::test]
 async fn reconnects_within_two_seconds_and_keeps_working() {
     let server = FakeServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/n.db", dir.path().display());
     let backend = common::TestBackend::new("fcm");
     let mut backends = Backends::new();
     backends.insert("conversations", backend.clone());
-    let mut nudge = nudge::start(&test_config(server.port, &url, ""), backends)
-        .await
-        .unwrap();
+    let (mut nudge, _dir) = start_on(server.port, backends, |_| {}).await;
     let mut conn = server.accept().await;
     let reg = conn
         .request(&common::register_iq("alice@localhost", "fcm", "d", "tok"))
@@ -75,17 +67,18 @@ async fn reconnects_within_two_seconds_and_keeps_working() {
 
 #[tokio::test]
 async fn a_server_that_stays_away_is_retried_until_it_returns() {
-    // Bind a port, then free it: the component finds nobody there.
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Bind a port, then free it: the component finds nobody there. On
+    // 127.0.0.2, where no other test listens, so that no parallel test's
+    // ephemeral listener can take the port meanwhile.
+    let probe = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
     let port = probe.local_addr().unwrap().port();
     drop(probe);
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/n.db", dir.path().display());
-    let nudge = nudge::start(&test_config(port, &url, ""), Backends::new())
-        .await
-        .unwrap();
+    let (nudge, _dir) = start_on(port, Backends::new(), |c| {
+        c.component.host = "127.0.0.2".into()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+    let listener = tokio::net::TcpListener::bind(("127.0.0.2", port))
         .await
         .unwrap();
     let returned = Instant::now();
@@ -314,11 +307,7 @@ async fn graceful_stop_answers_what_was_read_then_closes() {
 #[tokio::test]
 async fn conflict_stands_by_and_replaced_stops() {
     let server = FakeServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/n.db", dir.path().display());
-    let mut nudge = nudge::start(&test_config(server.port, &url, ""), Backends::new())
-        .await
-        .unwrap();
+    let (mut nudge, _dir) = start_on(server.port, Backends::new(), |_| {}).await;
     // Prosody's kick_new: another instance holds the domain.
     let (mut c, _, _) = server.accept_until_handshake().await;
     c.send("<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Component already connected</text></stream:error></stream:stream>").await;
@@ -343,11 +332,10 @@ async fn conflict_stands_by_and_replaced_stops() {
 #[tokio::test]
 async fn sends_whitespace_keepalives_when_idle() {
     let server = FakeServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/n.db", dir.path().display());
-    let mut config = test_config(server.port, &url, "");
-    config.component.keepalive_secs = 1;
-    let nudge = nudge::start(&config, Backends::new()).await.unwrap();
+    let (nudge, _dir) = start_on(server.port, Backends::new(), |c| {
+        c.component.keepalive_secs = 1
+    })
+    .await;
     let (tcp_conn, _, _) = server.accept_until_handshake().await;
     let mut conn = tcp_conn;
     conn.send("<handshake/>").await;

@@ -357,6 +357,21 @@ pub fn test_config(port: u16, db_url: &str, extra: &str) -> Config {
     .unwrap()
 }
 
+/// Starts Nudge on a temporary SQLite database against `port`, with the
+/// given backends, without waiting for it to connect (the stream tests
+/// play the server's side step by step). Keep the directory alive.
+pub async fn start_on(
+    port: u16,
+    backends: Backends,
+    adjust: impl FnOnce(&mut Config),
+) -> (Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/nudge.db", dir.path().display());
+    let mut config = test_config(port, &url, "");
+    adjust(&mut config);
+    (nudge::start(&config, backends).await.unwrap(), dir)
+}
+
 /// A running Nudge connected to a fake server, with a recording backend
 /// for app `conversations` (provider `fcm`).
 pub struct Harness {

@@ -88,7 +88,14 @@ async fn a_server_that_stays_away_is_retried_until_it_returns() {
         "no reconnection within 3 s of the server's return"
     );
     assert!(returned.elapsed() <= Duration::from_millis(1500));
+    // Mid-handshake (this side never answers), a stop is immediate.
+    let stopping = Instant::now();
     nudge.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        stopping.elapsed()
+    );
 }
 
 /// Sends `bad` and expects the component to close with `condition`, then

@@ -240,25 +240,39 @@ impl Link {
         handler: &Arc<H>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> (SessionEnd, bool) {
-        let connect = TcpStream::connect((self.config.host.as_str(), self.config.port));
-        let tcp = match timeout(self.config.handshake_timeout, connect).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => return (SessionEnd::Lost(format!("connect: {e}")), false),
-            Err(_) => return (SessionEnd::Lost("connect: timed out".into()), false),
+        // Connecting and the handshake give way to a stop at once: nothing
+        // has been read yet, so nothing is owed an answer.
+        let opening = async {
+            let connect = TcpStream::connect((self.config.host.as_str(), self.config.port));
+            let tcp = match timeout(self.config.handshake_timeout, connect).await {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => return Err(SessionEnd::Lost(format!("connect: {e}"))),
+                Err(_) => return Err(SessionEnd::Lost("connect: timed out".into())),
+            };
+            let _ = tcp.set_nodelay(true);
+            let (read, mut write) = tcp.into_split();
+            let mut reader = StanzaReader::new(read, self.config.max_stanza_size);
+            match timeout(
+                self.config.handshake_timeout,
+                handshake(&self.config, &mut reader, &mut write),
+            )
+            .await
+            {
+                Ok(Ok(())) => Ok((reader, write)),
+                Ok(Err(end)) => Err(end),
+                Err(_) => Err(SessionEnd::Lost("handshake: timed out".into())),
+            }
         };
-        let _ = tcp.set_nodelay(true);
-        let (read, mut write) = tcp.into_split();
-        let mut reader = StanzaReader::new(read, self.config.max_stanza_size);
-        match timeout(
-            self.config.handshake_timeout,
-            handshake(&self.config, &mut reader, &mut write),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(end)) => return (end, false),
-            Err(_) => return (SessionEnd::Lost("handshake: timed out".into()), false),
-        }
+        let stopped = async {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        let (reader, write) = tokio::select! {
+            opened = opening => match opened {
+                Ok(halves) => halves,
+                Err(end) => return (end, false),
+            },
+            () = stopped => return (SessionEnd::Stopped(StopReason::Shutdown), false),
+        };
         info!(server = %self.addr(), domain = %self.config.domain, "component connected");
         self.state.send_replace(LinkState::Connected);
         (self.serve(handler, reader, write, shutdown).await, true)

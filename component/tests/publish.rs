@@ -54,18 +54,9 @@ async fn publish_is_delivered_and_acknowledged(kind: DbKind) {
 
 async fn unknown_node_is_item_not_found(kind: DbKind) {
     let mut h = Harness::start(kind).await;
-    let answer = h
-        .conn
-        .request(&publish_iq(
-            "p1",
-            "localhost",
-            "nosuchnode",
-            Some("x"),
-            "Hi",
-        ))
-        .await;
     assert_eq!(
-        answer_kind(&answer),
+        h.publish("p1", "localhost", "nosuchnode", Some("x"), "Hi")
+            .await,
         ("cancel".into(), "item-not-found".into())
     );
     assert!(h.backend.sent().is_empty());
@@ -75,16 +66,15 @@ async fn unknown_node_is_item_not_found(kind: DbKind) {
 async fn wrong_or_missing_secret_is_forbidden(kind: DbKind) {
     let mut h = Harness::start(kind).await;
     let (node, _) = h.register("alice@localhost", "dev1", "tok").await;
-    let wrong = h
-        .conn
-        .request(&publish_iq("p1", "localhost", &node, Some("wrong"), "Hi"))
-        .await;
-    assert_eq!(answer_kind(&wrong), ("auth".into(), "forbidden".into()));
-    let missing = h
-        .conn
-        .request(&publish_iq("p2", "localhost", &node, None, "Hi"))
-        .await;
-    assert_eq!(answer_kind(&missing), ("auth".into(), "forbidden".into()));
+    assert_eq!(
+        h.publish("p1", "localhost", &node, Some("wrong"), "Hi")
+            .await,
+        ("auth".into(), "forbidden".into())
+    );
+    assert_eq!(
+        h.publish("p2", "localhost", &node, None, "Hi").await,
+        ("auth".into(), "forbidden".into())
+    );
     assert!(h.backend.sent().is_empty());
     h.finish().await;
 }
@@ -92,18 +82,9 @@ async fn wrong_or_missing_secret_is_forbidden(kind: DbKind) {
 async fn publish_from_another_domain_is_item_not_found(kind: DbKind) {
     let mut h = Harness::start(kind).await;
     let (node, secret) = h.register("alice@localhost", "dev1", "tok").await;
-    let answer = h
-        .conn
-        .request(&publish_iq(
-            "p1",
-            "evil.example",
-            &node,
-            Some(&secret),
-            "Hi",
-        ))
-        .await;
     assert_eq!(
-        answer_kind(&answer),
+        h.publish("p1", "evil.example", &node, Some(&secret), "Hi")
+            .await,
         ("cancel".into(), "item-not-found".into())
     );
     assert!(h.backend.sent().is_empty());
@@ -184,19 +165,21 @@ async fn reregistration_keeps_node_and_updates_token(kind: DbKind) {
     let mut h = Harness::start(kind).await;
     let (node, secret) = h.register("alice@localhost", "dev1", "tok-old").await;
     // A publish caches the registration; the new token must win anyway.
-    let a = h
-        .conn
-        .request(&publish_iq("p1", "localhost", &node, Some(&secret), "1"))
-        .await;
-    assert_eq!(answer_kind(&a).0, "result");
+    assert_eq!(
+        h.publish("p1", "localhost", &node, Some(&secret), "1")
+            .await
+            .0,
+        "result"
+    );
     let (node2, secret2) = h.register("alice@localhost", "dev1", "tok-new").await;
     assert_eq!(node, node2);
     assert_eq!(secret, secret2);
-    let a = h
-        .conn
-        .request(&publish_iq("p2", "localhost", &node, Some(&secret), "2"))
-        .await;
-    assert_eq!(answer_kind(&a).0, "result");
+    assert_eq!(
+        h.publish("p2", "localhost", &node, Some(&secret), "2")
+            .await
+            .0,
+        "result"
+    );
     assert_eq!(h.backend.sent().pop().unwrap().0.token, "tok-new");
     // Another device of the same account, and another account, get their own nodes.
     let (other_dev, _) = h.register("alice@localhost", "dev2", "tok-2").await;
@@ -210,11 +193,12 @@ async fn reregistration_keeps_node_and_updates_token(kind: DbKind) {
 async fn unregister_then_publish_is_item_not_found(kind: DbKind) {
     let mut h = Harness::start(kind).await;
     let (node, secret) = h.register("alice@localhost", "dev1", "tok").await;
-    let ok = h
-        .conn
-        .request(&publish_iq("p1", "localhost", &node, Some(&secret), "1"))
-        .await;
-    assert_eq!(answer_kind(&ok).0, "result");
+    assert_eq!(
+        h.publish("p1", "localhost", &node, Some(&secret), "1")
+            .await
+            .0,
+        "result"
+    );
     // Conversations unregisters with android-id and channel (empty: the account).
     let unreg = "<iq id='u1' type='set' from='alice@localhost/phone' to='push.localhost'>\
         <command node='unregister-push-fcm' action='execute' xmlns='http://jabber.org/protocol/commands'>\
@@ -226,12 +210,9 @@ async fn unregister_then_publish_is_item_not_found(kind: DbKind) {
         .get_child("command", "http://jabber.org/protocol/commands")
         .unwrap();
     assert_eq!(cmd.get_attr("status"), Some("completed"));
-    let gone = h
-        .conn
-        .request(&publish_iq("p2", "localhost", &node, Some(&secret), "2"))
-        .await;
     assert_eq!(
-        answer_kind(&gone),
+        h.publish("p2", "localhost", &node, Some(&secret), "2")
+            .await,
         ("cancel".into(), "item-not-found".into())
     );
     h.finish().await;
@@ -246,12 +227,9 @@ async fn dead_token_removes_registration(kind: DbKind) {
         .await;
     assert_eq!(answer_kind(&a), ("cancel".into(), "item-not-found".into()));
     assert!(h.nudge.store.find(&node).await.unwrap().is_none());
-    let again = h
-        .conn
-        .request(&publish_iq("p2", "localhost", &node, Some(&secret), "2"))
-        .await;
     assert_eq!(
-        answer_kind(&again),
+        h.publish("p2", "localhost", &node, Some(&secret), "2")
+            .await,
         ("cancel".into(), "item-not-found".into())
     );
     assert_eq!(
@@ -274,18 +252,9 @@ async fn transient_failures_answer_wait_and_keep_registration(kind: DbKind) {
     .enumerate()
     {
         let (node, secret) = h.register("alice@localhost", &format!("d{i}"), token).await;
-        let a = h
-            .conn
-            .request(&publish_iq(
-                &format!("p{i}"),
-                "localhost",
-                &node,
-                Some(&secret),
-                "1",
-            ))
-            .await;
         assert_eq!(
-            answer_kind(&a),
+            h.publish(&format!("p{i}"), "localhost", &node, Some(&secret), "1",)
+                .await,
             ("wait".into(), condition.into()),
             "{token}"
         );

@@ -419,6 +419,23 @@ impl Harness {
         (node, secret)
     }
 
+    /// Sends a Prosody-shaped publish; returns the answer's kind (see
+    /// [`answer_kind`]).
+    pub async fn publish(
+        &mut self,
+        id: &str,
+        from: &str,
+        node: &str,
+        secret: Option<&str>,
+        body: &str,
+    ) -> (String, String) {
+        let answer = self
+            .conn
+            .request(&publish_iq(id, from, node, secret, body))
+            .await;
+        answer_kind(&answer)
+    }
+
     pub async fn finish(self) {
         let Harness { nudge, db, .. } = self;
         nudge.stop().await;

@@ -253,7 +253,7 @@ async fn transient_failures_answer_wait_and_keep_registration(kind: DbKind) {
     {
         let (node, secret) = h.register("alice@localhost", &format!("d{i}"), token).await;
         assert_eq!(
-            h.publish(&format!("p{i}"), "localhost", &node, Some(&secret), "1",)
+            h.publish(&format!("p{i}"), "localhost", &node, Some(&secret), "1")
                 .await,
             ("wait".into(), condition.into()),
             "{token}"

@@ -185,8 +185,14 @@ impl Link {
                 }
                 SessionEnd::Lost(why) => {
                     let d = backoff(failures, self.config.reconnect_max_delay);
+                    // A server that stays away is retried every second: say
+                    // so at the first failure and once a minute, not each time.
+                    if failures % 60 == 0 {
+                        warn!(server = %self.addr(), %why, failed_attempts = failures + 1, retry_in = ?d, "component connection lost; retrying");
+                    } else {
+                        debug!(server = %self.addr(), %why, retry_in = ?d, "component connection attempt failed");
+                    }
                     failures = failures.saturating_add(1);
-                    warn!(server = %self.addr(), %why, retry_in = ?d, "component connection lost");
                     d
                 }
                 SessionEnd::ServerError(e) => match e.condition.as_str() {

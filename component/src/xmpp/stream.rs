@@ -187,7 +187,7 @@ impl Link {
                     let d = backoff(failures, self.config.reconnect_max_delay);
                     // A server that stays away is retried every second: say
                     // so at the first failure and once a minute, not each time.
-                    if failures % 60 == 0 {
+                    if failures.is_multiple_of(60) {
                         warn!(server = %self.addr(), %why, failed_attempts = failures + 1, retry_in = ?d, "component connection lost; retrying");
                     } else {
                         debug!(server = %self.addr(), %why, retry_in = ?d, "component connection attempt failed");

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{apns_token, bounded, device, important, silent};
+use common::{apns_token, assert_timeout_is_transient, bounded, device, important, push, silent};
 use nudge_plugins::apns::{ApnsBackend, ApnsCertificateAuth};
 use nudge_plugins::clock::ManualClock;
 use nudge_plugins::{Outcome, PushBackend};
@@ -18,11 +18,6 @@ fn strict() -> TestAppConfig {
         apns_strict: true,
         ..TestAppConfig::default()
     }
-}
-
-async fn push(backend: &ApnsBackend, token: &str, important_: bool) -> Outcome {
-    let n = if important_ { important() } else { silent() };
-    backend.send(&device(token), &n).await
 }
 
 #[tokio::test]
@@ -246,15 +241,7 @@ async fn every_error_status_is_mapped() {
         }
 
         // A timeout is transient, never the token's fault.
-        let slow = nudge_test_app::random_apns_token();
-        mock.app.set_fault(&slow, Fault::Delay(Duration::from_secs(3)));
-        let started = Instant::now();
-        let o = push(&backend, &slow, true).await;
-        assert!(
-            matches!(&o, Outcome::Transient { reason, .. } if reason.starts_with("timeout")),
-            "{o:?}"
-        );
-        assert!(started.elapsed() < Duration::from_millis(2500));
+        assert_timeout_is_transient(&backend, &mock.app, &nudge_test_app::random_apns_token()).await;
         mock.app.shutdown().await;
     })
     .await

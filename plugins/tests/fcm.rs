@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{bounded, device, important, silent};
+use common::{assert_timeout_is_transient, bounded, device, important, push, silent};
 use nudge_plugins::clock::ManualClock;
 use nudge_plugins::fcm::FcmBackend;
 use nudge_plugins::fcm::message::conversations_hash;
@@ -18,11 +18,6 @@ use nudge_test_app::{Fault, PushFilter, TestAppConfig};
 /// nothing extends `N`.
 fn token(prefix: &str) -> String {
     format!("{prefix}x-{}", nudge_test_app::random_apns_token())
-}
-
-async fn push(backend: &FcmBackend, token: &str, important_: bool) -> Outcome {
-    let n = if important_ { important() } else { silent() };
-    backend.send(&device(token), &n).await
 }
 
 #[tokio::test]
@@ -313,16 +308,7 @@ async fn every_error_is_mapped() {
             );
         }
 
-        let slow = token("ok");
-        mock.app
-            .set_fault(&slow, Fault::Delay(Duration::from_secs(3)));
-        let started = Instant::now();
-        let o = push(&backend, &slow, true).await;
-        assert!(
-            matches!(&o, Outcome::Transient { reason, .. } if reason.starts_with("timeout")),
-            "{o:?}"
-        );
-        assert!(started.elapsed() < Duration::from_millis(2500));
+        assert_timeout_is_transient(&backend, &mock.app, &token("ok")).await;
         mock.app.shutdown().await;
     })
     .await

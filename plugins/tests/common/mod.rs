@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use nudge_plugins::apns::{ApnsConfig, ApnsEndpoint, ApnsTokenAuth};
 use nudge_plugins::fcm::FcmConfig;
-use nudge_plugins::{Device, Notification};
+use nudge_plugins::{Device, Notification, Outcome, PushBackend};
 use nudge_test_app::{TestApp, TestAppConfig};
 
 /// Every test finishes in this time or fails.
@@ -124,4 +124,23 @@ pub fn apns_token(prefix: &str) -> String {
     let random = nudge_test_app::random_apns_token();
     token.push_str(&random[..64 - token.len()]);
     token
+}
+
+/// Sends one important or silent push to `token`.
+pub async fn push(backend: &dyn PushBackend, token: &str, important_: bool) -> Outcome {
+    let n = if important_ { important() } else { silent() };
+    backend.send(&device(token), &n).await
+}
+
+/// A provider slower than the backend's one-second timeout: the push is
+/// Transient (never the token's fault), and comes back within the timeout.
+pub async fn assert_timeout_is_transient(backend: &dyn PushBackend, app: &TestApp, token: &str) {
+    app.set_fault(token, nudge_test_app::Fault::Delay(Duration::from_secs(3)));
+    let started = std::time::Instant::now();
+    let o = push(backend, token, true).await;
+    assert!(
+        matches!(&o, Outcome::Transient { reason, .. } if reason.starts_with("timeout")),
+        "{o:?}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(2500));
 }

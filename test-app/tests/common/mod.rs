@@ -156,18 +156,7 @@ impl H2 {
             req = req.header(*k, *v);
         }
         let req = req.body(Full::new(body.into())).unwrap();
-        bounded(async {
-            let resp = self.sender.send_request(req).await.unwrap();
-            let status = resp.status().as_u16();
-            let headers = resp.headers().clone();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            Resp {
-                status,
-                headers,
-                body,
-            }
-        })
-        .await
+        bounded(async { read_response(self.sender.send_request(req).await.unwrap()).await }).await
     }
 
     pub async fn post(
@@ -177,6 +166,18 @@ impl H2 {
         body: impl Into<Bytes>,
     ) -> Resp {
         self.request("POST", path, headers, body).await
+    }
+}
+
+/// Status, headers and the whole body of a response.
+async fn read_response(resp: hyper::Response<hyper::body::Incoming>) -> Resp {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Resp {
+        status,
+        headers,
+        body,
     }
 }
 
@@ -207,14 +208,7 @@ pub async fn http(
             .send_request(req.body(Full::new(body)).unwrap())
             .await
             .unwrap();
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        Resp {
-            status,
-            headers,
-            body,
-        }
+        read_response(resp).await
     })
     .await
 }

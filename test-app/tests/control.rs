@@ -9,18 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use nudge_test_app::{TestApp, TestAppConfig};
+use nudge_test_app::TestAppConfig;
 use serde_json::{Value, json};
-
-async fn push(c: &mut H2, app: &TestApp, token: &str) -> Resp {
-    let jwt = apns_jwt(app);
-    c.post(
-        &format!("/3/device/{token}"),
-        &as_refs(&alert_headers(&jwt)),
-        ALERT,
-    )
-    .await
-}
 
 #[tokio::test]
 async fn list_filter_wait_and_reset() {
@@ -29,9 +19,9 @@ async fn list_filter_wait_and_reset() {
         .unwrap();
     let ctl = app.control_url();
     let mut c = H2::connect(&app.apns_url(), &app.ca_cert_pem(), None).await;
-    push(&mut c, &app, "aa01").await;
-    push(&mut c, &app, "aa02").await;
-    push(&mut c, &app, "dead01").await;
+    apns_alert(&mut c, &app, "aa01").await;
+    apns_alert(&mut c, &app, "aa02").await;
+    apns_alert(&mut c, &app, "dead01").await;
     let mid = nudge_test_app::recorder::PushFilter::default();
     let all = app.pushes(mid);
     assert_eq!(all.len(), 3);
@@ -82,7 +72,7 @@ async fn list_filter_wait_and_reset() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     app.note_publish("aa01");
     tokio::time::sleep(Duration::from_millis(20)).await;
-    push(&mut c, &app, "aa01").await;
+    apns_alert(&mut c, &app, "aa01").await;
     let (r, waited) = bounded(waiter).await.unwrap();
     assert_eq!(r.status, 200);
     assert!(waited >= Duration::from_millis(300), "{waited:?}");
@@ -94,7 +84,7 @@ async fn list_filter_wait_and_reset() {
     assert_eq!(r.status, 408);
     assert!(t0.elapsed() >= Duration::from_millis(200));
     // delivered=true skips the 410.
-    push(&mut c, &app, "dead01").await;
+    apns_alert(&mut c, &app, "dead01").await;
     let r = get(&format!(
         "{ctl}/api/wait?token=dead01&timeout_ms=200&delivered=true"
     ))
@@ -109,7 +99,7 @@ async fn list_filter_wait_and_reset() {
     )
     .await;
     assert_eq!(r.status, 204);
-    push(&mut c, &app, "aa02").await;
+    apns_alert(&mut c, &app, "aa02").await;
     let p = app.pushes(nudge_test_app::PushFilter::token("aa02"));
     assert!(p[0].latency.is_none());
     assert!(p[1].latency.is_some());

@@ -9,17 +9,6 @@ use common::*;
 use nudge_test_app::{Fault, PushFilter, TestApp, TestAppConfig};
 use serde_json::json;
 
-/// One APNs alert to `token`; returns the response.
-async fn apns(c: &mut H2, app: &TestApp, token: &str) -> Resp {
-    let jwt = apns_jwt(app);
-    c.post(
-        &format!("/3/device/{token}"),
-        &as_refs(&alert_headers(&jwt)),
-        ALERT,
-    )
-    .await
-}
-
 async fn fcm(c: &mut H2, app: &TestApp, bearer: &str, token: &str) -> Resp {
     let auth = format!("Bearer {bearer}");
     let body = json!({"message": {"token": token, "data": {"k": "v"}}});
@@ -41,7 +30,7 @@ async fn dead_tokens_by_name_and_by_setting() {
     let bearer = oauth_token(&app).await;
 
     let before = now() * 1000;
-    let r = apns(&mut a, &app, "deadbeef00").await;
+    let r = apns_alert(&mut a, &app, "deadbeef00").await;
     assert_eq!((r.status, r.reason()), (410, "Unregistered".to_owned()));
     let ts = r.json()["timestamp"].as_u64().unwrap();
     assert!(
@@ -56,13 +45,13 @@ async fn dead_tokens_by_name_and_by_setting() {
 
     // A token with no special name, made dead by a call, then revived.
     let token = nudge_test_app::random_apns_token();
-    assert_eq!(apns(&mut a, &app, &token).await.status, 200);
+    assert_eq!(apns_alert(&mut a, &app, &token).await.status, 200);
     app.set_fault(&token, Fault::Dead);
-    assert_eq!(apns(&mut a, &app, &token).await.status, 410);
+    assert_eq!(apns_alert(&mut a, &app, &token).await.status, 410);
     app.clear_fault(&token);
-    assert_eq!(apns(&mut a, &app, &token).await.status, 200);
+    assert_eq!(apns_alert(&mut a, &app, &token).await.status, 200);
 
-    let r = apns(&mut a, &app, "baddcafe").await;
+    let r = apns_alert(&mut a, &app, "baddcafe").await;
     assert_eq!((r.status, r.reason()), (400, "BadDeviceToken".to_owned()));
     let r = fcm(&mut f, &app, &bearer, "badd-device").await;
     assert_eq!(
@@ -71,7 +60,7 @@ async fn dead_tokens_by_name_and_by_setting() {
     );
 
     app.set_fault(&token, Fault::NotForTopic);
-    let r = apns(&mut a, &app, &token).await;
+    let r = apns_alert(&mut a, &app, &token).await;
     assert_eq!(
         (r.status, r.reason()),
         (400, "DeviceTokenNotForTopic".to_owned())
@@ -97,7 +86,7 @@ async fn throttling_carries_retry_after() {
     let mut f = H2::connect(&app.fcm_url(), &app.ca_cert_pem(), None).await;
     let bearer = oauth_token(&app).await;
 
-    let r = apns(&mut a, &app, "c0017f").await;
+    let r = apns_alert(&mut a, &app, "c0017f").await;
     assert_eq!((r.status, r.reason()), (429, "TooManyRequests".to_owned()));
     assert_eq!(r.header("retry-after").as_deref(), Some("7"));
 
@@ -128,10 +117,10 @@ async fn fail_n_times_then_succeed() {
     // By name: fa11 + 2.
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        statuses.push(apns(&mut a, &app, "fa112f").await.status);
+        statuses.push(apns_alert(&mut a, &app, "fa112f").await.status);
     }
     assert_eq!(statuses, [500, 500, 200, 200]);
-    let r = apns(&mut a, &app, "fa111f").await;
+    let r = apns_alert(&mut a, &app, "fa111f").await;
     assert_eq!(
         (r.status, r.reason()),
         (500, "InternalServerError".to_owned())
@@ -168,7 +157,7 @@ async fn slow_tokens_answer_late() {
         .unwrap();
     let mut a = H2::connect(&app.apns_url(), &app.ca_cert_pem(), None).await;
     let t0 = Instant::now();
-    let r = apns(&mut a, &app, "de1a400f").await;
+    let r = apns_alert(&mut a, &app, "de1a400f").await;
     let slow = t0.elapsed();
     assert_eq!(r.status, 200);
     assert!(slow >= Duration::from_millis(400), "{slow:?}");
@@ -178,11 +167,11 @@ async fn slow_tokens_answer_late() {
     app.set_fault("de1a", Fault::Delay(Duration::from_millis(1500)));
     let mut same_connection = a.clone();
     let (slow_r, fast) = tokio::join!(
-        async { apns(&mut same_connection, &app, "de1a").await },
+        async { apns_alert(&mut same_connection, &app, "de1a").await },
         async {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let t0 = Instant::now();
-            let r = apns(&mut a, &app, "0abc").await;
+            let r = apns_alert(&mut a, &app, "0abc").await;
             (r.status, t0.elapsed())
         }
     );
@@ -204,8 +193,8 @@ async fn faults_through_the_control_api() {
         .await
         .json();
     assert_eq!(listed, json!({"abcd": {"kind": "fail_times", "times": 1}}));
-    assert_eq!(apns(&mut a, &app, "abcd").await.status, 500);
-    assert_eq!(apns(&mut a, &app, "abcd").await.status, 200);
+    assert_eq!(apns_alert(&mut a, &app, "abcd").await.status, 500);
+    assert_eq!(apns_alert(&mut a, &app, "abcd").await.status, 200);
 
     let r = send_json(
         "PUT",
@@ -214,14 +203,14 @@ async fn faults_through_the_control_api() {
     )
     .await;
     assert_eq!(r.status, 204);
-    let r = apns(&mut a, &app, "abcd").await;
+    let r = apns_alert(&mut a, &app, "abcd").await;
     assert_eq!(
         (r.status, r.reason()),
         (503, "ServiceUnavailable".to_owned())
     );
 
     assert_eq!(http("DELETE", &url, None, "").await.status, 204);
-    assert_eq!(apns(&mut a, &app, "abcd").await.status, 200);
+    assert_eq!(apns_alert(&mut a, &app, "abcd").await.status, 200);
 
     let r = send_json("PUT", &url, &json!({"kind": "explode"})).await;
     assert_eq!(r.status, 400);
@@ -240,5 +229,5 @@ async fn faults_through_the_control_api() {
         .status,
         204
     );
-    assert_eq!(apns(&mut a, &app, "abcd").await.status, 200);
+    assert_eq!(apns_alert(&mut a, &app, "abcd").await.status, 200);
 }

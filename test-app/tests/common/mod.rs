@@ -240,6 +240,17 @@ pub fn as_refs(h: &[(String, String)]) -> Vec<(&str, &str)> {
     h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
+/// One APNs alert to `token` with a fresh provider token; the response.
+pub async fn apns_alert(c: &mut H2, app: &TestApp, token: &str) -> Resp {
+    let jwt = apns_jwt(app);
+    c.post(
+        &format!("/3/device/{token}"),
+        &as_refs(&alert_headers(&jwt)),
+        ALERT,
+    )
+    .await
+}
+
 pub const ALERT: &str = r#"{"aps":{"alert":{"title":"Alice","body":"Hello"},"sound":"default"}}"#;
 
 /// An access token from the mock's plain-HTTP token endpoint, made with a

@@ -90,16 +90,25 @@ impl PublishRequest {
 }
 
 fn notification_from(form: DataForm) -> Notification {
-    let nonempty = |var: &str| form.non_empty(var).map(str::to_owned);
-    Notification {
-        message_count: form.non_empty("message-count").and_then(|v| v.parse().ok()),
-        last_message_sender: nonempty("last-message-sender"),
-        last_message_body: nonempty("last-message-body"),
-        fields: form
-            .fields
+    // The form is consumed: its values move into `fields`, and only the
+    // interpreted ones are copied out.
+    let fields: Vec<(String, String)> = form
+        .fields
+        .into_iter()
+        .filter(|f| f.var != "FORM_TYPE")
+        .map(|f| (f.var, f.values.into_iter().next().unwrap_or_default()))
+        .collect();
+    let non_empty = |var: &str| {
+        fields
             .iter()
-            .filter(|f| f.var != "FORM_TYPE")
-            .map(|f| (f.var.clone(), f.values.first().cloned().unwrap_or_default()))
-            .collect(),
+            .find(|(k, _)| k == var)
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty())
+    };
+    Notification {
+        message_count: non_empty("message-count").and_then(|v| v.parse().ok()),
+        last_message_sender: non_empty("last-message-sender").map(str::to_owned),
+        last_message_body: non_empty("last-message-body").map(str::to_owned),
+        fields,
     }
 }

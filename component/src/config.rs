@@ -179,23 +179,44 @@ impl Config {
         Self::build(
             config::Config::builder()
                 .add_source(config::File::from(path).format(config::FileFormat::Toml)),
+            std::env::vars(),
         )
     }
 
     /// Parses TOML text plus the environment (for tests and `check-config`).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_toml_and_env(text, std::env::vars())
+    }
+
+    /// Parses TOML text plus the given `(name, value)` environment, which
+    /// stands in for the process environment (tests need no global state).
+    pub fn from_toml_and_env(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
         Self::build(
             config::Config::builder()
                 .add_source(config::File::from_str(text, config::FileFormat::Toml)),
+            env,
         )
     }
 
+    /// Layers the `NUDGE_<SECTION>__<KEY>` variables of `env` over the file.
+    ///
+    /// The values stay text (no `try_parsing`): parsing them up front would
+    /// turn a secret `0123` into the number 123 and then back into the text
+    /// `"123"`. A key is converted when it is deserialised into its field, so
+    /// `NUDGE_COMPONENT__PORT=5348` still becomes a `u16` and `true` a
+    /// `bool`; the provider tables accept numbers written as text for the
+    /// same reason (`nudge_plugins::ProviderConfig`).
     fn build(
         builder: config::ConfigBuilder<config::builder::DefaultState>,
+        env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         // Only `NUDGE_<SECTION>__<KEY>` variables are configuration; others
         // with the prefix (`NUDGE_CONFIG`, the tests' own) are not keys.
-        let overrides: config::Map<String, String> = std::env::vars()
+        let overrides: config::Map<String, String> = env
+            .into_iter()
             .filter(|(k, _)| {
                 k.strip_prefix("NUDGE_")
                     .and_then(|rest| rest.split_once("__"))
@@ -207,7 +228,6 @@ impl Config {
                 config::Environment::with_prefix("NUDGE")
                     .prefix_separator("_")
                     .separator("__")
-                    .try_parsing(true)
                     .source(Some(overrides)),
             )
             .build()?
@@ -297,6 +317,48 @@ mod tests {
         assert_eq!(c.component.port, 5347);
         assert_eq!(c.component.max_stanza_size, 65536);
         assert_eq!(c.database_url(), "sqlite://data/nudge.db");
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_keeps_strings_and_parses_numbers_and_bools() {
+        let text = "[component]\ndomain = 'push.example.org'\nsecret = 's'\n\
+                    [apps.android]\nprovider = 'fcm'\nservice_account_path = '/sa.json'\n";
+        let c = Config::from_toml_and_env(
+            text,
+            env(&[
+                ("NUDGE_COMPONENT__SECRET", "0123"),
+                ("NUDGE_COMPONENT__PORT", "5348"),
+                ("NUDGE_STORAGE__URL", "1e5"),
+                ("NUDGE_APPS__ANDROID__TTL_SECS", "3600"),
+                ("NUDGE_APPS__ANDROID__INCLUDE_BODY", "true"),
+                ("NUDGE_APPS__ANDROID__PROJECT_ID", "007"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.component.secret, "0123");
+        assert_eq!(c.component.port, 5348);
+        assert_eq!(c.storage.url.as_deref(), Some("1e5"));
+        let ProviderConfig::Fcm(fcm) = &c.apps["android"] else {
+            panic!("fcm app expected");
+        };
+        assert_eq!(fcm.ttl_secs, Some(3600));
+        assert!(fcm.include_body);
+        assert_eq!(fcm.project_id.as_deref(), Some("007"));
+        // A number that is not one is still refused, naming the key.
+        let e = Config::from_toml_and_env(text, env(&[("NUDGE_COMPONENT__PORT", "53a")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port"), "{e}");
+        let e = Config::from_toml_and_env(text, env(&[("NUDGE_APPS__ANDROID__TTL_SECS", "1h")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1h"), "{e}");
     }
 
     #[test]

@@ -57,13 +57,13 @@ pub struct ApnsConfig {
     #[serde(default)]
     pub certificate: Option<ApnsCertificateAuth>,
     /// Send every push as a PushKit VoIP push (topic `<topic>.voip`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::lenient::value")]
     pub voip: bool,
     /// Forward `last-message-sender` (alert title and `sender` key).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::lenient::value")]
     pub include_sender: bool,
     /// Forward `last-message-body` as the alert body.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::lenient::value")]
     pub include_body: bool,
     /// Alert text when the body is not forwarded.
     #[serde(default = "default_alert_body")]
@@ -74,17 +74,23 @@ pub struct ApnsConfig {
     /// How long APNs keeps a push for an offline device, in seconds; sent as
     /// the absolute time `apns-expiration` = now + `ttl_secs`. Absent: the
     /// header is left out and APNs applies its own storage policy.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::lenient::option")]
     pub ttl_secs: Option<u64>,
     /// `apns-collapse-id` (at most 64 bytes): newer pushes replace older
     /// undelivered ones.
     #[serde(default)]
     pub collapse_id: Option<String>,
     /// HTTP/2 connections to open to the endpoint (1 to 16).
-    #[serde(default = "default_connections")]
+    #[serde(
+        default = "default_connections",
+        deserialize_with = "crate::config::lenient::value"
+    )]
     pub connections: usize,
     /// Timeout of one request, in seconds.
-    #[serde(default = "default_timeout_secs")]
+    #[serde(
+        default = "default_timeout_secs",
+        deserialize_with = "crate::config::lenient::value"
+    )]
     pub timeout_secs: u64,
     /// A PEM file of extra CA certificates to trust besides the system's
     /// (a test server, a TLS-intercepting proxy).
@@ -104,7 +110,10 @@ pub struct ApnsTokenAuth {
     pub team_id: String,
     /// Age in seconds at which the provider token is replaced (1200 to
     /// 3600; default 3000).
-    #[serde(default = "default_refresh_secs")]
+    #[serde(
+        default = "default_refresh_secs",
+        deserialize_with = "crate::config::lenient::value"
+    )]
     pub refresh_secs: u64,
 }
 

@@ -265,6 +265,25 @@ impl RegistrationStore {
         Ok(node)
     }
 
+    /// The rooms an account registered a device for, with one app.
+    pub async fn rooms_of_device(
+        &self,
+        owner: &str,
+        app: &str,
+        device_id: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let sql = "SELECT muc FROM registrations WHERE owner = $1 AND app = $2 AND device_id = $3 AND muc <> ''";
+        let rooms: Vec<String> = on_pool!(&self.pool, |p| {
+            sqlx::query_scalar(sql)
+                .bind(owner)
+                .bind(app)
+                .bind(device_id)
+                .fetch_all(p)
+                .await?
+        });
+        Ok(rooms)
+    }
+
     /// Removes a registration whose token the provider declared dead, but
     /// only if it still has that token: a device that registered a new
     /// token meanwhile keeps its registration.

@@ -76,7 +76,11 @@ async fn unregister_with_conversations_channel_hash_removes_the_room(kind: DbKin
 
     let mut left = vec![own, other_room];
     left.sort();
-    assert_eq!(nodes(&h).await, left, "only the room named by the hash is gone");
+    assert_eq!(
+        nodes(&h).await,
+        left,
+        "only the room named by the hash is gone"
+    );
     // Also gone from the publish path (the cache held it).
     assert_eq!(
         h.publish("p2", "localhost", &room, Some(&room_secret), "hi")

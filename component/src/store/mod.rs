@@ -112,6 +112,8 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrati
 pub struct RegistrationStore {
     pool: Pool,
     cache: Arc<RegistrationCache>,
+    #[cfg(test)]
+    hooks: Arc<tests::Hooks>,
 }
 
 /// The columns of a [`Registration`], in its field order. A macro so that
@@ -164,6 +166,8 @@ impl RegistrationStore {
         Ok(RegistrationStore {
             pool,
             cache: Arc::new(RegistrationCache::new(cache_capacity)),
+            #[cfg(test)]
+            hooks: Default::default(),
         })
     }
 
@@ -219,7 +223,7 @@ impl RegistrationStore {
                 .await?
         });
         // A re-registration may have changed the token of a cached node.
-        self.cache.remove(&reg.node);
+        self.cache.invalidate(&reg.node);
         Ok(reg)
     }
 
@@ -228,13 +232,16 @@ impl RegistrationStore {
         if let Some(hit) = self.cache.get(node) {
             return Ok(Some(hit));
         }
+        let read_at = self.cache.epoch();
         let sql = concat!("SELECT ", columns!(), " FROM registrations WHERE node = $1");
         let found: Option<Registration> = on_pool!(&self.pool, |p| {
             sqlx::query_as(sql).bind(node).fetch_optional(p).await?
         });
+        #[cfg(test)]
+        self.hooks.after_read().await;
         Ok(found.map(|r| {
             let r = Arc::new(r);
-            self.cache.insert(r.clone());
+            self.cache.fill(r.clone(), read_at);
             r
         }))
     }
@@ -260,7 +267,7 @@ impl RegistrationStore {
                 .map(|row| row.get::<String, _>(0))
         });
         if let Some(n) = &node {
-            self.cache.remove(n);
+            self.cache.invalidate(n);
         }
         Ok(node)
     }
@@ -297,7 +304,7 @@ impl RegistrationStore {
                 .await?
                 .rows_affected()
         });
-        self.cache.remove(node);
+        self.cache.invalidate(node);
         Ok(n > 0)
     }
 
@@ -311,7 +318,7 @@ impl RegistrationStore {
                 .await?
                 .rows_affected()
         });
-        self.cache.remove(node);
+        self.cache.invalidate(node);
         Ok(n > 0)
     }
 
@@ -358,6 +365,75 @@ fn random_id(bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pause in [`RegistrationStore::find`] between its database read and
+    /// its cache fill, armed once, so that a test can put a change there.
+    #[derive(Default)]
+    pub(super) struct Hooks {
+        armed: std::sync::Mutex<Option<Arc<Pause>>>,
+    }
+
+    #[derive(Default)]
+    struct Pause {
+        reached: tokio::sync::Notify,
+        resume: tokio::sync::Notify,
+    }
+
+    impl Hooks {
+        pub(super) async fn after_read(&self) {
+            let pause = self.armed.lock().ok().and_then(|mut a| a.take());
+            if let Some(p) = pause {
+                p.reached.notify_one();
+                p.resume.notified().await;
+            }
+        }
+
+        fn arm(&self) -> Arc<Pause> {
+            let pause = Arc::new(Pause::default());
+            *self.armed.lock().unwrap() = Some(pause.clone());
+            pause
+        }
+    }
+
+    #[tokio::test]
+    async fn a_miss_racing_a_registration_does_not_cache_the_old_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("nudge.db").display());
+        let store = RegistrationStore::open(&url, 100).await.unwrap();
+        store.migrate().await.unwrap();
+        let mut new = NewRegistration {
+            owner: "alice@localhost".into(),
+            device_id: "dev1".into(),
+            muc: String::new(),
+            app: "app".into(),
+            token: "tok-old".into(),
+            with_secret: true,
+        };
+        let node = store.register(&new).await.unwrap().node;
+
+        // A publish misses the cache and reads the old row ...
+        let pause = store.hooks.arm();
+        let reader = tokio::spawn({
+            let store = store.clone();
+            let node = node.clone();
+            async move { store.find(&node).await }
+        });
+        pause.reached.notified().await;
+        // ... the device registers a new token ...
+        new.token = "tok-new".into();
+        store.register(&new).await.unwrap();
+        // ... and the publish fills the cache with what it read.
+        pause.resume.notify_one();
+        let raced = reader.await.unwrap().unwrap().unwrap();
+        assert_eq!(raced.token, "tok-old", "the read came before the change");
+
+        let now = store.find(&node).await.unwrap().unwrap();
+        assert_eq!(
+            now.token, "tok-new",
+            "the old row was put back in the cache"
+        );
+        store.close().await;
+    }
 
     #[test]
     fn ids_are_long_and_url_safe() {

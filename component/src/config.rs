@@ -35,6 +35,8 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub register: RegisterConfig,
     /// The push apps: `[apps.NAME]` with `provider = "apns" | "fcm"` and
     /// that provider's keys. `register-push-NAME` registers with the app
     /// NAME; `register-push-PROVIDER` with the one app of that provider.
@@ -95,6 +97,60 @@ pub struct DispatchConfig {
     /// Publishes and commands handled at once; the reader waits beyond.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+}
+
+/// `[register]`: limits on registration commands, so that one account
+/// cannot fill the database (`register/limits.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterConfig {
+    /// Register and unregister commands one account may send per minute
+    /// (all at once, then evenly spread); beyond it the command is answered
+    /// `wait`. Conversations sends one for the account and one per room at
+    /// every start.
+    #[serde(default = "default_register_per_account_per_minute")]
+    pub per_account_per_minute: u32,
+    /// Registrations one account may hold (devices × rooms × apps); a new
+    /// one beyond it is refused, a re-registration still updates its token.
+    #[serde(default = "default_register_max_per_account")]
+    pub max_per_account: u32,
+}
+
+fn default_register_per_account_per_minute() -> u32 {
+    20
+}
+fn default_register_max_per_account() -> u32 {
+    50
+}
+
+impl Default for RegisterConfig {
+    fn default() -> Self {
+        RegisterConfig {
+            per_account_per_minute: default_register_per_account_per_minute(),
+            max_per_account: default_register_max_per_account(),
+        }
+    }
+}
+
+impl RegisterConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, message: &str| {
+            Err(ConfigError::Value {
+                key,
+                message: message.into(),
+            })
+        };
+        if !(1..=10_000).contains(&self.per_account_per_minute) {
+            return bad(
+                "register.per_account_per_minute",
+                "must be between 1 and 10000",
+            );
+        }
+        if !(1..=100_000).contains(&self.max_per_account) {
+            return bad("register.max_per_account", "must be between 1 and 100000");
+        }
+        Ok(())
+    }
 }
 
 /// `[log]`.
@@ -267,6 +323,7 @@ impl Config {
         if self.dispatch.push_timeout_secs == 0 {
             return bad("dispatch.push_timeout_secs", "must be at least 1");
         }
+        self.register.validate()?;
         for name in self.apps.keys() {
             if name.is_empty()
                 || !name.chars().all(|c| {

@@ -4,13 +4,17 @@
 
 mod common;
 
-use common::{DbKind, Harness, answer_kind, register_room_iq, registration_form, unregister_iq};
+use common::{
+    DbKind, Harness, answer_kind, register_iq, register_room_iq, registration_form, unregister_iq,
+};
 use sha1::{Digest, Sha1};
 
 on_both_databases!(
     unregister_with_conversations_channel_hash_removes_the_room,
     unregister_with_room_jid_or_empty_channel,
     unregister_that_matches_nothing_says_so,
+    commands_beyond_the_rate_are_answered_wait,
+    registrations_beyond_the_cap_are_refused_but_reregistration_works,
 );
 
 /// The account and device of the unregister fixture.
@@ -141,5 +145,62 @@ async fn unregister_that_matches_nothing_says_so(kind: DbKind) {
     let mut both = vec![own, room];
     both.sort();
     assert_eq!(nodes(&h).await, both, "nothing was removed");
+    h.finish().await;
+}
+
+async fn commands_beyond_the_rate_are_answered_wait(kind: DbKind) {
+    let mut h = Harness::start_with(kind, "[register]\nper_account_per_minute = 3\n").await;
+    h.register(ACCOUNT, "d1", "t1").await;
+    h.register(ACCOUNT, "d2", "t2").await;
+    let a = h.conn.request(&unregister_iq("")).await;
+    assert_eq!(answer_kind(&a), ("cancel".into(), "item-not-found".into()));
+    // The fourth command within the minute, a register or an unregister.
+    for request in [register_iq(ACCOUNT, "fcm", "d3", "t3"), unregister_iq("")] {
+        let a = h.conn.request(&request).await;
+        assert_eq!(
+            answer_kind(&a),
+            ("wait".into(), "policy-violation".into()),
+            "{a:?}"
+        );
+    }
+    assert_eq!(
+        nodes(&h).await.len(),
+        2,
+        "nothing registered beyond the rate"
+    );
+    // Another account has its own allowance.
+    h.register("bob@localhost", "d1", "t1").await;
+    h.finish().await;
+}
+
+async fn registrations_beyond_the_cap_are_refused_but_reregistration_works(kind: DbKind) {
+    let mut h = Harness::start_with(kind, "[register]\nmax_per_account = 3\n").await;
+    let (d1, s1) = h.register(ACCOUNT, DEVICE, "t1").await;
+    h.register(ACCOUNT, "d2", "t2").await;
+    register_room(&mut h, ROOM).await;
+    // A fourth device, or a fourth room, is refused.
+    for request in [
+        register_iq(ACCOUNT, "fcm", "d3", "t3"),
+        register_room_iq(ACCOUNT, DEVICE, "t1", "other@conference.localhost"),
+    ] {
+        let a = h.conn.request(&request).await;
+        assert_eq!(
+            answer_kind(&a),
+            ("modify".into(), "policy-violation".into()),
+            "{a:?}"
+        );
+    }
+    assert_eq!(nodes(&h).await.len(), 3);
+    // At the cap, a device registering again gets its node back with the new token.
+    let (again, s_again) = h.register(ACCOUNT, DEVICE, "t1-new").await;
+    assert_eq!((&again, &s_again), (&d1, &s1));
+    let reg = h.nudge.store.find(&d1).await.unwrap().unwrap();
+    assert_eq!(reg.token, "t1-new");
+    // Unregistering one makes room for another.
+    let a = h.conn.request(&unregister_iq("")).await;
+    assert!(completed(&a), "{a:?}");
+    h.register(ACCOUNT, "d3", "t3").await;
+    // Other accounts are not affected by alice's cap.
+    h.register("bob@localhost", "d1", "t1").await;
     h.finish().await;
 }

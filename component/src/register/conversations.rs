@@ -17,6 +17,9 @@
 //! registration is answered `item-not-found`: the command goes from the
 //! client to us, so no server disables anything for it, and Conversations
 //! only logs a failed unregister.
+//!
+//! Both commands count against the account's rate, and a new registration
+//! against its cap (`limits.rs`).
 
 use nudge_plugins::fcm::message::conversations_hash;
 
@@ -76,6 +79,11 @@ pub async fn execute(
     let Some(form) = &cmd.form else {
         return Ok(cmd.executing(blank_form(registering)));
     };
+    let limits = store.register_limits();
+    if let Err(e) = limits.check_rate(&owner) {
+        tracing::warn!(%owner, error = %e, "registration command refused");
+        return Err(e.to_stanza_error());
+    }
     let device_id = form
         .non_empty("device-id")
         .or_else(|| form.non_empty("android-id"))
@@ -133,17 +141,23 @@ pub async fn execute(
             .validate_token(&token)
             .map_err(|e| StanzaError::bad_request(e.to_string()))?;
     }
-    let reg = store
-        .register(&NewRegistration {
-            owner,
-            device_id,
-            muc,
-            app,
-            token,
-            with_secret: true,
-        })
+    let new = NewRegistration {
+        owner,
+        device_id,
+        muc,
+        app,
+        token,
+        with_secret: true,
+    };
+    let Some(reg) = store
+        .register_within(&new, limits.max_per_account().into())
         .await
-        .map_err(storage_error)?;
+        .map_err(storage_error)?
+    else {
+        let e = limits.too_many(&new.owner);
+        tracing::warn!(owner = %new.owner, error = %e, "registration refused");
+        return Err(e.to_stanza_error());
+    };
     tracing::info!(owner = %reg.owner, app = %reg.app, node = %reg.node, "device registered");
     let answer = DataForm::new("result")
         .field("jid", Some("jid-single"), component_jid)

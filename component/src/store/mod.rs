@@ -29,6 +29,8 @@ use sqlx::{FromRow, Row};
 
 use cache::RegistrationCache;
 
+use crate::register::limits::RegisterLimits;
+
 /// A device registered with the App Server.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct Registration {
@@ -112,6 +114,10 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrati
 pub struct RegistrationStore {
     pool: Pool,
     cache: Arc<RegistrationCache>,
+    /// The limits of registration commands. They travel with the store
+    /// because the command handlers get the store handle, and they guard
+    /// what it holds; the cap itself is enforced by [`Self::register_within`].
+    limits: Arc<RegisterLimits>,
     #[cfg(test)]
     hooks: Arc<tests::Hooks>,
 }
@@ -166,9 +172,21 @@ impl RegistrationStore {
         Ok(RegistrationStore {
             pool,
             cache: Arc::new(RegistrationCache::new(cache_capacity)),
+            limits: Arc::default(),
             #[cfg(test)]
             hooks: Default::default(),
         })
+    }
+
+    /// Uses these registration limits instead of the defaults.
+    pub fn with_register_limits(mut self, limits: RegisterLimits) -> Self {
+        self.limits = Arc::new(limits);
+        self
+    }
+
+    /// The limits of registration commands.
+    pub fn register_limits(&self) -> &RegisterLimits {
+        &self.limits
     }
 
     /// Applies the migrations that are not applied yet.
@@ -192,6 +210,23 @@ impl RegistrationStore {
     /// of the same account, app, device and room: the node and secret stay
     /// the same, so the user's server keeps working with what it has.
     pub async fn register(&self, new: &NewRegistration) -> Result<Registration, StoreError> {
+        let reg = self.register_within(new, i64::MAX).await?;
+        // With no cap the statement always inserts or updates a row.
+        reg.ok_or(StoreError::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// [`Self::register`], but a new registration only while the account
+    /// holds fewer than `max_per_account`; `None` when it is at the cap. A
+    /// re-registration of a device it has always goes through. The count and
+    /// the insert are one statement: on SQLite writes are serialised, so the
+    /// cap holds exactly; on PostgreSQL registrations of one account racing
+    /// at the same instant may each see the old count and pass together
+    /// (read committed), which the per-account rate bounds.
+    pub async fn register_within(
+        &self,
+        new: &NewRegistration,
+        max_per_account: i64,
+    ) -> Result<Option<Registration>, StoreError> {
         let now = now();
         let node = random_id(16);
         let secret = new.with_secret.then(|| random_id(18));
@@ -203,12 +238,15 @@ impl RegistrationStore {
         let sql = concat!(
             "INSERT INTO registrations (",
             columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+            ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $9 \
+             WHERE (SELECT COUNT(*) FROM registrations WHERE owner = $3) < $10 \
+             OR EXISTS (SELECT 1 FROM registrations \
+                        WHERE owner = $3 AND app = $7 AND device_id = $5 AND muc = $6) \
              ON CONFLICT (owner, app, device_id, muc) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at \
              RETURNING ",
             columns!()
         );
-        let reg: Registration = on_pool!(&self.pool, |p| {
+        let reg: Option<Registration> = on_pool!(&self.pool, |p| {
             sqlx::query_as(sql)
                 .bind(&node)
                 .bind(&secret)
@@ -219,11 +257,14 @@ impl RegistrationStore {
                 .bind(&new.app)
                 .bind(&new.token)
                 .bind(now)
-                .fetch_one(p)
+                .bind(max_per_account)
+                .fetch_optional(p)
                 .await?
         });
         // A re-registration may have changed the token of a cached node.
-        self.cache.invalidate(&reg.node);
+        if let Some(reg) = &reg {
+            self.cache.invalidate(&reg.node);
+        }
         Ok(reg)
     }
 

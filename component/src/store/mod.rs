@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
+use sha1::{Digest, Sha1};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -55,7 +56,19 @@ impl Registration {
             account: Some(self.owner.clone()),
             device_id: (!self.device_id.is_empty()).then(|| self.device_id.clone()),
             muc: (!self.muc.is_empty()).then(|| self.muc.clone()),
+            collapse_id: Some(self.collapse_id()),
         }
+    }
+
+    /// The collapse identifier of the registration's pushes: 16 hex digits
+    /// of a hash of the node, not the node itself (for dialects without a
+    /// secret the node is the credential, and providers log what they get).
+    pub fn collapse_id(&self) -> String {
+        let digest = Sha1::new()
+            .chain_update(b"nudge collapse id\0")
+            .chain_update(self.node.as_bytes())
+            .finalize();
+        hex::encode(&digest[..8])
     }
 }
 

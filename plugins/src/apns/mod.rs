@@ -77,7 +77,8 @@ pub struct ApnsConfig {
     #[serde(default, deserialize_with = "crate::config::lenient::option")]
     pub ttl_secs: Option<u64>,
     /// `apns-collapse-id` (at most 64 bytes): newer pushes replace older
-    /// undelivered ones.
+    /// undelivered ones. Used for devices that bring none of their own
+    /// ([`Device::collapse_id`](crate::Device::collapse_id) wins).
     #[serde(default)]
     pub collapse_id: Option<String>,
     /// HTTP/2 connections to open to the endpoint (1 to 16).
@@ -177,6 +178,9 @@ fn default_refresh_secs() -> u64 {
     50 * 60
 }
 
+/// APNs' limit on `apns-collapse-id`, in bytes.
+pub const MAX_COLLAPSE_ID: usize = 64;
+
 /// The most connections one app may ask for: APNs serves ~1000 streams on
 /// each, so a handful is plenty.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -255,7 +259,7 @@ impl ApnsBackend {
         };
         let topic = HeaderValue::from_str(&topic).map_err(|e| bad(format!("topic: {e}")))?;
         let collapse_id = match &config.collapse_id {
-            Some(id) if id.is_empty() || id.len() > 64 => {
+            Some(id) if id.is_empty() || id.len() > MAX_COLLAPSE_ID => {
                 return Err(bad("collapse_id must have 1 to 64 bytes".into()));
             }
             Some(id) => {
@@ -386,8 +390,14 @@ impl Inner {
                 let expiration = self.clock.unix_secs().saturating_add(ttl);
                 request = request.header("apns-expiration", expiration.to_string());
             }
-            if let Some(id) = &self.collapse_id {
-                request = request.header("apns-collapse-id", id.clone());
+            // The registration's own collapse id wins over the app's.
+            let own_collapse_id = device
+                .collapse_id
+                .as_deref()
+                .filter(|id| !id.is_empty() && id.len() <= MAX_COLLAPSE_ID)
+                .and_then(|id| HeaderValue::from_str(id).ok());
+            if let Some(id) = own_collapse_id.or_else(|| self.collapse_id.clone()) {
+                request = request.header("apns-collapse-id", id);
             }
 
             let response = match request.send().await {

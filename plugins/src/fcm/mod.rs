@@ -55,7 +55,8 @@ pub struct FcmConfig {
     #[serde(default, deserialize_with = "crate::config::lenient::option")]
     pub ttl_secs: Option<u64>,
     /// `android.collapse_key`: newer messages replace older undelivered
-    /// ones.
+    /// ones. Used for devices that bring none of their own
+    /// ([`Device::collapse_id`](crate::Device::collapse_id) wins).
     #[serde(default)]
     pub collapse_key: Option<String>,
     /// HTTP/2 connections to open to the endpoint (1 to 16).

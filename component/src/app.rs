@@ -11,6 +11,7 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::dispatch::{Backends, Dispatcher};
+use crate::register::limits::RegisterLimits;
 use crate::service::Service;
 use crate::store::{RegistrationStore, StoreError};
 use crate::xmpp::stream::{Link, LinkState, StopReason};
@@ -82,7 +83,9 @@ impl Running {
 /// backends.
 pub async fn start(config: &Config, backends: Backends) -> Result<Running, StartError> {
     let url = config.database_url();
-    let store = RegistrationStore::open(&url, config.storage.cache_capacity).await?;
+    let store = RegistrationStore::open(&url, config.storage.cache_capacity)
+        .await?
+        .with_register_limits(RegisterLimits::new(&config.register));
     store.migrate().await?;
     info!(database = store.kind(), apps = ?backends.apps(), "registration store ready");
     let (link, outbound, state) = Link::new(config.stream());

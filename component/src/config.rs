@@ -41,6 +41,8 @@ pub struct Config {
     pub brake: BrakeConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub register: RegisterConfig,
     /// The push apps: `[apps.NAME]` with `provider = "apns" | "fcm"` and
     /// that provider's keys. `register-push-NAME` registers with the app
     /// NAME; `register-push-PROVIDER` with the one app of that provider.
@@ -158,6 +160,60 @@ pub struct BrakeConfig {
     /// The window, in seconds.
     #[serde(default = "default_brake_window_secs")]
     pub window_secs: u64,
+}
+
+/// `[register]`: limits on registration commands, so that one account
+/// cannot fill the database (`register/limits.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterConfig {
+    /// Register and unregister commands one account may send per minute
+    /// (all at once, then evenly spread); beyond it the command is answered
+    /// `wait`. Conversations sends one for the account and one per room at
+    /// every start.
+    #[serde(default = "default_register_per_account_per_minute")]
+    pub per_account_per_minute: u32,
+    /// Registrations one account may hold (devices × rooms × apps); a new
+    /// one beyond it is refused, a re-registration still updates its token.
+    #[serde(default = "default_register_max_per_account")]
+    pub max_per_account: u32,
+}
+
+fn default_register_per_account_per_minute() -> u32 {
+    20
+}
+fn default_register_max_per_account() -> u32 {
+    50
+}
+
+impl Default for RegisterConfig {
+    fn default() -> Self {
+        RegisterConfig {
+            per_account_per_minute: default_register_per_account_per_minute(),
+            max_per_account: default_register_max_per_account(),
+        }
+    }
+}
+
+impl RegisterConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, message: &str| {
+            Err(ConfigError::Value {
+                key,
+                message: message.into(),
+            })
+        };
+        if !(1..=10_000).contains(&self.per_account_per_minute) {
+            return bad(
+                "register.per_account_per_minute",
+                "must be between 1 and 10000",
+            );
+        }
+        if !(1..=100_000).contains(&self.max_per_account) {
+            return bad("register.max_per_account", "must be between 1 and 100000");
+        }
+        Ok(())
+    }
 }
 
 /// `[log]`.
@@ -307,23 +363,44 @@ impl Config {
         Self::build(
             config::Config::builder()
                 .add_source(config::File::from(path).format(config::FileFormat::Toml)),
+            std::env::vars(),
         )
     }
 
     /// Parses TOML text plus the environment (for tests and `check-config`).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_toml_and_env(text, std::env::vars())
+    }
+
+    /// Parses TOML text plus the given `(name, value)` environment, which
+    /// stands in for the process environment (tests need no global state).
+    pub fn from_toml_and_env(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
         Self::build(
             config::Config::builder()
                 .add_source(config::File::from_str(text, config::FileFormat::Toml)),
+            env,
         )
     }
 
+    /// Layers the `NUDGE_<SECTION>__<KEY>` variables of `env` over the file.
+    ///
+    /// The values stay text (no `try_parsing`): parsing them up front would
+    /// turn a secret `0123` into the number 123 and then back into the text
+    /// `"123"`. A key is converted when it is deserialised into its field, so
+    /// `NUDGE_COMPONENT__PORT=5348` still becomes a `u16` and `true` a
+    /// `bool`; the provider tables accept numbers written as text for the
+    /// same reason (`nudge_plugins::ProviderConfig`).
     fn build(
         builder: config::ConfigBuilder<config::builder::DefaultState>,
+        env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         // Only `NUDGE_<SECTION>__<KEY>` variables are configuration; others
         // with the prefix (`NUDGE_CONFIG`, the tests' own) are not keys.
-        let overrides: config::Map<String, String> = std::env::vars()
+        let overrides: config::Map<String, String> = env
+            .into_iter()
             .filter(|(k, _)| {
                 k.strip_prefix("NUDGE_")
                     .and_then(|rest| rest.split_once("__"))
@@ -335,7 +412,6 @@ impl Config {
                 config::Environment::with_prefix("NUDGE")
                     .prefix_separator("_")
                     .separator("__")
-                    .try_parsing(true)
                     .source(Some(overrides)),
             )
             .build()?
@@ -407,6 +483,7 @@ impl Config {
         if self.brake.dead_tokens == 0 || self.brake.window_secs == 0 {
             return bad("brake", "dead_tokens and window_secs must be at least 1");
         }
+        self.register.validate()?;
         for name in self.apps.keys() {
             if name.is_empty()
                 || !name.chars().all(|c| {
@@ -457,6 +534,48 @@ mod tests {
         assert_eq!(c.component.port, 5347);
         assert_eq!(c.component.max_stanza_size, 65536);
         assert_eq!(c.database_url(), "sqlite://data/nudge.db");
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_keeps_strings_and_parses_numbers_and_bools() {
+        let text = "[component]\ndomain = 'push.example.org'\nsecret = 's'\n\
+                    [apps.android]\nprovider = 'fcm'\nservice_account_path = '/sa.json'\n";
+        let c = Config::from_toml_and_env(
+            text,
+            env(&[
+                ("NUDGE_COMPONENT__SECRET", "0123"),
+                ("NUDGE_COMPONENT__PORT", "5348"),
+                ("NUDGE_STORAGE__URL", "1e5"),
+                ("NUDGE_APPS__ANDROID__TTL_SECS", "3600"),
+                ("NUDGE_APPS__ANDROID__INCLUDE_BODY", "true"),
+                ("NUDGE_APPS__ANDROID__PROJECT_ID", "007"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.component.secret, "0123");
+        assert_eq!(c.component.port, 5348);
+        assert_eq!(c.storage.url.as_deref(), Some("1e5"));
+        let ProviderConfig::Fcm(fcm) = &c.apps["android"] else {
+            panic!("fcm app expected");
+        };
+        assert_eq!(fcm.ttl_secs, Some(3600));
+        assert!(fcm.include_body);
+        assert_eq!(fcm.project_id.as_deref(), Some("007"));
+        // A number that is not one is still refused, naming the key.
+        let e = Config::from_toml_and_env(text, env(&[("NUDGE_COMPONENT__PORT", "53a")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port"), "{e}");
+        let e = Config::from_toml_and_env(text, env(&[("NUDGE_APPS__ANDROID__TTL_SECS", "1h")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1h"), "{e}");
     }
 
     #[test]

@@ -48,6 +48,20 @@ async fn publish_is_delivered_and_acknowledged(kind: DbKind) {
     assert_eq!(device.app, "conversations");
     assert_eq!(device.account.as_deref(), Some("alice@localhost"));
     assert_eq!(device.device_id.as_deref(), Some("dev1"));
+    // One collapse id per registration, derived from the node, never the
+    // node itself (it is the credential of secretless dialects).
+    let collapse_id = device.collapse_id.clone().expect("a collapse id");
+    assert_eq!(collapse_id.len(), 16);
+    assert!(!node.contains(&collapse_id) && !collapse_id.contains(&node));
+    let (node2, secret2) = h.register("alice@localhost", "dev2", "tok-alice").await;
+    assert_eq!(
+        h.publish("p2", "localhost", &node2, Some(&secret2), "Hello")
+            .await
+            .0,
+        "result"
+    );
+    let other = h.backend.sent()[1].0.collapse_id.clone();
+    assert!(other.is_some() && other != Some(collapse_id), "{other:?}");
     assert_eq!(n.last_message_body.as_deref(), Some("Hello"));
     assert_eq!(n.message_count, Some(1));
     assert!(n.is_important());

@@ -21,6 +21,64 @@ pub enum ProviderConfig {
     Fcm(FcmConfig),
 }
 
+/// Numbers and booleans of a provider table may also be written as text
+/// (`"3600"`, `"true"`). The component's environment overrides
+/// (`NUDGE_APPS__NAME__TTL_SECS=3600`) arrive as text and stay text so that
+/// string keys keep their leading zeros; a plain struct converts them when a
+/// field asks for a number, but [`ProviderConfig`] is tagged, so serde
+/// buffers the table before it knows the field types and the text would be
+/// refused. These deserializers convert it.
+pub(crate) mod lenient {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ValueOrText<T> {
+        Value(T),
+        Text(String),
+    }
+
+    fn resolve<T, E>(v: ValueOrText<T>) -> Result<T, E>
+    where
+        T: FromStr,
+        T::Err: Display,
+        E: Error,
+    {
+        match v {
+            ValueOrText::Value(v) => Ok(v),
+            ValueOrText::Text(text) => text
+                .parse()
+                .map_err(|e| E::custom(format_args!("invalid value {text:?}: {e}"))),
+        }
+    }
+
+    /// A value, or its text form.
+    pub fn value<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de> + FromStr,
+        T::Err: Display,
+    {
+        resolve(ValueOrText::deserialize(d)?)
+    }
+
+    /// An optional value, or its text form.
+    pub fn option<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de> + FromStr,
+        T::Err: Display,
+    {
+        Option::<ValueOrText<T>>::deserialize(d)?
+            .map(resolve)
+            .transpose()
+    }
+}
+
 /// Why a backend could not be built from its configuration.
 #[derive(Debug, thiserror::Error)]
 #[error("app {app}: {message}")]
@@ -95,6 +153,21 @@ mod tests {
         ] {
             assert!(toml::from_str::<File>(text).is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn numbers_and_bools_may_be_text() {
+        let file: File = toml::from_str(
+            "[apps.x]\nprovider = \"fcm\"\nservice_account_path = \"a\"\n\
+             ttl_secs = \"60\"\ninclude_body = \"true\"\nconnections = \"2\"",
+        )
+        .unwrap();
+        let ProviderConfig::Fcm(c) = &file.apps["x"] else {
+            panic!("fcm expected");
+        };
+        assert_eq!(c.ttl_secs, Some(60));
+        assert!(c.include_body);
+        assert_eq!(c.connections, 2);
     }
 
     #[tokio::test]

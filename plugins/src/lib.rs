@@ -46,6 +46,13 @@ pub struct Device {
     /// Bare JID of a group chat when the registration is for pushes from
     /// that room only (Conversations' `muc` field).
     pub muc: Option<String>,
+    /// Collapse identifier of this registration: APNs `apns-collapse-id`,
+    /// FCM `android.collapse_key`. Pushes with the same one replace each
+    /// other on the phone (and in the provider's store for an offline
+    /// phone), so a burst shows one notification, not five; one phone with
+    /// two accounts or rooms keeps one per registration. At most 64 bytes
+    /// (APNs' limit); the app's configured key is used when absent.
+    pub collapse_id: Option<String>,
 }
 
 /// What the user's XMPP server told us about the event, taken from the

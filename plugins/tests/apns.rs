@@ -454,3 +454,59 @@ async fn connection_loss_is_transient_and_the_next_push_reconnects() {
     })
     .await
 }
+
+#[tokio::test]
+async fn the_registration_collapse_id_wins_over_the_app_one() {
+    bounded(async {
+        let mock = common::start(strict()).await;
+        let mut config = mock.apns_config();
+        config.collapse_id = Some("chat".into());
+        let backend = ApnsBackend::new("app", &config).unwrap();
+        let token = nudge_test_app::random_apns_token();
+        let own = nudge_plugins::Device {
+            collapse_id: Some("3f2a9c0d1e7b6a54".into()),
+            ..device(&token)
+        };
+        // Two registrations on one phone: each its own collapse id.
+        let other = nudge_plugins::Device {
+            collapse_id: Some("0b1c2d3e4f5a6978".into()),
+            ..device(&token)
+        };
+        // Too long for APNs: the app's id is sent instead of a rejected push.
+        let too_long = nudge_plugins::Device {
+            collapse_id: Some("x".repeat(65)),
+            ..device(&token)
+        };
+        for d in [&own, &other, &device(&token), &too_long] {
+            assert_eq!(backend.send(d, &important()).await, Outcome::Delivered);
+        }
+        let sent: Vec<String> = mock
+            .app
+            .pushes(PushFilter::token(&token))
+            .iter()
+            .map(|p| p.headers["apns-collapse-id"].clone())
+            .collect();
+        assert_eq!(
+            sent,
+            ["3f2a9c0d1e7b6a54", "0b1c2d3e4f5a6978", "chat", "chat"]
+        );
+
+        // Without an app-wide id, only devices that have one send the header.
+        let backend = ApnsBackend::new("app", &mock.apns_config()).unwrap();
+        let token = nudge_test_app::random_apns_token();
+        let own = nudge_plugins::Device {
+            collapse_id: Some("3f2a9c0d1e7b6a54".into()),
+            ..device(&token)
+        };
+        assert_eq!(backend.send(&own, &silent()).await, Outcome::Delivered);
+        assert_eq!(
+            backend.send(&device(&token), &silent()).await,
+            Outcome::Delivered
+        );
+        let pushes = mock.app.pushes(PushFilter::token(&token));
+        assert_eq!(pushes[0].headers["apns-collapse-id"], "3f2a9c0d1e7b6a54");
+        assert!(!pushes[1].headers.contains_key("apns-collapse-id"));
+        mock.app.shutdown().await;
+    })
+    .await
+}

@@ -393,3 +393,51 @@ async fn wrong_project_is_rejected_not_a_dead_token() {
     })
     .await
 }
+
+#[tokio::test]
+async fn the_registration_collapse_key_wins_over_the_app_one() {
+    bounded(async {
+        let mock = common::start(TestAppConfig::default()).await;
+        let mut config = mock.fcm_config();
+        config.collapse_key = Some("xmpp".into());
+        let backend = FcmBackend::new("app", &config).unwrap();
+        let t = token("ok");
+        let own = Device {
+            collapse_id: Some("3f2a9c0d1e7b6a54".into()),
+            ..device(&t)
+        };
+        assert_eq!(backend.send(&own, &important()).await, Outcome::Delivered);
+        assert_eq!(
+            backend.send(&device(&t), &important()).await,
+            Outcome::Delivered
+        );
+        let keys: Vec<_> = mock
+            .app
+            .pushes(PushFilter::token(&t))
+            .iter()
+            .map(|p| p.payload["android"]["collapse_key"].clone())
+            .collect();
+        assert_eq!(keys, ["3f2a9c0d1e7b6a54", "xmpp"]);
+
+        // Without an app-wide key, only devices that have one send it.
+        let backend = FcmBackend::new("app", &mock.fcm_config()).unwrap();
+        let t = token("ok");
+        let own = Device {
+            collapse_id: Some("3f2a9c0d1e7b6a54".into()),
+            ..device(&t)
+        };
+        assert_eq!(backend.send(&own, &silent()).await, Outcome::Delivered);
+        assert_eq!(
+            backend.send(&device(&t), &silent()).await,
+            Outcome::Delivered
+        );
+        let pushes = mock.app.pushes(PushFilter::token(&t));
+        assert_eq!(
+            pushes[0].payload["android"]["collapse_key"],
+            "3f2a9c0d1e7b6a54"
+        );
+        assert!(pushes[1].payload["android"].get("collapse_key").is_none());
+        mock.app.shutdown().await;
+    })
+    .await
+}

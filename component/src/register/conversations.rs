@@ -6,6 +6,22 @@
 //! node and secret back, with the token updated. The answer is a form with
 //! `jid`, `node` and `secret`, which the client hands to its server in
 //! `<enable/>`.
+//!
+//! To unregister a room, Conversations does not send the room's JID as
+//! `channel` but `hex(sha1(room_jid + "\0" + device_id))`, the same key its
+//! FCM messages carry (`nudge_plugins::fcm::message::conversations_hash`;
+//! fixture `tests/fixtures/conversations-unregister-push-fcm.xml`). The hash
+//! is matched against the rooms the account registered for that app and
+//! device; a bare room JID (other clients) and an empty channel (the
+//! account's own registration) work too. An unregister that matches no
+//! registration is answered `item-not-found`: the command goes from the
+//! client to us, so no server disables anything for it, and Conversations
+//! only logs a failed unregister.
+//!
+//! Both commands count against the account's rate, and a new registration
+//! against its cap (`limits.rs`).
+
+use nudge_plugins::fcm::message::conversations_hash;
 
 use crate::dispatch::{Backends, ResolveError};
 use crate::store::{NewRegistration, RegistrationStore};
@@ -63,6 +79,11 @@ pub async fn execute(
     let Some(form) = &cmd.form else {
         return Ok(cmd.executing(blank_form(registering)));
     };
+    let limits = store.register_limits();
+    if let Err(e) = limits.check_rate(&owner) {
+        tracing::warn!(%owner, error = %e, "registration command refused");
+        return Err(e.to_stanza_error());
+    }
     let device_id = form
         .non_empty("device-id")
         .or_else(|| form.non_empty("android-id"))
@@ -71,31 +92,45 @@ pub async fn execute(
     if device_id.len() > 256 {
         return Err(StanzaError::bad_request("device-id too long"));
     }
-    let room_field = if registering { "muc" } else { "channel" };
-    let muc = match form.non_empty(room_field) {
-        Some(room) => match Jid::parse(room) {
-            Ok(j) if j.resource().is_none() => j.bare(),
-            _ => {
-                return Err(StanzaError::bad_request(format!(
-                    "{room_field} is not a bare JID"
-                )));
-            }
-        },
-        None => String::new(),
-    };
     let storage_error = |e: crate::store::StoreError| {
         tracing::error!(error = %e, "registration store failed");
         StanzaError::internal_server_error("storage unavailable")
     };
 
     if !registering {
-        let removed = store
-            .unregister(&owner, &app, &device_id, &muc)
-            .await
-            .map_err(storage_error)?;
-        tracing::info!(%owner, %app, node = ?removed, "device unregistered");
+        let channel = Channel::parse(form.non_empty("channel"))?;
+        let muc = match &channel {
+            Channel::Account => Some(String::new()),
+            Channel::Room(room) => Some(room.clone()),
+            Channel::Hash(hash) => store
+                .rooms_of_device(&owner, &app, &device_id)
+                .await
+                .map_err(storage_error)?
+                .into_iter()
+                .find(|room| conversations_hash(room, &device_id) == *hash),
+        };
+        let removed = match muc {
+            Some(muc) => store
+                .unregister(&owner, &app, &device_id, &muc)
+                .await
+                .map_err(storage_error)?,
+            None => None,
+        };
+        let Some(node) = removed else {
+            tracing::info!(%owner, %app, ?channel, "unregister matched no registration");
+            return Err(StanzaError::item_not_found()
+                .with_text("no registration of this device for that channel"));
+        };
+        tracing::info!(%owner, %app, %node, ?channel, "device unregistered");
         return Ok(cmd.completed(None));
     }
+
+    let muc = match form.non_empty("muc") {
+        Some(room) => {
+            bare_jid(room).ok_or_else(|| StanzaError::bad_request("muc is not a bare JID"))?
+        }
+        None => String::new(),
+    };
 
     let token = form
         .non_empty("token")
@@ -106,17 +141,23 @@ pub async fn execute(
             .validate_token(&token)
             .map_err(|e| StanzaError::bad_request(e.to_string()))?;
     }
-    let reg = store
-        .register(&NewRegistration {
-            owner,
-            device_id,
-            muc,
-            app,
-            token,
-            with_secret: true,
-        })
+    let new = NewRegistration {
+        owner,
+        device_id,
+        muc,
+        app,
+        token,
+        with_secret: true,
+    };
+    let Some(reg) = store
+        .register_within(&new, limits.max_per_account().into())
         .await
-        .map_err(storage_error)?;
+        .map_err(storage_error)?
+    else {
+        let e = limits.too_many(&new.owner);
+        tracing::warn!(owner = %new.owner, error = %e, "registration refused");
+        return Err(e.to_stanza_error());
+    };
     tracing::info!(owner = %reg.owner, app = %reg.app, node = %reg.node, "device registered");
     let answer = DataForm::new("result")
         .field("jid", Some("jid-single"), component_jid)
@@ -127,6 +168,40 @@ pub async fn execute(
             reg.secret.as_deref().unwrap_or(""),
         );
     Ok(cmd.completed(Some(answer)))
+}
+
+/// Which of a device's registrations an unregister names (its `channel`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Channel {
+    /// Empty: the account's own registration.
+    Account,
+    /// A bare room JID.
+    Room(String),
+    /// Conversations' `hex(sha1(room_jid + "\0" + device_id))`, lower-case.
+    Hash(String),
+}
+
+impl Channel {
+    fn parse(value: Option<&str>) -> Result<Channel, StanzaError> {
+        let Some(value) = value else {
+            return Ok(Channel::Account);
+        };
+        // 40 hex digits is a SHA-1, not a room: a room JID has a local part.
+        if value.len() == 40 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(Channel::Hash(value.to_ascii_lowercase()));
+        }
+        bare_jid(value)
+            .map(Channel::Room)
+            .ok_or_else(|| StanzaError::bad_request("channel is neither a bare JID nor a hash"))
+    }
+}
+
+/// The normalised bare JID, or `None` when `text` is not a bare JID.
+fn bare_jid(text: &str) -> Option<String> {
+    Jid::parse(text)
+        .ok()
+        .filter(|j| j.resource().is_none())
+        .map(|j| j.bare())
 }
 
 /// The form a generic client is shown when it executes without one.

@@ -2,7 +2,8 @@
 //! protocol (`adhoc`) and the dialects real clients already speak. Each
 //! dialect is its own module; today Conversations' `register-push-<name>` /
 //! `unregister-push-<name>`, which Conversations and most Android clients
-//! send.
+//! send. `limits` keeps one account from filling the database.
 
 pub mod adhoc;
 pub mod conversations;
+pub mod limits;

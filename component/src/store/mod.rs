@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
+use sha1::{Digest, Sha1};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -28,6 +29,8 @@ use sqlx::sqlite::{
 use sqlx::{FromRow, Row};
 
 use cache::RegistrationCache;
+
+use crate::register::limits::RegisterLimits;
 
 /// A device registered with the App Server.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
@@ -53,7 +56,19 @@ impl Registration {
             account: Some(self.owner.clone()),
             device_id: (!self.device_id.is_empty()).then(|| self.device_id.clone()),
             muc: (!self.muc.is_empty()).then(|| self.muc.clone()),
+            collapse_id: Some(self.collapse_id()),
         }
+    }
+
+    /// The collapse identifier of the registration's pushes: 16 hex digits
+    /// of a hash of the node, not the node itself (for dialects without a
+    /// secret the node is the credential, and providers log what they get).
+    pub fn collapse_id(&self) -> String {
+        let digest = Sha1::new()
+            .chain_update(b"nudge collapse id\0")
+            .chain_update(self.node.as_bytes())
+            .finalize();
+        hex::encode(&digest[..8])
     }
 }
 
@@ -118,6 +133,12 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrati
 pub struct RegistrationStore {
     pool: Pool,
     cache: Arc<RegistrationCache>,
+    /// The limits of registration commands. They travel with the store
+    /// because the command handlers get the store handle, and they guard
+    /// what it holds; the cap itself is enforced by [`Self::register_within`].
+    limits: Arc<RegisterLimits>,
+    #[cfg(test)]
+    hooks: Arc<tests::Hooks>,
 }
 
 /// The columns of a [`Registration`], in its field order. A macro so that
@@ -170,7 +191,21 @@ impl RegistrationStore {
         Ok(RegistrationStore {
             pool,
             cache: Arc::new(RegistrationCache::new(cache_capacity)),
+            limits: Arc::default(),
+            #[cfg(test)]
+            hooks: Default::default(),
         })
+    }
+
+    /// Uses these registration limits instead of the defaults.
+    pub fn with_register_limits(mut self, limits: RegisterLimits) -> Self {
+        self.limits = Arc::new(limits);
+        self
+    }
+
+    /// The limits of registration commands.
+    pub fn register_limits(&self) -> &RegisterLimits {
+        &self.limits
     }
 
     /// Applies the migrations that are not applied yet.
@@ -204,6 +239,23 @@ impl RegistrationStore {
     /// of the same account, app, device and room: the node and secret stay
     /// the same, so the user's server keeps working with what it has.
     pub async fn register(&self, new: &NewRegistration) -> Result<Registration, StoreError> {
+        let reg = self.register_within(new, i64::MAX).await?;
+        // With no cap the statement always inserts or updates a row.
+        reg.ok_or(StoreError::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// [`Self::register`], but a new registration only while the account
+    /// holds fewer than `max_per_account`; `None` when it is at the cap. A
+    /// re-registration of a device it has always goes through. The count and
+    /// the insert are one statement: on SQLite writes are serialised, so the
+    /// cap holds exactly; on PostgreSQL registrations of one account racing
+    /// at the same instant may each see the old count and pass together
+    /// (read committed), which the per-account rate bounds.
+    pub async fn register_within(
+        &self,
+        new: &NewRegistration,
+        max_per_account: i64,
+    ) -> Result<Option<Registration>, StoreError> {
         let now = now();
         let node = random_id(16);
         let secret = new.with_secret.then(|| random_id(18));
@@ -215,12 +267,15 @@ impl RegistrationStore {
         let sql = concat!(
             "INSERT INTO registrations (",
             columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+            ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $9 \
+             WHERE (SELECT COUNT(*) FROM registrations WHERE owner = $3) < $10 \
+             OR EXISTS (SELECT 1 FROM registrations \
+                        WHERE owner = $3 AND app = $7 AND device_id = $5 AND muc = $6) \
              ON CONFLICT (owner, app, device_id, muc) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at \
              RETURNING ",
             columns!()
         );
-        let reg: Registration = on_pool!(&self.pool, |p| {
+        let reg: Option<Registration> = on_pool!(&self.pool, |p| {
             sqlx::query_as(sql)
                 .bind(&node)
                 .bind(&secret)
@@ -231,11 +286,14 @@ impl RegistrationStore {
                 .bind(&new.app)
                 .bind(&new.token)
                 .bind(now)
-                .fetch_one(p)
+                .bind(max_per_account)
+                .fetch_optional(p)
                 .await?
         });
         // A re-registration may have changed the token of a cached node.
-        self.cache.remove(&reg.node);
+        if let Some(reg) = &reg {
+            self.cache.invalidate(&reg.node);
+        }
         Ok(reg)
     }
 
@@ -244,13 +302,16 @@ impl RegistrationStore {
         if let Some(hit) = self.cache.get(node) {
             return Ok(Some(hit));
         }
+        let read_at = self.cache.epoch();
         let sql = concat!("SELECT ", columns!(), " FROM registrations WHERE node = $1");
         let found: Option<Registration> = on_pool!(&self.pool, |p| {
             sqlx::query_as(sql).bind(node).fetch_optional(p).await?
         });
+        #[cfg(test)]
+        self.hooks.after_read().await;
         Ok(found.map(|r| {
             let r = Arc::new(r);
-            self.cache.insert(r.clone());
+            self.cache.fill(r.clone(), read_at);
             r
         }))
     }
@@ -276,9 +337,28 @@ impl RegistrationStore {
                 .map(|row| row.get::<String, _>(0))
         });
         if let Some(n) = &node {
-            self.cache.remove(n);
+            self.cache.invalidate(n);
         }
         Ok(node)
+    }
+
+    /// The rooms an account registered a device for, with one app.
+    pub async fn rooms_of_device(
+        &self,
+        owner: &str,
+        app: &str,
+        device_id: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let sql = "SELECT muc FROM registrations WHERE owner = $1 AND app = $2 AND device_id = $3 AND muc <> ''";
+        let rooms: Vec<String> = on_pool!(&self.pool, |p| {
+            sqlx::query_scalar(sql)
+                .bind(owner)
+                .bind(app)
+                .bind(device_id)
+                .fetch_all(p)
+                .await?
+        });
+        Ok(rooms)
     }
 
     /// Removes a registration whose token the provider declared dead, but
@@ -294,7 +374,7 @@ impl RegistrationStore {
                 .await?
                 .rows_affected()
         });
-        self.cache.remove(node);
+        self.cache.invalidate(node);
         Ok(n > 0)
     }
 
@@ -308,7 +388,7 @@ impl RegistrationStore {
                 .await?
                 .rows_affected()
         });
-        self.cache.remove(node);
+        self.cache.invalidate(node);
         Ok(n > 0)
     }
 
@@ -363,6 +443,75 @@ fn random_id(bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pause in [`RegistrationStore::find`] between its database read and
+    /// its cache fill, armed once, so that a test can put a change there.
+    #[derive(Default)]
+    pub(super) struct Hooks {
+        armed: std::sync::Mutex<Option<Arc<Pause>>>,
+    }
+
+    #[derive(Default)]
+    struct Pause {
+        reached: tokio::sync::Notify,
+        resume: tokio::sync::Notify,
+    }
+
+    impl Hooks {
+        pub(super) async fn after_read(&self) {
+            let pause = self.armed.lock().ok().and_then(|mut a| a.take());
+            if let Some(p) = pause {
+                p.reached.notify_one();
+                p.resume.notified().await;
+            }
+        }
+
+        fn arm(&self) -> Arc<Pause> {
+            let pause = Arc::new(Pause::default());
+            *self.armed.lock().unwrap() = Some(pause.clone());
+            pause
+        }
+    }
+
+    #[tokio::test]
+    async fn a_miss_racing_a_registration_does_not_cache_the_old_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("nudge.db").display());
+        let store = RegistrationStore::open(&url, 100).await.unwrap();
+        store.migrate().await.unwrap();
+        let mut new = NewRegistration {
+            owner: "alice@localhost".into(),
+            device_id: "dev1".into(),
+            muc: String::new(),
+            app: "app".into(),
+            token: "tok-old".into(),
+            with_secret: true,
+        };
+        let node = store.register(&new).await.unwrap().node;
+
+        // A publish misses the cache and reads the old row ...
+        let pause = store.hooks.arm();
+        let reader = tokio::spawn({
+            let store = store.clone();
+            let node = node.clone();
+            async move { store.find(&node).await }
+        });
+        pause.reached.notified().await;
+        // ... the device registers a new token ...
+        new.token = "tok-new".into();
+        store.register(&new).await.unwrap();
+        // ... and the publish fills the cache with what it read.
+        pause.resume.notify_one();
+        let raced = reader.await.unwrap().unwrap().unwrap();
+        assert_eq!(raced.token, "tok-old", "the read came before the change");
+
+        let now = store.find(&node).await.unwrap().unwrap();
+        assert_eq!(
+            now.token, "tok-new",
+            "the old row was put back in the cache"
+        );
+        store.close().await;
+    }
 
     #[test]
     fn ids_are_long_and_url_safe() {

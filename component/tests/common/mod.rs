@@ -539,6 +539,23 @@ pub fn register_iq(account: &str, service: &str, device: &str, token: &str) -> S
     )
 }
 
+/// Conversations' register command for pushes from one room (`muc`).
+pub fn register_room_iq(account: &str, device: &str, token: &str, room: &str) -> String {
+    format!(
+        "<iq id='reg-{device}-{token}-{room}' type='set' from='{account}/phone' to='{DOMAIN}' xml:lang='en'>\
+         <command node='register-push-fcm' action='execute' xmlns='http://jabber.org/protocol/commands'>\
+         <x xmlns='jabber:x:data' type='submit'><field var='token'><value>{token}</value></field>\
+         <field var='android-id'><value>{device}</value></field>\
+         <field var='muc'><value>{room}</value></field></x></command></iq>"
+    )
+}
+
+/// Conversations' unregister command (fixture
+/// `conversations-unregister-push-fcm.xml`) with the given `channel`.
+pub fn unregister_iq(channel: &str) -> String {
+    fixture("conversations-unregister-push-fcm.xml", "", "").replace("{CHANNEL}", channel)
+}
+
 /// A publish as Prosody sends it (from the live capture), for `node`.
 pub fn publish_iq(id: &str, from: &str, node: &str, secret: Option<&str>, body: &str) -> String {
     let options = match secret {

@@ -57,13 +57,13 @@ pub struct ApnsConfig {
     #[serde(default)]
     pub certificate: Option<ApnsCertificateAuth>,
     /// Send every push as a PushKit VoIP push (topic `<topic>.voip`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::lenient::value")]
     pub voip: bool,
     /// Forward `last-message-sender` (alert title and `sender` key).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::lenient::value")]
     pub include_sender: bool,
     /// Forward `last-message-body` as the alert body.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::lenient::value")]
     pub include_body: bool,
     /// Alert text when the body is not forwarded.
     #[serde(default = "default_alert_body")]
@@ -74,17 +74,24 @@ pub struct ApnsConfig {
     /// How long APNs keeps a push for an offline device, in seconds; sent as
     /// the absolute time `apns-expiration` = now + `ttl_secs`. Absent: the
     /// header is left out and APNs applies its own storage policy.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::lenient::option")]
     pub ttl_secs: Option<u64>,
     /// `apns-collapse-id` (at most 64 bytes): newer pushes replace older
-    /// undelivered ones.
+    /// undelivered ones. Used for devices that bring none of their own
+    /// ([`Device::collapse_id`](crate::Device::collapse_id) wins).
     #[serde(default)]
     pub collapse_id: Option<String>,
     /// HTTP/2 connections to open to the endpoint (1 to 16).
-    #[serde(default = "default_connections")]
+    #[serde(
+        default = "default_connections",
+        deserialize_with = "crate::config::lenient::value"
+    )]
     pub connections: usize,
     /// Timeout of one request, in seconds.
-    #[serde(default = "default_timeout_secs")]
+    #[serde(
+        default = "default_timeout_secs",
+        deserialize_with = "crate::config::lenient::value"
+    )]
     pub timeout_secs: u64,
     /// A PEM file of extra CA certificates to trust besides the system's
     /// (a test server, a TLS-intercepting proxy).
@@ -104,7 +111,10 @@ pub struct ApnsTokenAuth {
     pub team_id: String,
     /// Age in seconds at which the provider token is replaced (1200 to
     /// 3600; default 3000).
-    #[serde(default = "default_refresh_secs")]
+    #[serde(
+        default = "default_refresh_secs",
+        deserialize_with = "crate::config::lenient::value"
+    )]
     pub refresh_secs: u64,
 }
 
@@ -167,6 +177,9 @@ fn default_timeout_secs() -> u64 {
 fn default_refresh_secs() -> u64 {
     50 * 60
 }
+
+/// APNs' limit on `apns-collapse-id`, in bytes.
+pub const MAX_COLLAPSE_ID: usize = 64;
 
 /// The most connections one app may ask for: APNs serves ~1000 streams on
 /// each, so a handful is plenty.
@@ -246,7 +259,7 @@ impl ApnsBackend {
         };
         let topic = HeaderValue::from_str(&topic).map_err(|e| bad(format!("topic: {e}")))?;
         let collapse_id = match &config.collapse_id {
-            Some(id) if id.is_empty() || id.len() > 64 => {
+            Some(id) if id.is_empty() || id.len() > MAX_COLLAPSE_ID => {
                 return Err(bad("collapse_id must have 1 to 64 bytes".into()));
             }
             Some(id) => {
@@ -377,8 +390,14 @@ impl Inner {
                 let expiration = self.clock.unix_secs().saturating_add(ttl);
                 request = request.header("apns-expiration", expiration.to_string());
             }
-            if let Some(id) = &self.collapse_id {
-                request = request.header("apns-collapse-id", id.clone());
+            // The registration's own collapse id wins over the app's.
+            let own_collapse_id = device
+                .collapse_id
+                .as_deref()
+                .filter(|id| !id.is_empty() && id.len() <= MAX_COLLAPSE_ID)
+                .and_then(|id| HeaderValue::from_str(id).ok());
+            if let Some(id) = own_collapse_id.or_else(|| self.collapse_id.clone()) {
+                request = request.header("apns-collapse-id", id);
             }
 
             let response = match request.send().await {

@@ -7,7 +7,8 @@
 //! a MUC registration; the summary fields follow, sender and body only when
 //! the XMPP server sent them and the app's configuration allows it.
 //! `android.priority` is `high` for important notifications: data messages
-//! at normal priority do not wake a phone in Doze.
+//! at normal priority do not wake a phone in Doze. `android.collapse_key` is
+//! the registration's own ([`Device::collapse_id`]), else the app's.
 
 use serde_json::{Map, Value};
 use sha1::{Digest, Sha1};
@@ -75,7 +76,11 @@ pub(crate) fn build(
         // A protobuf Duration in JSON: seconds with an `s` suffix.
         android.insert("ttl".into(), format!("{ttl}s").into());
     }
-    if let Some(key) = &settings.collapse_key {
+    if let Some(key) = device
+        .collapse_id
+        .as_ref()
+        .or(settings.collapse_key.as_ref())
+    {
         android.insert("collapse_key".into(), key.as_str().into());
     }
     // The measured `data` bytes go into the request as they are.
@@ -135,6 +140,7 @@ mod tests {
             account: Some("romeo@montague.example".into()),
             device_id: Some("a1b2c3d4e5f60718".into()),
             muc: None,
+            collapse_id: None,
         }
     }
 
@@ -227,6 +233,20 @@ mod tests {
                 .values()
                 .all(Value::is_string)
         );
+    }
+
+    #[test]
+    fn the_registration_collapse_key_wins_over_the_app_one() {
+        let settings = MessageSettings {
+            collapse_key: Some("xmpp".into()),
+            ..Default::default()
+        };
+        let mut d = device();
+        d.collapse_id = Some("3f2a9c0d1e7b6a54".into());
+        let v = parse(&build(&settings, &d, &important()).unwrap());
+        assert_eq!(v["message"]["android"]["collapse_key"], "3f2a9c0d1e7b6a54");
+        let v = parse(&build(&MessageSettings::default(), &d, &important()).unwrap());
+        assert_eq!(v["message"]["android"]["collapse_key"], "3f2a9c0d1e7b6a54");
     }
 
     #[test]

@@ -45,24 +45,31 @@ pub struct FcmConfig {
     #[serde(default = "default_endpoint")]
     pub endpoint: String,
     /// Forward `last-message-sender` as `data.last-message-sender`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::lenient::value")]
     pub include_sender: bool,
     /// Forward `last-message-body` as `data.last-message-body`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::lenient::value")]
     pub include_body: bool,
     /// `android.ttl` in seconds: how long FCM keeps a message for an
     /// offline device (FCM's default, 4 weeks, when absent).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::lenient::option")]
     pub ttl_secs: Option<u64>,
     /// `android.collapse_key`: newer messages replace older undelivered
-    /// ones.
+    /// ones. Used for devices that bring none of their own
+    /// ([`Device::collapse_id`](crate::Device::collapse_id) wins).
     #[serde(default)]
     pub collapse_key: Option<String>,
     /// HTTP/2 connections to open to the endpoint (1 to 16).
-    #[serde(default = "default_connections")]
+    #[serde(
+        default = "default_connections",
+        deserialize_with = "crate::config::lenient::value"
+    )]
     pub connections: usize,
     /// Timeout of one request, in seconds.
-    #[serde(default = "default_timeout_secs")]
+    #[serde(
+        default = "default_timeout_secs",
+        deserialize_with = "crate::config::lenient::value"
+    )]
     pub timeout_secs: u64,
     /// A PEM file of extra CA certificates to trust besides the system's,
     /// for the FCM endpoint (the token endpoint is reached by `gcp_auth`

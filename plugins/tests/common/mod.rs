@@ -98,6 +98,7 @@ pub fn device(token: &str) -> Device {
         account: Some("romeo@montague.example".into()),
         device_id: Some("a1b2c3d4e5f60718".into()),
         muc: None,
+        collapse_id: None,
     }
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use nudge::store::{NewRegistration, RegistrationStore};
+use nudge::store::{HeldRemoval, NewRegistration, RegistrationStore};
 
 fn nudge() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_nudge"));
@@ -148,6 +148,97 @@ async fn registrations_can_be_listed_shown_and_removed() {
     let again = run(&["show", &reg.node]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("no registration"));
+}
+
+/// The operator's side of the removal brake and the outbox.
+#[tokio::test]
+async fn brake_status_and_release_apply_held_removals() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/nudge.db", dir.path().display());
+    let store = RegistrationStore::open(&url, 10).await.unwrap();
+    store.migrate().await.unwrap();
+    let mut nodes = Vec::new();
+    for (device, token) in [("d1", "tok1"), ("d2", "tok2"), ("d3", "tok3")] {
+        let reg = store
+            .register(&NewRegistration {
+                owner: "alice@localhost".into(),
+                device_id: device.into(),
+                muc: String::new(),
+                app: "ios".into(),
+                token: token.into(),
+                with_secret: true,
+            })
+            .await
+            .unwrap();
+        nodes.push(reg.node);
+    }
+    let brakes = store.brake();
+    brakes.engage("ios", 100).await.unwrap();
+    for (node, token) in [(&nodes[0], "tok1"), (&nodes[1], "tok2")] {
+        brakes
+            .hold(&HeldRemoval {
+                node: node.clone(),
+                app: "ios".into(),
+                token: token.into(),
+                reason: "BadDeviceToken".into(),
+                held_at: 100,
+            })
+            .await
+            .unwrap();
+    }
+    // A held device registered a new token meanwhile: not removed.
+    store
+        .register(&NewRegistration {
+            owner: "alice@localhost".into(),
+            device_id: "d2".into(),
+            muc: String::new(),
+            app: "ios".into(),
+            token: "tok2-new".into(),
+            with_secret: true,
+        })
+        .await
+        .unwrap();
+    store
+        .outbox()
+        .merge(&nodes[2], &Default::default(), 1, 0, i64::MAX / 4)
+        .await
+        .unwrap();
+    store.close().await;
+
+    let run = |args: &[&str]| {
+        let mut full = vec!["--config", example_config().leak() as &str];
+        full.extend_from_slice(args);
+        let out = nudge()
+            .args(full)
+            .env("NUDGE_STORAGE__URL", &url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let status = run(&["brake", "status"]);
+    assert!(status.contains("ios\tengaged"), "{status}");
+    assert!(status.contains("held=2"), "{status}");
+    assert!(run(&["outbox", "status"]).contains("1 pushes queued"));
+    let released = run(&["brake", "release", "ios", "--apply"]);
+    assert!(
+        released.contains("1 of 2 held removals applied"),
+        "{released}"
+    );
+    assert!(run(&["brake", "status"]).contains("ios\treleased"));
+
+    let store = RegistrationStore::open(&url, 10).await.unwrap();
+    assert!(store.find(&nodes[0]).await.unwrap().is_none(), "applied");
+    assert!(
+        store.find(&nodes[1]).await.unwrap().is_some(),
+        "new token kept"
+    );
+    assert!(store.brake().held(None).await.unwrap().is_empty());
+    store.close().await;
 }
 
 #[tokio::test]

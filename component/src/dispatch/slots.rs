@@ -3,7 +3,7 @@
 //! plus one trailing push, not one push per publish.
 //!
 //! Both servers publish once per message and registration, in bursts of up
-//! to two dozen within milliseconds (`tests/fixtures/README.md`). The first
+//! to two dozen within milliseconds (`docs/answers.md`). The first
 //! publish of a burst is sent at once; the ones that come while it is out
 //! are merged into the node's outbox row, which the retry worker delivers
 //! as soon as the push before it is done. An important publish never waits

@@ -2,7 +2,7 @@
 //! the user's server gets.
 //!
 //! The answer decides whether the user keeps push (the table in
-//! `docs/interop-answers.md`): ejabberd deletes a registration on any error
+//! `docs/answers.md`): ejabberd deletes a registration on any error
 //! that is not `wait`, Prosody after 16. So `cancel`/`auth` are answered
 //! only when the registration really is gone or the publish is really not
 //! allowed; everything transient (a provider down, throttled or slow, our

@@ -144,7 +144,7 @@ mod tests {
             let answer = verdict.answer();
             assert_eq!(answer.as_ref().err().map(|e| e.kind), *kind, "{verdict:?}");
             assert_eq!(
-                answer.as_ref().err().map(|e| e.condition),
+                answer.as_ref().err().map(|e| e.condition.as_str()),
                 *condition,
                 "{verdict:?}"
             );

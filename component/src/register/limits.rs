@@ -20,7 +20,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::RegisterConfig;
-use crate::xmpp::stanza::{ErrorType, StanzaError};
+use crate::xmpp::stanza::{DefinedCondition, ErrorType, StanzaError};
 
 /// Every this many checks, accounts whose allowance is full again are
 /// forgotten, so that the limiter's memory follows the active accounts.
@@ -52,7 +52,7 @@ impl LimitError {
             LimitError::TooFrequent { .. } => ErrorType::Wait,
             LimitError::TooMany { .. } => ErrorType::Modify,
         };
-        StanzaError::new(kind, "policy-violation").with_text(self.to_string())
+        StanzaError::new(kind, DefinedCondition::PolicyViolation).with_text(self.to_string())
     }
 }
 
@@ -133,12 +133,12 @@ mod tests {
         let l = limits(1);
         l.check_rate("a@b").unwrap();
         let e = l.check_rate("a@b").unwrap_err().to_stanza_error();
-        assert_eq!((e.kind, e.condition), (ErrorType::Wait, "policy-violation"));
+        assert_eq!((e.kind, e.condition), (ErrorType::Wait, DefinedCondition::PolicyViolation));
         assert!(e.text.unwrap().contains("retry in"));
         let e = l.too_many("a@b").to_stanza_error();
         assert_eq!(
             (e.kind, e.condition),
-            (ErrorType::Modify, "policy-violation")
+            (ErrorType::Modify, DefinedCondition::PolicyViolation)
         );
         assert!(e.text.unwrap().contains("5 registrations"));
     }

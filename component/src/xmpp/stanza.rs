@@ -130,16 +130,90 @@ impl ErrorType {
     }
 }
 
+/// The defined conditions of stanza errors this component sends or reads
+/// (RFC 6120 §8.3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefinedCondition {
+    BadRequest,
+    FeatureNotImplemented,
+    Forbidden,
+    InternalServerError,
+    ItemNotFound,
+    NotAuthorized,
+    PolicyViolation,
+    RemoteServerNotFound,
+    RemoteServerTimeout,
+    ResourceConstraint,
+    ServiceUnavailable,
+    UndefinedCondition,
+}
+
+impl DefinedCondition {
+    const ALL: [DefinedCondition; 12] = [
+        DefinedCondition::BadRequest,
+        DefinedCondition::FeatureNotImplemented,
+        DefinedCondition::Forbidden,
+        DefinedCondition::InternalServerError,
+        DefinedCondition::ItemNotFound,
+        DefinedCondition::NotAuthorized,
+        DefinedCondition::PolicyViolation,
+        DefinedCondition::RemoteServerNotFound,
+        DefinedCondition::RemoteServerTimeout,
+        DefinedCondition::ResourceConstraint,
+        DefinedCondition::ServiceUnavailable,
+        DefinedCondition::UndefinedCondition,
+    ];
+
+    /// The element name of the condition.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DefinedCondition::BadRequest => "bad-request",
+            DefinedCondition::FeatureNotImplemented => "feature-not-implemented",
+            DefinedCondition::Forbidden => "forbidden",
+            DefinedCondition::InternalServerError => "internal-server-error",
+            DefinedCondition::ItemNotFound => "item-not-found",
+            DefinedCondition::NotAuthorized => "not-authorized",
+            DefinedCondition::PolicyViolation => "policy-violation",
+            DefinedCondition::RemoteServerNotFound => "remote-server-not-found",
+            DefinedCondition::RemoteServerTimeout => "remote-server-timeout",
+            DefinedCondition::ResourceConstraint => "resource-constraint",
+            DefinedCondition::ServiceUnavailable => "service-unavailable",
+            DefinedCondition::UndefinedCondition => "undefined-condition",
+        }
+    }
+}
+
+impl TryFrom<Element> for DefinedCondition {
+    type Error = Element;
+
+    /// Reads a condition element; hands it back when it is not one.
+    fn try_from(el: Element) -> Result<Self, Element> {
+        if el.ns != ns::STANZA_ERRORS {
+            return Err(el);
+        }
+        match Self::ALL.iter().find(|c| c.as_str() == el.name) {
+            Some(c) => Ok(*c),
+            None => Err(el),
+        }
+    }
+}
+
+impl std::fmt::Display for DefinedCondition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A stanza error: type, defined condition and optional text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StanzaError {
     pub kind: ErrorType,
-    pub condition: &'static str,
+    pub condition: DefinedCondition,
     pub text: Option<String>,
 }
 
 impl StanzaError {
-    pub fn new(kind: ErrorType, condition: &'static str) -> Self {
+    pub fn new(kind: ErrorType, condition: DefinedCondition) -> Self {
         StanzaError {
             kind,
             condition,
@@ -153,43 +227,43 @@ impl StanzaError {
     }
 
     pub fn bad_request(text: impl Into<String>) -> Self {
-        Self::new(ErrorType::Modify, "bad-request").with_text(text)
+        Self::new(ErrorType::Modify, DefinedCondition::BadRequest).with_text(text)
     }
 
     pub fn item_not_found() -> Self {
-        Self::new(ErrorType::Cancel, "item-not-found")
+        Self::new(ErrorType::Cancel, DefinedCondition::ItemNotFound)
     }
 
     pub fn forbidden() -> Self {
-        Self::new(ErrorType::Auth, "forbidden")
+        Self::new(ErrorType::Auth, DefinedCondition::Forbidden)
     }
 
     pub fn service_unavailable() -> Self {
-        Self::new(ErrorType::Cancel, "service-unavailable")
+        Self::new(ErrorType::Cancel, DefinedCondition::ServiceUnavailable)
     }
 
     pub fn feature_not_implemented() -> Self {
-        Self::new(ErrorType::Cancel, "feature-not-implemented")
+        Self::new(ErrorType::Cancel, DefinedCondition::FeatureNotImplemented)
     }
 
     /// A transient failure on our side or the provider's: `wait` keeps the
     /// user's registration on every server.
     pub fn resource_constraint(text: impl Into<String>) -> Self {
-        Self::new(ErrorType::Wait, "resource-constraint").with_text(text)
+        Self::new(ErrorType::Wait, DefinedCondition::ResourceConstraint).with_text(text)
     }
 
     pub fn internal_server_error(text: impl Into<String>) -> Self {
-        Self::new(ErrorType::Wait, "internal-server-error").with_text(text)
+        Self::new(ErrorType::Wait, DefinedCondition::InternalServerError).with_text(text)
     }
 
     pub fn remote_server_timeout(text: impl Into<String>) -> Self {
-        Self::new(ErrorType::Wait, "remote-server-timeout").with_text(text)
+        Self::new(ErrorType::Wait, DefinedCondition::RemoteServerTimeout).with_text(text)
     }
 
     pub fn to_element(&self) -> Element {
         let mut el = Element::new("error", ns::COMPONENT)
             .attr("type", self.kind.as_str())
-            .child(Element::new(self.condition, ns::STANZA_ERRORS));
+            .child(Element::new(self.condition.as_str(), ns::STANZA_ERRORS));
         if let Some(t) = &self.text {
             el.children
                 .push(Element::new("text", ns::STANZA_ERRORS).text(t.clone()));
@@ -242,4 +316,34 @@ pub fn stream_error_xml(condition: &str, text: &str) -> String {
         .write_to(&mut s, "");
     s.push_str("</stream:error></stream:stream>");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_read_back_what_they_write() {
+        for c in DefinedCondition::ALL {
+            let el = StanzaError::new(ErrorType::Cancel, c).to_element();
+            let cond = el.children[0].clone();
+            assert_eq!(DefinedCondition::try_from(cond), Ok(c));
+        }
+        // Another namespace or an unknown name is handed back.
+        let other = Element::new("item-not-found", "urn:example");
+        assert_eq!(DefinedCondition::try_from(other.clone()), Err(other));
+        let unknown = Element::new("gone-fishing", ns::STANZA_ERRORS);
+        assert_eq!(DefinedCondition::try_from(unknown.clone()), Err(unknown));
+    }
+
+    #[test]
+    fn a_live_ejabberd_error_condition_parses() {
+        // The error ejabberd bounces while the App Server is away
+        // (docs/answers.md): `cancel` / `remote-server-not-found`.
+        let el = Element::new("remote-server-not-found", ns::STANZA_ERRORS);
+        assert_eq!(
+            DefinedCondition::try_from(el),
+            Ok(DefinedCondition::RemoteServerNotFound)
+        );
+    }
 }

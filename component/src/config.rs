@@ -101,6 +101,11 @@ pub struct DispatchConfig {
     /// `result`. Also bounds how long a graceful stop waits for answers.
     #[serde(default = "default_answer_within_ms")]
     pub answer_within_ms: u64,
+    /// Coalescing window: a device gets at most one push per window (plus
+    /// an important one beside a silent one); publishes within it are
+    /// merged into one trailing push with the newest summary.
+    #[serde(default = "default_coalesce_ms")]
+    pub coalesce_ms: u64,
     /// Longest wait for one provider request (in the background once the
     /// publish is answered); a timeout counts as a transient failure.
     #[serde(default = "default_push_timeout_secs")]
@@ -255,6 +260,9 @@ fn default_cache_capacity() -> usize {
 fn default_answer_within_ms() -> u64 {
     200
 }
+fn default_coalesce_ms() -> u64 {
+    1000
+}
 fn default_push_timeout_secs() -> u64 {
     10
 }
@@ -309,6 +317,7 @@ impl Default for DispatchConfig {
     fn default() -> Self {
         DispatchConfig {
             answer_within_ms: default_answer_within_ms(),
+            coalesce_ms: default_coalesce_ms(),
             push_timeout_secs: default_push_timeout_secs(),
             max_in_flight: default_max_in_flight(),
         }
@@ -457,6 +466,9 @@ impl Config {
                 "dispatch.answer_within_ms",
                 "must be between 10 and 20000 (ms)",
             );
+        }
+        if self.dispatch.coalesce_ms > 60_000 {
+            return bad("dispatch.coalesce_ms", "must be at most 60000 (ms)");
         }
         if self.outbox.ttl_secs == 0 {
             return bad("outbox.ttl_secs", "must be at least 1");

@@ -192,7 +192,10 @@ async fn a_slow_provider_is_answered_within_the_bound(kind_: DbKind) {
 }
 
 async fn a_burst_becomes_one_push_and_a_trailing_one(kind_: DbKind) {
-    let mut h = Harness::start_with(kind_, "[limits]\nper_registration_burst = 100\n").await;
+    let mut h = Harness::start_adjusted(kind_, "[limits]\nper_registration_burst = 100\n", |c| {
+        c.dispatch.coalesce_ms = 1000
+    })
+    .await;
     let (node, secret) = h.register("alice@localhost", "phone", "tok-b").await;
     h.backend.set_delay(Duration::from_millis(100));
     let burst: Vec<_> = (0..20)
@@ -294,9 +297,11 @@ async fn sql(url: &str, statement: &'static str) {
 }
 
 async fn rate_limited_pushes_are_deferred_not_dropped(kind_: DbKind) {
-    let mut h = Harness::start_with(
+    // No coalescing window here, so that only the limit holds the push.
+    let mut h = Harness::start_adjusted(
         kind_,
         "[limits]\nper_registration_burst = 1\nper_registration_per_minute = 60\n",
+        |c| c.dispatch.coalesce_ms = 0,
     )
     .await;
     let (node, secret) = h.register("alice@localhost", "phone", "tok-l").await;

@@ -295,7 +295,8 @@ async fn a_dead_token_found_by_a_retry_removes_the_registration() {
         .request(&publish_iq("r2", "localhost", &node, Some(&secret), "hi"))
         .await;
     assert_eq!(answer_kind(&a), ("cancel".into(), "item-not-found".into()));
-    assert!(s.nudge.store.outbox().get(&node).await.unwrap().is_none());
+    let outbox = s.nudge.store.outbox();
+    assert!(common::eventually(|| async { outbox.get(&node).await.unwrap().is_none() }).await);
     s.finish().await;
 }
 

@@ -141,7 +141,7 @@ impl Dispatcher {
             brake: Brake::new(&config.brake, store.brake()),
             store,
             settings: DispatchSettings::from_config(config),
-            slots: Slots::default(),
+            slots: Slots::new(Duration::from_millis(config.dispatch.coalesce_ms)),
             limits: Limits::new(&config.limits),
             wake: Notify::new(),
             clock: ReceivedClock::default(),
@@ -201,11 +201,10 @@ impl Dispatcher {
         let received = admission.received_us;
         match admission.begin {
             Begin::Send => {}
-            Begin::Merge => {
+            Begin::Merge(wait) => {
                 bump(&self.stats.coalesced);
-                return self
-                    .queue(&reg.node, &notification, received, now_ms())
-                    .await;
+                let due = now_ms() + millis(wait);
+                return self.queue(&reg.node, &notification, received, due).await;
             }
             Begin::MergeAndFlush => {
                 bump(&self.stats.coalesced);
@@ -585,10 +584,13 @@ impl Dispatcher {
     }
 
     /// A send of `node` is done. After a delivery, a row merged meanwhile
-    /// goes out next, at once; after a failure the row keeps its backoff.
+    /// goes out next, once the coalescing window has passed; after a
+    /// failure the row keeps its backoff.
     async fn finish(&self, node: &str, verdict: &Verdict) {
-        if self.slots.finish(node) && *verdict == Verdict::Delivered {
-            if let Err(e) = self.outbox.reschedule(node, now_ms()).await {
+        if let Some(wait) = self.slots.finish(node)
+            && *verdict == Verdict::Delivered
+        {
+            if let Err(e) = self.outbox.reschedule(node, now_ms() + millis(wait)).await {
                 error!(error = %e, "could not schedule a trailing push");
             }
             self.wake.notify_one();
@@ -613,7 +615,10 @@ pub struct Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        if self.owns_send && self.begin == Begin::Send && self.dispatcher.slots.finish(&self.node) {
+        if self.owns_send
+            && self.begin == Begin::Send
+            && self.dispatcher.slots.cancel(&self.node).is_some()
+        {
             self.dispatcher.wake.notify_one();
         }
     }

@@ -104,7 +104,10 @@ async fn pass(
     let full = rows.len() as i64 == BATCH;
     let mut claimed = 0;
     for row in rows {
-        if !dispatcher.slots.claim_row(&row.node) {
+        if !dispatcher
+            .slots
+            .claim_row(&row.node, row.notification.is_important())
+        {
             // Its device has a push out; the row goes right after it (the
             // send's end makes it due again), or at the claim time if that
             // send's instance dies.
@@ -195,6 +198,7 @@ async fn housekeeping(dispatcher: &Dispatcher) {
         Err(e) => debug!(error = %e, "could not expire outbox rows"),
     }
     dispatcher.limits.forget_idle();
+    dispatcher.slots.forget_idle();
 }
 
 #[cfg(test)]

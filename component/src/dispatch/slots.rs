@@ -1,16 +1,19 @@
-//! Coalescing: which registrations have a push out or waiting right now, so
-//! that a burst of publishes for one device becomes the first push at once
-//! plus one trailing push, not one push per publish.
+//! Coalescing: which registrations have a push out, waiting, or just sent,
+//! so that a burst of publishes for one device becomes the first push at
+//! once plus one trailing push, not one push per publish.
 //!
 //! Both servers publish once per message and registration, in bursts of up
-//! to two dozen within milliseconds (`docs/answers.md`). The first
-//! publish of a burst is sent at once; the ones that come while it is out
-//! are merged into the node's outbox row, which the retry worker delivers
-//! as soon as the push before it is done. An important publish never waits
-//! behind a silent push: it goes out at once beside it.
+//! to two dozen within a fraction of a second (`docs/answers.md`). The first
+//! publish of a burst is sent at once. The ones that come while it is out,
+//! or within `dispatch.coalesce_ms` after it went out, are merged into the
+//! node's outbox row, which goes out as one trailing push when that window
+//! has passed (and the push before it is done): a device gets at most one
+//! push per window, carrying the newest summary. An important publish never
+//! waits behind a silent push: it goes out at once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// What a new publish for a node should do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,10 +21,11 @@ pub enum Begin {
     /// Send it now (this caller owns a send of the node until
     /// [`Slots::finish`]).
     Send,
-    /// Merge it into the node's outbox row; the pending push carries it.
-    Merge,
+    /// Merge it into the node's outbox row; the pending push carries it. A
+    /// new row is due after the given wait (the rest of the window).
+    Merge(Duration),
     /// Merge it into the node's outbox row, then deliver the row now (an
-    /// important publish for a node whose row is waiting to be retried).
+    /// important publish for a node whose row waits for a retry).
     MergeAndFlush,
 }
 
@@ -33,44 +37,68 @@ struct Slot {
     important_sending: bool,
     /// Whether the node has (or is about to have) an outbox row.
     queued: bool,
+    /// When the last push went out, and whether it was important.
+    last_push: Option<(Instant, bool)>,
 }
 
-/// The nodes with a push out or queued, on this instance.
-#[derive(Debug, Default)]
+/// The nodes with a push out, queued or just sent, on this instance.
+#[derive(Debug)]
 pub struct Slots {
+    window: Duration,
     map: Mutex<HashMap<String, Slot>>,
 }
 
 impl Slots {
+    /// Slots that coalesce publishes within `window` of a push.
+    pub fn new(window: Duration) -> Self {
+        Slots {
+            window,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Decides what a publish for `node` does, and takes a send if so.
     pub fn begin(&self, node: &str, important: bool) -> Begin {
+        let now = Instant::now();
         let mut map = self.lock();
         let slot = map.entry(node.to_owned()).or_default();
+        // The rest of the window after the last push; zero when none.
+        let hold = slot.last_push.map_or(Duration::ZERO, |(at, _)| {
+            self.window.saturating_sub(now - at)
+        });
+        let last_was_important = slot.last_push.is_some_and(|(_, i)| i);
         if slot.sending > 0 {
             if important && !slot.important_sending {
                 slot.sending += 1;
                 slot.important_sending = true;
-                Begin::Send
-            } else {
-                slot.queued = true;
-                Begin::Merge
+                slot.last_push = Some((now, true));
+                return Begin::Send;
             }
-        } else if slot.queued {
-            if important {
+            slot.queued = true;
+            return Begin::Merge(hold);
+        }
+        if slot.queued {
+            // A row waits (for the window, or for a retry after a failure).
+            return if important && (hold.is_zero() || !last_was_important) {
                 Begin::MergeAndFlush
             } else {
-                Begin::Merge
-            }
-        } else {
-            slot.sending = 1;
-            slot.important_sending = important;
-            Begin::Send
+                Begin::Merge(hold)
+            };
         }
+        if !hold.is_zero() && !(important && !last_was_important) {
+            slot.queued = true;
+            return Begin::Merge(hold);
+        }
+        slot.sending = 1;
+        slot.important_sending = important;
+        slot.last_push = Some((now, important));
+        Begin::Send
     }
 
-    /// Takes a send of a node's outbox row; false while a send of the node
-    /// is out (the row waits for it, so pushes of one device stay in order).
-    pub fn claim_row(&self, node: &str) -> bool {
+    /// Takes a send of a node's outbox row (importance `important`); false
+    /// while a send of the node is out (the row waits for it, so pushes of
+    /// one device stay in order).
+    pub fn claim_row(&self, node: &str, important: bool) -> bool {
         let mut map = self.lock();
         let slot = map.entry(node.to_owned()).or_default();
         slot.queued = true;
@@ -78,6 +106,8 @@ impl Slots {
             return false;
         }
         slot.sending = 1;
+        slot.important_sending = important;
+        slot.last_push = Some((Instant::now(), important));
         true
     }
 
@@ -88,28 +118,46 @@ impl Slots {
             map.entry(node.to_owned()).or_default().queued = true;
         } else if let Some(slot) = map.get_mut(node) {
             slot.queued = false;
-            if slot.sending == 0 {
-                map.remove(node);
-            }
         }
     }
 
-    /// A send taken by [`Slots::begin`] or [`Slots::claim_row`] is done;
-    /// returns whether the node still has a row to deliver.
-    pub fn finish(&self, node: &str) -> bool {
+    /// A send taken by [`Slots::begin`] or [`Slots::claim_row`] is done.
+    /// `Some(wait)` when the node still has a row to deliver: the rest of
+    /// the window, after which it may go.
+    pub fn finish(&self, node: &str) -> Option<Duration> {
         let mut map = self.lock();
-        let Some(slot) = map.get_mut(node) else {
-            return false;
-        };
+        let slot = map.get_mut(node)?;
         slot.sending = slot.sending.saturating_sub(1);
-        if slot.sending == 0 {
-            slot.important_sending = false;
-            if !slot.queued {
-                map.remove(node);
-                return false;
-            }
+        if slot.sending > 0 {
+            return None;
         }
-        slot.queued
+        slot.important_sending = false;
+        if !slot.queued {
+            return None;
+        }
+        Some(slot.last_push.map_or(Duration::ZERO, |(at, _)| {
+            self.window.saturating_sub(at.elapsed())
+        }))
+    }
+
+    /// A send taken by [`Slots::begin`] was not made after all (the
+    /// publish was refused): gives it back without starting a window.
+    pub fn cancel(&self, node: &str) -> Option<Duration> {
+        if let Some(slot) = self.lock().get_mut(node)
+            && slot.sending == 1
+        {
+            slot.last_push = None;
+        }
+        self.finish(node)
+    }
+
+    /// Forgets nodes with nothing out, nothing queued and no push within
+    /// the window, so that memory follows the active devices.
+    pub fn forget_idle(&self) {
+        let window = self.window;
+        self.lock().retain(|_, s| {
+            s.sending > 0 || s.queued || s.last_push.is_some_and(|(at, _)| at.elapsed() < window)
+        });
     }
 
     /// Nodes tracked, for tests and the operator.
@@ -133,39 +181,64 @@ impl Slots {
 mod tests {
     use super::*;
 
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    fn is_merge(b: Begin) -> bool {
+        matches!(b, Begin::Merge(_))
+    }
+
     #[test]
-    fn a_burst_is_one_send_then_merges() {
-        let slots = Slots::default();
-        assert_eq!(slots.begin("n", false), Begin::Send);
+    fn a_burst_is_one_send_then_merges_until_the_window_passes() {
+        let slots = Slots::new(WINDOW);
+        assert_eq!(slots.begin("n", true), Begin::Send);
         for _ in 0..20 {
-            assert_eq!(slots.begin("n", false), Begin::Merge);
+            assert!(is_merge(slots.begin("n", true)));
         }
-        // The send is done; the merged row is still owed.
-        assert!(slots.finish("n"));
-        assert!(slots.claim_row("n"));
-        assert!(!slots.claim_row("n"), "one row send at a time");
+        // The send is done; the merged row goes when the window has passed.
+        let wait = slots.finish("n").expect("a row is owed");
+        assert!(wait > Duration::from_secs(59), "{wait:?}");
+        assert!(slots.claim_row("n", true));
+        assert!(!slots.claim_row("n", true), "one row send at a time");
         slots.set_queued("n", false);
-        assert!(!slots.finish("n"));
+        assert_eq!(slots.finish("n"), None);
+        // Right after a push, the next publish waits for the window too.
+        assert!(is_merge(slots.begin("n", true)));
+    }
+
+    #[test]
+    fn without_a_window_every_publish_after_a_push_is_sent() {
+        let slots = Slots::new(Duration::ZERO);
+        assert_eq!(slots.begin("n", false), Begin::Send);
+        assert_eq!(slots.finish("n"), None);
+        assert_eq!(slots.begin("n", false), Begin::Send);
+        slots.finish("n");
+        slots.forget_idle();
         assert!(slots.is_empty());
     }
 
     #[test]
     fn important_never_waits_behind_silent() {
-        let slots = Slots::default();
+        let slots = Slots::new(WINDOW);
         assert_eq!(slots.begin("n", false), Begin::Send);
         assert_eq!(slots.begin("n", true), Begin::Send);
         // A second important one merges behind the first.
-        assert_eq!(slots.begin("n", true), Begin::Merge);
-        assert!(slots.finish("n"));
-        assert!(slots.finish("n"));
+        assert!(is_merge(slots.begin("n", true)));
+        assert!(slots.finish("n").is_none());
+        assert!(slots.finish("n").is_some());
+
+        // Within the window of a silent push, an important one goes at once.
+        let slots = Slots::new(WINDOW);
+        assert_eq!(slots.begin("m", false), Begin::Send);
+        assert_eq!(slots.finish("m"), None);
+        assert_eq!(slots.begin("m", true), Begin::Send);
     }
 
     #[test]
-    fn a_waiting_row_is_flushed_by_an_important_publish() {
-        let slots = Slots::default();
+    fn a_row_waiting_for_a_retry_is_flushed_by_an_important_publish() {
+        let slots = Slots::new(WINDOW);
         slots.set_queued("n", true);
-        assert_eq!(slots.begin("n", false), Begin::Merge);
+        assert!(is_merge(slots.begin("n", false)));
         assert_eq!(slots.begin("n", true), Begin::MergeAndFlush);
-        assert!(!slots.finish("other"));
+        assert_eq!(slots.finish("other"), None);
     }
 }

@@ -133,7 +133,10 @@ mod tests {
         let l = limits(1);
         l.check_rate("a@b").unwrap();
         let e = l.check_rate("a@b").unwrap_err().to_stanza_error();
-        assert_eq!((e.kind, e.condition), (ErrorType::Wait, DefinedCondition::PolicyViolation));
+        assert_eq!(
+            (e.kind, e.condition),
+            (ErrorType::Wait, DefinedCondition::PolicyViolation)
+        );
         assert!(e.text.unwrap().contains("retry in"));
         let e = l.too_many("a@b").to_stanza_error();
         assert_eq!(

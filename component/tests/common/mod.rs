@@ -412,11 +412,13 @@ impl TestDb {
     }
 }
 
-/// The configuration of a test instance.
+/// The configuration of a test instance: short timeouts and retries, and
+/// no coalescing window (tests that publish twice see two pushes; the
+/// coalescing tests set `dispatch.coalesce_ms` themselves).
 pub fn test_config(port: u16, db_url: &str, extra: &str) -> Config {
     Config::from_toml(&format!(
         "[component]\ndomain = '{DOMAIN}'\nsecret = '{SECRET}'\nport = {port}\nkeepalive_secs = 60\n\
-         [storage]\nurl = '{db_url}'\n[dispatch]\npush_timeout_secs = 2\n[outbox]\nretry_min_ms = 100\nretry_max_secs = 2\n{extra}"
+         [storage]\nurl = '{db_url}'\n[dispatch]\npush_timeout_secs = 2\ncoalesce_ms = 0\n[outbox]\nretry_min_ms = 100\nretry_max_secs = 2\n{extra}"
     ))
     .unwrap()
 }

@@ -85,7 +85,10 @@ impl Slots {
                 Begin::Merge(hold)
             };
         }
-        if !hold.is_zero() && !(important && !last_was_important) {
+        // Within the window of a push: held, unless this is important and
+        // that push was not.
+        let beside_silent = important && !last_was_important;
+        if !hold.is_zero() && !beside_silent {
             slot.queued = true;
             return Begin::Merge(hold);
         }

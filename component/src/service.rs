@@ -90,6 +90,31 @@ impl Service {
         }
     }
 
+    /// A stanza over `component.max_stanza_size`: its text was cut, so a
+    /// publish in it becomes a plain wake-up (no summary) when its node and
+    /// secret check out; any other iq, or a publish that does not check
+    /// out, gets a `wait` error, so that no registration is disabled for
+    /// it. Results, errors, messages and presence: never answered.
+    async fn route_oversize(self: &Arc<Self>, stanza: Element) {
+        let Some(Ok(iq)) = Iq::from_element(stanza) else {
+            return;
+        };
+        if matches!(iq.kind, IqType::Result | IqType::Error) {
+            return;
+        }
+        let publish = match (iq.kind, &iq.payload) {
+            (IqType::Set, Some(p)) if p.is("pubsub", ns::PUBSUB) => PublishRequest::from_pubsub(p),
+            _ => None,
+        };
+        match publish {
+            Some(Ok(mut request)) => {
+                request.notification = nudge_plugins::Notification::default();
+                self.spawn(iq, Job::WakeUp(request)).await
+            }
+            _ => self.answer(iq.error(&too_large())).await,
+        }
+    }
+
     async fn request(self: &Arc<Self>, iq: Iq) {
         let Some(payload) = &iq.payload else {
             self.answer(iq.error(&StanzaError::bad_request("iq without payload")))
@@ -151,6 +176,7 @@ impl Service {
         tokio::spawn(async move {
             let result = match &job {
                 Job::Publish(request) => this.publish(&iq, request).await.map(|()| None),
+                Job::WakeUp(request) => this.wake_up(&iq, request).await.map(|()| None),
                 Job::Command(cmd) => this.command(&iq, cmd).await.map(Some),
             };
             let reply = match result {
@@ -174,6 +200,18 @@ impl Service {
             })?
             .ok_or_else(StanzaError::item_not_found)?;
         push::authorize(request, &from, &reg)?;
+        self.dispatcher.dispatch(&reg, &request.notification).await
+    }
+
+    /// The publish of an oversize stanza: pushed as a plain wake-up when
+    /// node and secret check out, else a `wait` error (see `route_oversize`).
+    async fn wake_up(&self, iq: &Iq, request: &PublishRequest) -> Result<(), StanzaError> {
+        let from = Jid::parse(&iq.from).map_err(|_| too_large())?;
+        let reg = match self.store.find(&request.node).await {
+            Ok(Some(reg)) => reg,
+            Ok(None) | Err(_) => return Err(too_large()),
+        };
+        push::authorize(request, &from, &reg).map_err(|_| too_large())?;
         self.dispatcher.dispatch(&reg, &request.notification).await
     }
 
@@ -274,15 +312,27 @@ impl Service {
     }
 }
 
+/// The answer to an oversize stanza that cannot be a wake-up: `wait`, which
+/// no server counts against a registration.
+fn too_large() -> StanzaError {
+    StanzaError::resource_constraint("stanza too large")
+}
+
 /// Work that runs in its own task.
 enum Job {
     Publish(PublishRequest),
+    /// A publish from an oversize stanza.
+    WakeUp(PublishRequest),
     Command(CommandRequest),
 }
 
 impl StanzaHandler for Service {
     async fn handle(self: &Arc<Self>, stanza: Element) {
         self.route(stanza).await
+    }
+
+    async fn handle_oversize(self: &Arc<Self>, stanza: Element) {
+        self.route_oversize(stanza).await
     }
 
     async fn drained(&self) {

@@ -464,6 +464,10 @@ mod tests {
         assert!(matches!(r.next().await, Ok(StreamItem::Header(_))));
         let big = r.next().await.expect("the big stanza");
         let peak = heap::peak_over(baseline);
+        eprintln!(
+            "peak heap growth {peak} bytes for {prefix}… ({} bytes × {times})",
+            repeated.len()
+        );
         assert!(
             r.buffered_capacity() < 64 * 1024,
             "{}",

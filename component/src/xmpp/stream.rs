@@ -30,7 +30,8 @@
 //! half-open TCP connection would go unnoticed. After `read_idle` without a
 //! byte from the server, the component pings itself (XEP-0199 iq from and
 //! to its own domain: the server routes it back to us, through the whole
-//! path); if no byte arrives within `ping_timeout`, the connection counts as
+//! path; Prosody 0.12 was seen doing so live, ejabberd's routing of a
+//! component's own domain was not tried); if no byte arrives within `ping_timeout`, the connection counts as
 //! lost. A write that does not finish within `write_timeout` (the server
 //! stopped reading) counts as lost too.
 //!

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::dispatch::{Backends, Dispatcher};
 use crate::register::limits::RegisterLimits;
 use crate::service::Service;
+use crate::shutdown::Shutdown;
 use crate::store::{RegistrationStore, StoreError};
 use crate::xmpp::stream::{Link, LinkState, StopReason};
 
@@ -43,7 +44,7 @@ pub struct Running {
     pub state: watch::Receiver<LinkState>,
     /// The registration store the instance uses.
     pub store: RegistrationStore,
-    shutdown: watch::Sender<bool>,
+    shutdown: Shutdown,
     task: JoinHandle<StopReason>,
     /// The outbox's retry worker; stopped with the instance (what it had
     /// claimed is retried after the claim time by the next start).
@@ -54,7 +55,7 @@ impl Running {
     /// Stops gracefully: stanzas already read are answered, then the stream
     /// is closed.
     pub async fn stop(self) -> StopReason {
-        let _ = self.shutdown.send(true);
+        self.shutdown.trigger();
         self.wait().await
     }
 
@@ -67,7 +68,7 @@ impl Running {
     }
 
     /// A handle that can ask for a stop while someone else waits.
-    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+    pub fn shutdown_handle(&self) -> Shutdown {
         self.shutdown.clone()
     }
 
@@ -98,8 +99,8 @@ pub async fn start(config: &Config, backends: Backends) -> Result<Running, Start
         outbound,
         config.dispatch.max_in_flight,
     ));
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let task = tokio::spawn(link.run(service, shutdown_rx));
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(link.run(service, shutdown.clone()));
     Ok(Running {
         state,
         store,

@@ -62,8 +62,10 @@ pub struct ComponentConfig {
     pub host: String,
     #[serde(default = "default_port")]
     pub port: u16,
-    /// Largest stanza accepted, in bytes; a larger one closes the stream
-    /// with `policy-violation`.
+    /// Hard cap on the bytes of one stanza. A larger one is still read to
+    /// its end and answered (a publish becomes a plain wake-up), its text
+    /// cut short; the stream stays up. Memory per stanza is bounded
+    /// whatever this is (see `xmpp/limits.rs`).
     #[serde(default = "default_max_stanza_size")]
     pub max_stanza_size: usize,
     #[serde(default = "default_keepalive_secs")]
@@ -72,8 +74,22 @@ pub struct ComponentConfig {
     pub reconnect_max_delay_ms: u64,
     #[serde(default = "default_standby_retry_ms")]
     pub standby_retry_ms: u64,
+    /// Longest wait, on a stop or a replaced connection, for the stanzas
+    /// already received to be answered.
     #[serde(default = "default_drain_timeout_secs")]
     pub drain_timeout_secs: u64,
+    /// Silence from the server after which the component pings itself
+    /// through it.
+    #[serde(default = "default_read_idle_secs")]
+    pub read_idle_secs: u64,
+    /// How long the ping may go unanswered before the connection counts as
+    /// lost (and the component reconnects).
+    #[serde(default = "default_ping_timeout_secs")]
+    pub ping_timeout_secs: u64,
+    /// Longest a write to the server may block before the connection
+    /// counts as lost.
+    #[serde(default = "default_write_timeout_secs")]
+    pub write_timeout_secs: u64,
 }
 
 /// `[storage]`: where registrations live.
@@ -237,7 +253,7 @@ fn default_port() -> u16 {
     5347
 }
 fn default_max_stanza_size() -> usize {
-    64 * 1024
+    crate::xmpp::limits::DEFAULT_MAX_STANZA
 }
 fn default_keepalive_secs() -> u64 {
     60
@@ -249,7 +265,16 @@ fn default_standby_retry_ms() -> u64 {
     1000
 }
 fn default_drain_timeout_secs() -> u64 {
-    20
+    5
+}
+fn default_read_idle_secs() -> u64 {
+    10
+}
+fn default_ping_timeout_secs() -> u64 {
+    5
+}
+fn default_write_timeout_secs() -> u64 {
+    10
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
@@ -448,11 +473,28 @@ impl Config {
         if self.component.secret.is_empty() {
             return bad("component.secret", "must not be empty");
         }
-        if self.component.max_stanza_size < 4096 {
-            return bad("component.max_stanza_size", "must be at least 4096 bytes");
+        if self.component.max_stanza_size < 65536 {
+            return bad("component.max_stanza_size", "must be at least 65536 bytes");
         }
-        if self.component.keepalive_secs == 0 {
-            return bad("component.keepalive_secs", "must be at least 1");
+        for (key, secs) in [
+            ("component.keepalive_secs", self.component.keepalive_secs),
+            (
+                "component.drain_timeout_secs",
+                self.component.drain_timeout_secs,
+            ),
+            ("component.read_idle_secs", self.component.read_idle_secs),
+            (
+                "component.ping_timeout_secs",
+                self.component.ping_timeout_secs,
+            ),
+            (
+                "component.write_timeout_secs",
+                self.component.write_timeout_secs,
+            ),
+        ] {
+            if secs == 0 {
+                return bad(key, "must be at least 1");
+            }
         }
         if self.dispatch.max_in_flight == 0 || self.dispatch.max_in_flight > 1_000_000 {
             return bad("dispatch.max_in_flight", "must be between 1 and 1000000");
@@ -531,6 +573,9 @@ impl Config {
         s.reconnect_max_delay = Duration::from_millis(c.reconnect_max_delay_ms);
         s.standby_retry = Duration::from_millis(c.standby_retry_ms);
         s.drain_timeout = Duration::from_secs(c.drain_timeout_secs);
+        s.read_idle = Duration::from_secs(c.read_idle_secs);
+        s.ping_timeout = Duration::from_secs(c.ping_timeout_secs);
+        s.write_timeout = Duration::from_secs(c.write_timeout_secs);
         s
     }
 }
@@ -544,7 +589,11 @@ mod tests {
         let c =
             Config::from_toml("[component]\ndomain = 'push.example.org'\nsecret = 's'\n").unwrap();
         assert_eq!(c.component.port, 5347);
-        assert_eq!(c.component.max_stanza_size, 65536);
+        assert_eq!(c.component.max_stanza_size, 4 * 1024 * 1024);
+        assert_eq!(c.component.read_idle_secs, 10);
+        assert_eq!(c.component.ping_timeout_secs, 5);
+        assert_eq!(c.component.write_timeout_secs, 10);
+        assert_eq!(c.component.drain_timeout_secs, 5);
         assert_eq!(c.database_url(), "sqlite://data/nudge.db");
     }
 

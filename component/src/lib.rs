@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod push;
 pub mod register;
 pub mod service;
+pub mod shutdown;
 pub mod store;
 pub mod xmpp;
 

@@ -267,7 +267,7 @@ async fn run(config: Config) -> Result<(), BoxError> {
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("stop requested");
-        let _ = stop.send(true);
+        stop.trigger();
     });
     let reason = running.wait().await;
     tracing::info!(?reason, "stopped");

@@ -90,6 +90,40 @@ impl Service {
         }
     }
 
+    /// A stanza over `component.max_stanza_size`: its text was cut, so a
+    /// publish in it becomes a plain wake-up (no summary) when its node and
+    /// secret check out; any other iq, or a publish that does not check
+    /// out, gets a `wait` error, so that no registration is disabled for
+    /// it. Results, errors, messages and presence: never answered.
+    async fn route_oversize(self: &Arc<Self>, stanza: Element) {
+        let Some(Ok(iq)) = Iq::from_element(stanza) else {
+            return;
+        };
+        if matches!(iq.kind, IqType::Result | IqType::Error) {
+            return;
+        }
+        let publish = match (iq.kind, &iq.payload) {
+            (IqType::Set, Some(p)) if p.is("pubsub", ns::PUBSUB) => PublishRequest::from_pubsub(p),
+            _ => None,
+        };
+        match publish {
+            Some(Ok(mut request)) => {
+                request.notification = nudge_plugins::Notification::default();
+                let admission = self.dispatcher.admit(&request.node, false);
+                let job = Job::Publish {
+                    request,
+                    admission,
+                    oversize: true,
+                };
+                self.spawn(iq, job).await
+            }
+            _ => {
+                self.answer(iq.reply(Verdict::Oversize.answer(), None))
+                    .await
+            }
+        }
+    }
+
     async fn request(self: &Arc<Self>, iq: Iq) {
         let Some(payload) = &iq.payload else {
             self.answer(iq.error(&StanzaError::bad_request("iq without payload")))
@@ -122,7 +156,12 @@ impl Service {
                     let admission = self
                         .dispatcher
                         .admit(&request.node, request.notification.is_important());
-                    self.spawn(iq, Job::Publish(request, admission)).await
+                    let job = Job::Publish {
+                        request,
+                        admission,
+                        oversize: false,
+                    };
+                    self.spawn(iq, job).await
                 }
                 Some(Err(e)) => {
                     let answer = Verdict::Malformed(e.to_string()).answer();
@@ -155,9 +194,20 @@ impl Service {
         let this = self.clone();
         tokio::spawn(async move {
             let reply = match job {
-                Job::Publish(request, admission) => {
-                    let answer = this.publish(&iq, request, admission).await.answer();
-                    iq.reply(answer, None)
+                Job::Publish {
+                    request,
+                    admission,
+                    oversize,
+                } => {
+                    let verdict = this.publish(&iq, request, admission).await;
+                    // An oversize stanza whose publish does not check out
+                    // gets `wait`: its content cannot be trusted to tell.
+                    let verdict = match verdict {
+                        Verdict::Delivered | Verdict::Queued => verdict,
+                        _ if oversize => Verdict::Oversize,
+                        _ => verdict,
+                    };
+                    iq.reply(verdict.answer(), None)
                 }
                 Job::Command(cmd) => match this.command(&iq, &cmd).await {
                     Ok(payload) => iq.result(Some(payload)),
@@ -290,13 +340,23 @@ impl Service {
 
 /// Work that runs in its own task.
 enum Job {
-    Publish(PublishRequest, Admission),
+    /// A publish, admitted in stream order; `oversize` when it came in a
+    /// stanza over the size cap (its summary dropped: a plain wake-up).
+    Publish {
+        request: PublishRequest,
+        admission: Admission,
+        oversize: bool,
+    },
     Command(CommandRequest),
 }
 
 impl StanzaHandler for Service {
     async fn handle(self: &Arc<Self>, stanza: Element) {
         self.route(stanza).await
+    }
+
+    async fn handle_oversize(self: &Arc<Self>, stanza: Element) {
+        self.route_oversize(stanza).await
     }
 
     async fn drained(&self) {

@@ -42,6 +42,10 @@ pub enum Verdict {
     ProviderRejected,
     /// The registration names an app this instance has no backend for.
     NoBackend,
+    /// The stanza was over the size cap and is no publish that checks out
+    /// (`README.md`, "Stanza limits"): its content cannot be trusted to
+    /// tell, so no registration is disabled for it.
+    Oversize,
 }
 
 impl Verdict {
@@ -69,6 +73,7 @@ impl Verdict {
             Verdict::NoBackend => Err(StanzaError::internal_server_error(
                 "the App Server has no backend for this registration",
             )),
+            Verdict::Oversize => Err(StanzaError::resource_constraint("stanza too large")),
         }
     }
 
@@ -87,6 +92,7 @@ impl Verdict {
             Verdict::ProviderUnavailable => "provider_unavailable",
             Verdict::ProviderRejected => "provider_rejected",
             Verdict::NoBackend => "no_backend",
+            Verdict::Oversize => "oversize",
         }
     }
 }

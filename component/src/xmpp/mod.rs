@@ -6,6 +6,7 @@ pub mod dataform;
 pub mod disco;
 pub mod element;
 pub mod jid;
+pub mod limits;
 pub mod reader;
 pub mod stanza;
 pub mod stream;

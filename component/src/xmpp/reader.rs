@@ -2,25 +2,26 @@
 //! per stanza out.
 //!
 //! quick-xml parses the socket incrementally, so a stanza costs one pass and
-//! no DOM library. This module also owns the stream's defences against
-//! hostile input, because they only work at this level:
-//! - a per-stanza size cap, enforced on the bytes read from the socket
-//!   (so a single gigantic text node is refused before it is buffered),
-//! - a nesting depth cap (deep trees would make recursive code overflow),
-//! - XMPP's restricted XML (RFC 6120 §11.1): no DOCTYPE, no processing
-//!   instructions, no comments, no entities other than the five predefined
-//!   ones and character references.
+//! no DOM library. Between the socket and quick-xml sits the filter of
+//! [`super::limits`], which drops what is beyond the per-stanza limits while
+//! reading (long text, deep nesting, too many elements) and refuses
+//! restricted XML as soon as it starts. This module builds the elements,
+//! caps each element's text, and reports a stanza the filter marked as
+//! oversize as [`StreamItem::Oversize`]: it is still answered, never a
+//! reason to close the stream.
+//!
+//! The stream is closed only for what leaves no other answer (RFC 6120
+//! §4.9.3, XEP-0114): not well-formed XML and XMPP's restricted XML (RFC
+//! 6120 §11.1: no DOCTYPE, no processing instructions, no comments, no
+//! entities other than the five predefined ones and character references).
 
 use quick_xml::NsReader;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader, Take};
+use tokio::io::{AsyncRead, BufReader};
 
 use super::element::{Element, Name, intern};
-
-/// Deepest element nesting accepted inside a stanza. Real stanzas are under
-/// 10 levels deep.
-pub const MAX_DEPTH: usize = 64;
+use super::limits::{self, BytesRead, CappedInput, InputError, MAX_TEXT};
 
 /// What went wrong with the incoming stream. Each maps to a stream error
 /// condition (RFC 6120 §4.9.3) the component sends before closing.
@@ -30,8 +31,6 @@ pub enum ReadError {
     Io(#[from] std::io::Error),
     #[error("the server closed the stream")]
     Closed,
-    #[error("stanza larger than {limit} bytes")]
-    TooLarge { limit: usize },
     #[error("restricted XML: {0}")]
     Restricted(&'static str),
     #[error("not well-formed: {0}")]
@@ -43,9 +42,17 @@ impl ReadError {
     pub fn stream_condition(&self) -> Option<&'static str> {
         match self {
             ReadError::Io(_) | ReadError::Closed => None,
-            ReadError::TooLarge { .. } => Some("policy-violation"),
             ReadError::Restricted(_) => Some("restricted-xml"),
             ReadError::NotWellFormed(_) => Some("not-well-formed"),
+        }
+    }
+}
+
+impl From<InputError> for ReadError {
+    fn from(e: InputError) -> Self {
+        match e {
+            InputError::Restricted(what) => ReadError::Restricted(what),
+            InputError::NotWellFormed(what) => ReadError::NotWellFormed(what.into()),
         }
     }
 }
@@ -57,33 +64,37 @@ pub enum StreamItem {
     Header(Vec<(Name, String)>),
     /// A complete top-level element (a stanza, `<handshake/>`, `<stream:error>`).
     Stanza(Element),
+    /// A stanza over the hard cap (`max_stanza_size`): its skeleton, with
+    /// text beyond the cap cut to a few hundred bytes per text node.
+    Oversize(Element),
     /// Whitespace between stanzas (the server's keepalive).
     Keepalive,
 }
 
-/// Size of the buffered reader between the socket and the parser. The byte
-/// budget allows one buffer beyond the stanza cap, because read-ahead of
-/// the next stanza is counted against the current one.
+/// Size of the buffered reader between the filter and the parser.
 const READ_BUF: usize = 16 * 1024;
+/// Capacity the event buffer is shrunk back to after a large event.
+const EVENT_BUF: usize = 4 * 1024;
 
 /// Reads the server's side of a component stream.
 pub struct StanzaReader<R> {
-    /// The `Take` bounds the bytes read from the socket for the current
-    /// stanza; it reads as end-of-file when the budget is spent.
-    xml: NsReader<BufReader<Take<R>>>,
+    xml: NsReader<BufReader<CappedInput<R>>>,
     buf: Vec<u8>,
-    max_stanza: usize,
     /// Elements open inside the current stanza (index 0 = the stanza).
     stack: Vec<Element>,
-    /// Byte offset where the current stanza started.
-    stanza_start: u64,
+    /// The filter marked the current stanza as oversize.
+    oversize: bool,
     header_seen: bool,
+    bytes_read: BytesRead,
 }
 
 impl<R: AsyncRead + Unpin> StanzaReader<R> {
+    /// Reads `inner`; stanzas over `max_stanza` raw bytes come as
+    /// [`StreamItem::Oversize`].
     pub fn new(inner: R, max_stanza: usize) -> Self {
-        let capped = inner.take((max_stanza + READ_BUF) as u64);
-        let mut xml = NsReader::from_reader(BufReader::with_capacity(READ_BUF, capped));
+        let input = CappedInput::new(inner, max_stanza);
+        let bytes_read = input.bytes_read();
+        let mut xml = NsReader::from_reader(BufReader::with_capacity(READ_BUF, input));
         let config = xml.config_mut();
         config.check_end_names = true;
         config.check_comments = true;
@@ -92,76 +103,64 @@ impl<R: AsyncRead + Unpin> StanzaReader<R> {
         config.trim_text_end = false;
         StanzaReader {
             xml,
-            buf: Vec::with_capacity(1024),
-            max_stanza,
+            buf: Vec::with_capacity(EVENT_BUF),
             stack: Vec::new(),
-            stanza_start: 0,
+            oversize: false,
             header_seen: false,
+            bytes_read,
         }
     }
 
-    fn reset_budget(&mut self) {
-        let limit = (self.max_stanza + READ_BUF) as u64;
-        self.xml.get_mut().get_mut().set_limit(limit);
+    /// The count of bytes read from the socket (for the link's watchdog).
+    pub fn bytes_read(&self) -> BytesRead {
+        self.bytes_read.clone()
     }
 
-    fn budget_spent(&self) -> bool {
-        self.xml.get_ref().get_ref().limit() == 0
+    /// Capacity of the buffers this reader owns (for tests that check
+    /// memory stays bounded).
+    pub fn buffered_capacity(&self) -> usize {
+        self.buf.capacity() + READ_BUF + self.xml.get_ref().get_ref().buffered_capacity()
     }
 
     /// Reads the next header, stanza or keepalive.
     pub async fn next(&mut self) -> Result<StreamItem, ReadError> {
         loop {
-            if self.stack.is_empty() {
-                // Between stanzas: the next one gets the whole budget.
-                self.reset_budget();
-                self.stanza_start = self.xml.buffer_position();
+            if self.buf.capacity() > 4 * EVENT_BUF {
+                self.buf = Vec::with_capacity(EVENT_BUF);
             }
             self.buf.clear();
             let event = match self.xml.read_resolved_event_into_async(&mut self.buf).await {
                 Ok(ev) => ev,
-                Err(e) => {
-                    return Err(if self.budget_spent() {
-                        ReadError::TooLarge {
-                            limit: self.max_stanza,
-                        }
-                    } else {
-                        match e {
-                            quick_xml::Error::Io(io) => {
-                                ReadError::Io(std::io::Error::new(io.kind(), io.to_string()))
-                            }
-                            other => ReadError::NotWellFormed(other.to_string()),
-                        }
+                Err(quick_xml::Error::Io(io)) => {
+                    return Err(match limits::input_error(&io) {
+                        Some(e) => e.clone().into(),
+                        None => ReadError::Io(std::io::Error::new(io.kind(), io.to_string())),
                     });
                 }
+                Err(other) => return Err(ReadError::NotWellFormed(other.to_string())),
             };
             let (ns, event) = event;
             let ns = match ns {
                 ResolveResult::Bound(n) => intern(n.as_ref()),
                 ResolveResult::Unbound => Name::Borrowed(""),
-                ResolveResult::Unknown(p) => {
-                    return Err(ReadError::NotWellFormed(format!("unbound prefix {p}")));
-                }
+                // An undeclared prefix: either the declaration was among the
+                // attributes the filter dropped (a start tag over MAX_TAG),
+                // or the server forwarded it (their parsers refuse it).
+                // Neither is worth closing the stream: no namespace.
+                ResolveResult::Unknown(_) => Name::Borrowed(""),
             };
-            if !self.stack.is_empty()
-                && self.xml.buffer_position() - self.stanza_start > self.max_stanza as u64
-            {
-                return Err(ReadError::TooLarge {
-                    limit: self.max_stanza,
-                });
-            }
             match event {
                 Event::Decl(_) if !self.header_seen => continue,
+                Event::PI(pi)
+                    if !self.stack.is_empty() && pi.target() == limits::OVERSIZE_TARGET =>
+                {
+                    self.oversize = true;
+                }
                 Event::Decl(_) | Event::PI(_) => {
                     return Err(ReadError::Restricted("processing instruction"));
                 }
                 Event::DocType(_) => return Err(ReadError::Restricted("DOCTYPE")),
                 Event::Comment(_) => return Err(ReadError::Restricted("comment")),
-                Event::Eof if self.xml.get_ref().get_ref().limit() == 0 => {
-                    return Err(ReadError::TooLarge {
-                        limit: self.max_stanza,
-                    });
-                }
                 Event::Eof => return Err(ReadError::Closed),
                 Event::Start(start) if !self.header_seen => {
                     let el = element_from_start(&start, ns)?;
@@ -175,9 +174,6 @@ impl<R: AsyncRead + Unpin> StanzaReader<R> {
                     return Ok(StreamItem::Header(el.attrs));
                 }
                 Event::Start(start) => {
-                    if self.stack.len() >= MAX_DEPTH {
-                        return Err(ReadError::Restricted("elements nested too deep"));
-                    }
                     let el = element_from_start(&start, ns)?;
                     self.stack.push(el);
                 }
@@ -187,13 +183,13 @@ impl<R: AsyncRead + Unpin> StanzaReader<R> {
                     }
                     let el = element_from_start(&start, ns)?;
                     if let Some(done) = self.close(el) {
-                        return Ok(StreamItem::Stanza(done));
+                        return Ok(done);
                     }
                 }
                 Event::End(_) => match self.stack.pop() {
                     Some(el) => {
                         if let Some(done) = self.close(el) {
-                            return Ok(StreamItem::Stanza(done));
+                            return Ok(done);
                         }
                     }
                     // `</stream:stream>`: the server ends the stream.
@@ -202,7 +198,7 @@ impl<R: AsyncRead + Unpin> StanzaReader<R> {
                 Event::Text(t) => {
                     let text = t.xml10_content();
                     match self.stack.last_mut() {
-                        Some(el) => el.text.push_str(&text),
+                        Some(el) => push_capped(&mut el.text, &text),
                         None if text.trim().is_empty() => return Ok(StreamItem::Keepalive),
                         None => {
                             return Err(ReadError::NotWellFormed(
@@ -212,7 +208,7 @@ impl<R: AsyncRead + Unpin> StanzaReader<R> {
                     }
                 }
                 Event::CData(t) => match self.stack.last_mut() {
-                    Some(el) => el.text.push_str(&t.xml10_content()),
+                    Some(el) => push_capped(&mut el.text, &t.xml10_content()),
                     None => {
                         return Err(ReadError::NotWellFormed("CDATA outside of a stanza".into()));
                     }
@@ -220,7 +216,7 @@ impl<R: AsyncRead + Unpin> StanzaReader<R> {
                 Event::GeneralRef(r) => {
                     let c = resolve_reference(&r)?;
                     match self.stack.last_mut() {
-                        Some(el) => el.text.push(c),
+                        Some(el) => push_capped(&mut el.text, c.encode_utf8(&mut [0; 4])),
                         None => {
                             return Err(ReadError::NotWellFormed(
                                 "reference outside of a stanza".into(),
@@ -234,14 +230,30 @@ impl<R: AsyncRead + Unpin> StanzaReader<R> {
 
     /// Attaches a finished element to its parent, or returns it when it was
     /// a whole stanza.
-    fn close(&mut self, el: Element) -> Option<Element> {
+    fn close(&mut self, el: Element) -> Option<StreamItem> {
         match self.stack.last_mut() {
             Some(parent) => {
                 parent.children.push(el);
                 None
             }
-            None => Some(el),
+            None if std::mem::take(&mut self.oversize) => Some(StreamItem::Oversize(el)),
+            None => Some(StreamItem::Stanza(el)),
         }
+    }
+}
+
+/// Appends text to an element's, keeping at most [`MAX_TEXT`] bytes (an
+/// element's text may come in many pieces, between child elements).
+fn push_capped(text: &mut String, more: &str) {
+    let room = MAX_TEXT.saturating_sub(text.len());
+    if more.len() <= room {
+        text.push_str(more);
+    } else {
+        let mut end = room;
+        while !more.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.push_str(&more[..end]);
     }
 }
 
@@ -332,25 +344,330 @@ mod tests {
         assert!(matches!(got[5], Err(ReadError::Closed)), "{got:?}");
     }
 
-    #[tokio::test]
-    async fn size_cap_counts_each_stanza_separately() {
-        let stanza = format!("<message><body>{}</body></message>", "x".repeat(3000));
-        let input = format!("{HEADER}{}", stanza.repeat(20));
-        let got = items(&input, 4096).await;
-        assert_eq!(
-            got.iter()
-                .filter(|i| matches!(i, Ok(StreamItem::Stanza(_))))
-                .count(),
-            20
+    /// Heap bytes allocated and not yet freed by this thread, and the
+    /// peak since the last reset: the tests run the reader on their own
+    /// thread (tokio's current-thread runtime), so this measures what
+    /// reading one stanza costs.
+    mod heap {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            static LIVE: Cell<isize> = const { Cell::new(0) };
+            static PEAK: Cell<isize> = const { Cell::new(0) };
+        }
+
+        pub struct Counting;
+
+        fn add(n: isize) {
+            let _ = LIVE.try_with(|live| {
+                live.set(live.get() + n);
+                let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
+            });
+        }
+
+        // SAFETY: delegates to the system allocator; only counts.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                add(layout.size() as isize);
+                // SAFETY: same contract as ours.
+                unsafe { System.alloc(layout) }
+            }
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                add(-(layout.size() as isize));
+                // SAFETY: same contract as ours.
+                unsafe { System.dealloc(ptr, layout) }
+            }
+        }
+
+        #[global_allocator]
+        static COUNTING: Counting = Counting;
+
+        /// Starts a measurement; returns the baseline.
+        pub fn reset() -> isize {
+            let live = LIVE.with(Cell::get);
+            PEAK.with(|p| p.set(live));
+            live
+        }
+
+        /// Peak growth over the baseline since [`reset`].
+        pub fn peak_over(baseline: isize) -> isize {
+            PEAK.with(Cell::get) - baseline
+        }
+    }
+
+    /// Input made of pieces repeated many times, handed out in small
+    /// reads, so that a 10 MB stanza costs the test no 10 MB buffer.
+    struct Pieces {
+        pieces: std::collections::VecDeque<(Vec<u8>, usize)>,
+        pos: usize,
+        chunk: usize,
+    }
+
+    impl Pieces {
+        fn new(chunk: usize, pieces: &[(&[u8], usize)]) -> Pieces {
+            Pieces {
+                pieces: pieces.iter().map(|(p, n)| (p.to_vec(), *n)).collect(),
+                pos: 0,
+                chunk,
+            }
+        }
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let chunk = self.chunk.min(buf.remaining());
+            let this = &mut *self;
+            while let Some((piece, n)) = this.pieces.front_mut() {
+                if *n == 0 {
+                    this.pieces.pop_front();
+                    continue;
+                }
+                let take = (piece.len() - this.pos).min(chunk);
+                buf.put_slice(&piece[this.pos..this.pos + take]);
+                this.pos += take;
+                if this.pos == piece.len() {
+                    this.pos = 0;
+                    *n -= 1;
+                }
+                break;
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    const PING: &[u8] = b"<iq id='after' type='get'><ping xmlns='urn:xmpp:ping'/></iq>";
+
+    /// Reads a stream of: header, `prefix`, `repeated` × `times`, `suffix`,
+    /// a ping; returns the big stanza and the peak heap growth, checking
+    /// that the ping after it is read too and the buffers stayed small.
+    async fn read_big(
+        prefix: &str,
+        repeated: &str,
+        times: usize,
+        suffix: &str,
+    ) -> (StreamItem, isize) {
+        let input = Pieces::new(
+            1000,
+            &[
+                (HEADER.as_bytes(), 1),
+                (prefix.as_bytes(), 1),
+                (repeated.as_bytes(), times),
+                (suffix.as_bytes(), 1),
+                (PING, 1),
+            ],
         );
-        let input = format!(
-            "{HEADER}<message><body>{}</body></message>",
-            "x".repeat(5000)
+        let baseline = heap::reset();
+        let mut r = StanzaReader::new(input, limits::DEFAULT_MAX_STANZA);
+        assert!(matches!(r.next().await, Ok(StreamItem::Header(_))));
+        let big = r.next().await.expect("the big stanza");
+        let peak = heap::peak_over(baseline);
+        eprintln!(
+            "peak heap growth {peak} bytes for {prefix}… ({} bytes × {times})",
+            repeated.len()
         );
-        let got = items(&input, 4096).await;
         assert!(
-            matches!(got.last(), Some(Err(ReadError::TooLarge { .. }))),
-            "{got:?}"
+            r.buffered_capacity() < 64 * 1024,
+            "{}",
+            r.buffered_capacity()
         );
+        match r.next().await {
+            Ok(StreamItem::Stanza(el)) => assert_eq!(el.get_attr("id"), Some("after")),
+            other => panic!("the stanza after the big one: {other:?}"),
+        }
+        (big, peak)
+    }
+
+    /// Peak heap growth allowed while reading any one stanza: the limits
+    /// of `limits.rs` bound it, whatever the input.
+    const MAX_HEAP: isize = 1024 * 1024;
+
+    #[tokio::test]
+    async fn a_10_mb_text_node_costs_a_bounded_amount_of_memory() {
+        let (big, peak) = read_big(
+            "<message><body>",
+            &"y".repeat(1000),
+            10_000,
+            "</body></message>",
+        )
+        .await;
+        assert!(peak < MAX_HEAP, "peak heap growth {peak}");
+        match big {
+            StreamItem::Oversize(el) => {
+                assert_eq!(el.children[0].text.len(), MAX_TEXT);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_10_mb_attribute_value_costs_a_bounded_amount_of_memory() {
+        let (big, peak) = read_big("<message id='", &"v".repeat(1000), 10_000, "'/>").await;
+        assert!(peak < MAX_HEAP, "peak heap growth {peak}");
+        match big {
+            StreamItem::Oversize(el) => {
+                assert_eq!(
+                    el.get_attr("id").map(str::len),
+                    Some(limits::MAX_ATTR_VALUE)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn millions_of_tiny_elements_cost_a_bounded_amount_of_memory() {
+        let (big, peak) = read_big("<message>", "<a/>", 2_500_000, "</message>").await;
+        assert!(peak < MAX_HEAP, "peak heap growth {peak}");
+        match big {
+            StreamItem::Oversize(el) => {
+                assert_eq!(el.children.len(), limits::MAX_ELEMENTS - 1);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn deep_nesting_is_read_to_its_end_without_keeping_it() {
+        // 1 million levels (7 MB): the stanza is found whole, the stream
+        // goes on, and only MAX_DEPTH levels were kept.
+        let input = Pieces::new(
+            1000,
+            &[
+                (HEADER.as_bytes(), 1),
+                (b"<message>", 1),
+                (b"<a>", 1_000_000),
+                (b"</a>", 1_000_000),
+                (b"</message>", 1),
+                (PING, 1),
+            ],
+        );
+        let baseline = heap::reset();
+        let mut r = StanzaReader::new(input, limits::DEFAULT_MAX_STANZA);
+        assert!(matches!(r.next().await, Ok(StreamItem::Header(_))));
+        let big = r.next().await.expect("the deep stanza");
+        let peak = heap::peak_over(baseline);
+        assert!(peak < MAX_HEAP, "peak heap growth {peak}");
+        let StreamItem::Oversize(mut el) = big else {
+            panic!("{big:?}");
+        };
+        let mut levels = 1;
+        while let Some(child) = el.children.pop() {
+            levels += 1;
+            el = child;
+        }
+        assert_eq!(levels, limits::MAX_DEPTH);
+        assert!(matches!(r.next().await, Ok(StreamItem::Stanza(_))));
+    }
+
+    fn fixture(name: &str) -> String {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .trim()
+            .replace("{NODE}", "node1")
+            .replace("{SECRET}", "secret1")
+    }
+
+    /// A publish as Prosody delivered it, with the body replaced.
+    fn big_publish(escaped_body: &str) -> String {
+        let publish = fixture("prosody-publish-body-sender.xml");
+        let old = "Secret plans &lt;&amp;&gt; &apos;quoted&apos;";
+        assert!(publish.contains(old));
+        publish.replace(old, escaped_body)
+    }
+
+    async fn read_publish(xml: &str) -> crate::push::PublishRequest {
+        let got = items(&format!("{HEADER}{xml}"), limits::DEFAULT_MAX_STANZA).await;
+        let Ok(StreamItem::Stanza(el)) = &got[1] else {
+            panic!("{got:?}");
+        };
+        let iq = crate::xmpp::stanza::Iq::from_element(el.clone())
+            .expect("an iq")
+            .expect("a valid iq");
+        crate::push::PublishRequest::from_pubsub(iq.payload.as_ref().expect("payload"))
+            .expect("a publish")
+            .expect("a valid publish")
+    }
+
+    #[tokio::test]
+    async fn a_70_kb_body_is_cut_and_the_rest_of_the_publish_kept() {
+        let publish = read_publish(&big_publish(&"a".repeat(70 * 1024))).await;
+        assert_eq!(publish.node, "node1");
+        assert_eq!(publish.secret.as_deref(), Some("secret1"));
+        let body = publish.notification.last_message_body.expect("body");
+        assert_eq!(body, "a".repeat(MAX_TEXT));
+        assert_eq!(
+            publish.notification.last_message_sender.as_deref(),
+            Some("bob@localhost/phone")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_17_kb_body_of_escaped_lt_is_cut_between_references() {
+        // 17 KB of '<' arrive as 68 KB of "&lt;".
+        let publish = read_publish(&big_publish(&"&lt;".repeat(17 * 1024))).await;
+        assert_eq!(publish.secret.as_deref(), Some("secret1"));
+        let body = publish.notification.last_message_body.expect("body");
+        assert_eq!(body, "<".repeat(MAX_TEXT / 4));
+    }
+
+    #[tokio::test]
+    async fn an_oversize_publish_keeps_its_node_and_secret() {
+        let xml = big_publish(&"&apos;".repeat(1024 * 1024));
+        let got = items(
+            &format!("{HEADER}{xml}{}", String::from_utf8_lossy(PING)),
+            1 << 20,
+        )
+        .await;
+        let Ok(StreamItem::Oversize(el)) = &got[1] else {
+            panic!("{got:?}");
+        };
+        let iq = crate::xmpp::stanza::Iq::from_element(el.clone())
+            .unwrap()
+            .unwrap();
+        let publish = crate::push::PublishRequest::from_pubsub(iq.payload.as_ref().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(publish.node, "node1");
+        assert_eq!(publish.secret.as_deref(), Some("secret1"));
+        assert!(matches!(got[2], Ok(StreamItem::Stanza(_))), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_namespace_declaration_dropped_with_a_long_tag_does_not_break_the_stream() {
+        let attrs: String = (0..2000).map(|i| format!(" a{i}='v'")).collect();
+        let input = format!(
+            "{HEADER}<message><x{attrs} xmlns:p='urn:p'><p:y/></x></message>{}",
+            String::from_utf8_lossy(PING)
+        );
+        let got = items(&input, limits::DEFAULT_MAX_STANZA).await;
+        assert!(matches!(got[1], Ok(StreamItem::Stanza(_))), "{:?}", got[1]);
+        match &got[2] {
+            Ok(StreamItem::Stanza(el)) => assert_eq!(el.get_attr("id"), Some("after")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn restricted_xml_and_bad_xml_are_errors() {
+        for (bad, condition) in [
+            ("<!-- c -->", "restricted-xml"),
+            ("<?pi x?>", "restricted-xml"),
+            ("<m>&lol;</m>", "restricted-xml"),
+            ("<m></n>", "not-well-formed"),
+        ] {
+            let got = items(&format!("{HEADER}{bad}"), 4096).await;
+            let last = got.last().unwrap();
+            assert_eq!(
+                last.as_ref().err().and_then(ReadError::stream_condition),
+                Some(condition),
+                "{bad}: {got:?}"
+            );
+        }
     }
 }

@@ -20,10 +20,30 @@
 //!   holds the domain): stand by, retrying every `standby_retry`, so this
 //!   instance takes over within a second when the other goes away;
 //! - `conflict` "Replaced by a new connection" (Prosody `kick_old`: a newer
-//!   instance took over on purpose): stop, never reconnect to kick it back.
+//!   instance took over on purpose): stop, never reconnect to kick it back;
+//!   the jobs already handed to the handler still finish before
+//!   [`Link::run`] returns (their answers cannot be sent any more, but the
+//!   pushes go out).
+//!
+//! Link health: neither Prosody nor ejabberd sends anything to an idle
+//! component (Prosody only a single space on its own, long schedule), so a
+//! half-open TCP connection would go unnoticed. After `read_idle` without a
+//! byte from the server, the component pings itself (XEP-0199 iq from and
+//! to its own domain: the server routes it back to us, through the whole
+//! path; Prosody 0.12 was seen doing so live, ejabberd's routing of a
+//! component's own domain was not tried); if no byte arrives within `ping_timeout`, the connection counts as
+//! lost. A write that does not finish within `write_timeout` (the server
+//! stopped reading) counts as lost too.
+//!
+//! Graceful stop: reading goes on after the stop signal until the socket
+//! has been quiet for [`STOP_QUIET`] (bounded by `drain_timeout`), so that
+//! the stanzas the server already sent, in the kernel's buffer or ours, are
+//! answered; then the handler is drained, the answers flushed, and the
+//! stream closed with `</stream:stream>`.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sha1::{Digest, Sha1};
@@ -35,9 +55,11 @@ use tokio::time::{Instant, timeout};
 use tracing::{debug, error, info, warn};
 
 use super::element::Element;
+use super::limits::{BytesRead, DEFAULT_MAX_STANZA};
 use super::ns;
 use super::reader::{ReadError, StanzaReader, StreamItem};
 use super::stanza::{StreamError, stream_error_xml};
+use crate::shutdown::Shutdown;
 
 /// Settings of the component connection.
 #[derive(Debug, Clone)]
@@ -49,7 +71,8 @@ pub struct StreamConfig {
     pub domain: String,
     /// The shared secret of the component.
     pub secret: String,
-    /// Largest stanza accepted from the server, in bytes.
+    /// Hard cap on one stanza's bytes; a larger stanza is read to its end
+    /// but comes to the handler as oversize (see `limits.rs`).
     pub max_stanza_size: usize,
     /// Idle time after which a single space is sent.
     pub keepalive: Duration,
@@ -59,8 +82,16 @@ pub struct StreamConfig {
     pub standby_retry: Duration,
     /// How long to wait for the server's side of the handshake.
     pub handshake_timeout: Duration,
-    /// How long a graceful stop waits for answers still being computed.
+    /// How long a graceful stop (or a replaced connection) waits for the
+    /// stanzas already received to be answered.
     pub drain_timeout: Duration,
+    /// Silence from the server after which the component pings itself.
+    pub read_idle: Duration,
+    /// How long after that ping a byte must arrive, else the connection is
+    /// lost.
+    pub ping_timeout: Duration,
+    /// Longest a write may take before the connection counts as lost.
+    pub write_timeout: Duration,
 }
 
 impl StreamConfig {
@@ -71,12 +102,15 @@ impl StreamConfig {
             port,
             domain: domain.into(),
             secret: secret.into(),
-            max_stanza_size: 64 * 1024,
+            max_stanza_size: DEFAULT_MAX_STANZA,
             keepalive: Duration::from_secs(60),
             reconnect_max_delay: Duration::from_secs(1),
             standby_retry: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(10),
-            drain_timeout: Duration::from_secs(20),
+            drain_timeout: Duration::from_secs(5),
+            read_idle: Duration::from_secs(10),
+            ping_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -87,6 +121,11 @@ pub trait StanzaHandler: Send + Sync + 'static {
     /// on meanwhile), but answers that take long should be computed in a
     /// task of their own and sent through the [`Outbound`] queue.
     fn handle(self: &Arc<Self>, stanza: Element) -> impl Future<Output = ()> + Send;
+
+    /// Handles a stanza over the hard size cap: only its skeleton was kept
+    /// (text cut short), so it must not be taken at face value, but an iq
+    /// still needs an answer that disables no registration.
+    fn handle_oversize(self: &Arc<Self>, stanza: Element) -> impl Future<Output = ()> + Send;
 
     /// Resolves once every stanza handed over so far has been answered.
     fn drained(&self) -> impl Future<Output = ()> + Send;
@@ -148,6 +187,10 @@ enum SessionEnd {
 const OUTBOUND_CAPACITY: usize = 8192;
 /// Largest batch written in one socket write.
 const MAX_BATCH: usize = 256 * 1024;
+/// After a stop, reading ends once the socket has been quiet this long:
+/// what the server sent before it learnt of the stop is read by then (on
+/// loopback or a LAN it arrives within a millisecond).
+pub const STOP_QUIET: Duration = Duration::from_millis(50);
 
 impl Link {
     /// Creates the link and the queue handlers answer through.
@@ -157,23 +200,23 @@ impl Link {
         (Link { config, rx, state }, Outbound { tx }, state_rx)
     }
 
-    /// Runs until `shutdown` turns true (then drains: every stanza already
-    /// read is answered before the stream is closed) or the connection is
-    /// replaced.
+    /// Runs until `shutdown` is triggered (then drains: every stanza already
+    /// received is answered before the stream is closed) or the connection
+    /// is replaced (then the jobs already started finish first).
     pub async fn run<H: StanzaHandler>(
         mut self,
         handler: Arc<H>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) -> StopReason {
         let mut failures: u32 = 0;
         let mut auth_failures: u32 = 0;
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_triggered() {
                 self.state.send_replace(LinkState::Stopped);
                 return StopReason::Shutdown;
             }
             self.state.send_replace(LinkState::Connecting);
-            let (end, was_connected) = self.connect_and_serve(&handler, &mut shutdown).await;
+            let (end, was_connected) = self.connect_and_serve(&handler, &shutdown).await;
             if was_connected {
                 failures = 0;
                 auth_failures = 0;
@@ -209,7 +252,13 @@ impl Link {
                         d
                     }
                     "conflict" if is_replaced(&e) => {
-                        info!(error = %e, "a newer connection replaced this one; stopping without reconnecting");
+                        info!(error = %e, "a newer connection replaced this one; finishing the jobs already started, then stopping without reconnecting");
+                        if timeout(self.config.drain_timeout, handler.drained())
+                            .await
+                            .is_err()
+                        {
+                            warn!(drain_timeout = ?self.config.drain_timeout, "jobs still running after the drain timeout; stopping anyway");
+                        }
                         self.state.send_replace(LinkState::Stopped);
                         return StopReason::Replaced;
                     }
@@ -230,7 +279,7 @@ impl Link {
             };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.changed() => {}
+                _ = shutdown.wait() => {}
             }
         }
     }
@@ -244,7 +293,7 @@ impl Link {
     async fn connect_and_serve<H: StanzaHandler>(
         &mut self,
         handler: &Arc<H>,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> (SessionEnd, bool) {
         // Connecting and the handshake give way to a stop at once: nothing
         // has been read yet, so nothing is owed an answer.
@@ -269,33 +318,41 @@ impl Link {
                 Err(_) => Err(SessionEnd::Lost("handshake: timed out".into())),
             }
         };
-        let stopped = async {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        };
         let (reader, write) = tokio::select! {
             opened = opening => match opened {
                 Ok(halves) => halves,
                 Err(end) => return (end, false),
             },
-            () = stopped => return (SessionEnd::Stopped(StopReason::Shutdown), false),
+            () = shutdown.wait() => return (SessionEnd::Stopped(StopReason::Shutdown), false),
         };
         info!(server = %self.addr(), domain = %self.config.domain, "component connected");
         self.state.send_replace(LinkState::Connected);
         (self.serve(handler, reader, write, shutdown).await, true)
     }
 
-    /// The connected part of a session: reader task plus batched writer.
+    /// The connected part of a session: reader task plus batched writer,
+    /// keepalive and the read-idle watchdog.
     async fn serve<H: StanzaHandler>(
         &mut self,
         handler: &Arc<H>,
         reader: StanzaReader<OwnedReadHalf>,
         mut write: OwnedWriteHalf,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> SessionEnd {
-        let (stop_reading, stop_rx) = watch::channel(false);
-        let mut reading = tokio::spawn(read_loop(reader, handler.clone(), stop_rx));
+        let stop_reading = Shutdown::new();
+        let activity = Activity::new(reader.bytes_read());
+        let mut reading = tokio::spawn(read_loop(
+            reader,
+            handler.clone(),
+            stop_reading.clone(),
+            activity.clone(),
+            // Half the drain for reading, half for the answers.
+            self.config.drain_timeout / 2,
+        ));
+        let write_timeout = self.config.write_timeout;
         let mut batch = String::with_capacity(16 * 1024);
         let mut last_write = Instant::now();
+        let mut watchdog = Watchdog::new(&self.config, activity.clone());
         let mut draining = false;
         // Armed when a stop begins; far in the future until then.
         let drain_deadline =
@@ -305,6 +362,10 @@ impl Link {
         tokio::pin!(drained);
         let mut reader_done: Option<SessionEnd> = None;
 
+        let lost = |reading: &tokio::task::JoinHandle<ReadOutcome>, why: String| {
+            reading.abort();
+            SessionEnd::Lost(why)
+        };
         loop {
             let keepalive_at = last_write + self.config.keepalive;
             tokio::select! {
@@ -321,9 +382,8 @@ impl Link {
                             Err(_) => break,
                         }
                     }
-                    if let Err(e) = write.write_all(batch.as_bytes()).await {
-                        reading.abort();
-                        return SessionEnd::Lost(format!("write: {e}"));
+                    if let Err(e) = write_within(&mut write, batch.as_bytes(), write_timeout).await {
+                        return lost(&reading, e);
                     }
                     last_write = Instant::now();
                 }
@@ -332,7 +392,8 @@ impl Link {
                         Ok(ReadOutcome::Error(e)) => {
                             if let Some(cond) = e.stream_condition() {
                                 warn!(error = %e, "closing the stream: {cond}");
-                                let _ = write.write_all(stream_error_xml(cond, &e.to_string()).as_bytes()).await;
+                                let xml = stream_error_xml(cond, &e.to_string());
+                                let _ = write_within(&mut write, xml.as_bytes(), write_timeout).await;
                             }
                             SessionEnd::Lost(e.to_string())
                         }
@@ -344,24 +405,44 @@ impl Link {
                         // Keep writing answers until drained, then close.
                         reader_done = Some(end);
                     } else {
-                        let _ = write.shutdown().await;
+                        let _ = timeout(write_timeout, write.shutdown()).await;
                         return end;
                     }
                 }
+                check = watchdog.tick(), if !draining => match check {
+                    Health::Fine => {}
+                    Health::Idle => {
+                        let ping = format!(
+                            "<iq type='get' id='nudge-ping-{}' from='{domain}' to='{domain}'><ping xmlns='{}'/></iq>",
+                            watchdog.pings,
+                            ns::PING,
+                            domain = quick_xml::escape::escape(self.config.domain.as_str()),
+                        );
+                        debug!(idle = ?self.config.read_idle, "nothing read from the server lately; pinging through it");
+                        if let Err(e) = write_within(&mut write, ping.as_bytes(), write_timeout).await {
+                            return lost(&reading, e);
+                        }
+                        last_write = Instant::now();
+                    }
+                    Health::Dead => {
+                        warn!(
+                            idle = ?self.config.read_idle, ping_timeout = ?self.config.ping_timeout,
+                            "no answer from the XMPP server to a ping; the connection is dead"
+                        );
+                        return lost(&reading, "no answer to a ping".into());
+                    }
+                },
                 _ = tokio::time::sleep_until(keepalive_at), if !draining => {
-                    if let Err(e) = write.write_all(b" ").await {
-                        reading.abort();
-                        return SessionEnd::Lost(format!("keepalive: {e}"));
+                    if let Err(e) = write_within(&mut write, b" ", write_timeout).await {
+                        return lost(&reading, e);
                     }
                     last_write = Instant::now();
                 }
-                _ = shutdown.changed(), if !draining => {
-                    if *shutdown.borrow() {
-                        info!("stopping: answering the stanzas already read, then closing the stream");
-                        draining = true;
-                        let _ = stop_reading.send(true);
-                        drain_deadline.as_mut().reset(Instant::now() + self.config.drain_timeout);
-                    }
+                _ = shutdown.wait(), if !draining => {
+                    info!("stopping: reading and answering what the server already sent, then closing the stream");
+                    draining = true;
+                    stop_reading.trigger();
+                    drain_deadline.as_mut().reset(Instant::now() + self.config.drain_timeout);
                 }
                 _ = &mut drained, if draining && reader_done.is_some() => {
                     // Everything read has been answered: flush and close.
@@ -370,18 +451,134 @@ impl Link {
                         batch.push_str(&more);
                     }
                     batch.push_str("</stream:stream>");
-                    let _ = write.write_all(batch.as_bytes()).await;
-                    let _ = write.shutdown().await;
+                    let _ = write_within(&mut write, batch.as_bytes(), write_timeout).await;
+                    let _ = timeout(write_timeout, write.shutdown()).await;
                     return SessionEnd::Stopped(StopReason::Shutdown);
                 }
                 _ = &mut drain_deadline, if draining => {
                     warn!("drain timed out; closing with answers still pending");
-                    let _ = write.write_all(b"</stream:stream>").await;
-                    let _ = write.shutdown().await;
+                    batch.clear();
+                    while let Ok(more) = self.rx.try_recv() {
+                        batch.push_str(&more);
+                    }
+                    batch.push_str("</stream:stream>");
+                    let _ = write_within(&mut write, batch.as_bytes(), write_timeout).await;
+                    let _ = timeout(write_timeout, write.shutdown()).await;
                     reading.abort();
                     return SessionEnd::Stopped(StopReason::Shutdown);
                 }
             }
+        }
+    }
+}
+
+/// Writes all of `bytes`, or says why not (an error, or `limit` passed: the
+/// server stopped reading).
+async fn write_within(
+    write: &mut OwnedWriteHalf,
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<(), String> {
+    match timeout(limit, write.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("write: {e}")),
+        Err(_) => Err(format!(
+            "write: blocked for {limit:?} (the server is not reading)"
+        )),
+    }
+}
+
+/// What the reader task shares with the watchdog: bytes read so far, and
+/// whether it is waiting for the handler (backpressure: then it does not
+/// read, and silence is ours, not the server's).
+#[derive(Debug, Clone)]
+struct Activity {
+    bytes: BytesRead,
+    in_handler: Arc<AtomicBool>,
+    /// Stanzas handed to the handler so far.
+    handled: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn new(bytes: BytesRead) -> Self {
+        Activity {
+            bytes,
+            in_handler: Arc::new(AtomicBool::new(false)),
+            handled: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A value that changes whenever something was read or handled.
+    fn progress(&self) -> u64 {
+        self.bytes
+            .get()
+            .wrapping_add(self.handled.load(Ordering::Relaxed))
+    }
+}
+
+/// The watchdog's verdict at one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    Fine,
+    /// Silent for `read_idle`: send a ping now.
+    Idle,
+    /// The ping went unanswered for `ping_timeout`.
+    Dead,
+}
+
+/// Detects a silent server: see the module documentation.
+struct Watchdog {
+    activity: Activity,
+    read_idle: Duration,
+    ping_timeout: Duration,
+    /// How often the activity is looked at.
+    every: Duration,
+    next_check: Instant,
+    last_progress: u64,
+    last_active: Instant,
+    ping_sent: Option<Instant>,
+    pings: u64,
+}
+
+impl Watchdog {
+    fn new(config: &StreamConfig, activity: Activity) -> Self {
+        let every = (config.read_idle.min(config.ping_timeout) / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let now = Instant::now();
+        Watchdog {
+            last_progress: activity.progress(),
+            activity,
+            read_idle: config.read_idle,
+            ping_timeout: config.ping_timeout,
+            every,
+            next_check: now + every,
+            last_active: now,
+            ping_sent: None,
+            pings: 0,
+        }
+    }
+
+    /// Waits for the next check and makes it.
+    async fn tick(&mut self) -> Health {
+        tokio::time::sleep_until(self.next_check).await;
+        let now = Instant::now();
+        self.next_check = now + self.every;
+        let progress = self.activity.progress();
+        if progress != self.last_progress || self.activity.in_handler.load(Ordering::Relaxed) {
+            self.last_progress = progress;
+            self.last_active = now;
+            self.ping_sent = None;
+            return Health::Fine;
+        }
+        match self.ping_sent {
+            Some(sent) if now >= sent + self.ping_timeout => Health::Dead,
+            Some(_) => Health::Fine,
+            None if now >= self.last_active + self.read_idle => {
+                self.ping_sent = Some(now);
+                self.pings += 1;
+                Health::Idle
+            }
+            None => Health::Fine,
         }
     }
 }
@@ -394,31 +591,74 @@ enum ReadOutcome {
     Stopped,
 }
 
+/// Reads stanzas and hands them to the handler, in order. After `stop`,
+/// goes on reading until the socket has been quiet for [`STOP_QUIET`] (or
+/// `read_after_stop` passed, for a server that never pauses), so that
+/// nothing the server already sent is left unanswered; a read in progress
+/// is never cancelled otherwise (the reader is not cancel-safe).
 async fn read_loop<H: StanzaHandler>(
     mut reader: StanzaReader<OwnedReadHalf>,
     handler: Arc<H>,
-    mut stop: watch::Receiver<bool>,
+    stop: Shutdown,
+    activity: Activity,
+    read_after_stop: Duration,
 ) -> ReadOutcome {
+    let mut stopping = false;
+    let read_until = tokio::time::sleep(Duration::from_secs(86400 * 365));
+    tokio::pin!(read_until);
     loop {
-        let item = tokio::select! {
-            biased;
-            _ = stop.changed() => return ReadOutcome::Stopped,
-            item = reader.next() => item,
-        };
-        match item {
-            Ok(StreamItem::Stanza(el)) => {
-                if let Some(e) = StreamError::from_element(&el) {
-                    return ReadOutcome::StreamError(e);
+        let item = {
+            let next = reader.next();
+            tokio::pin!(next);
+            loop {
+                tokio::select! {
+                    biased;
+                    item = &mut next => break item,
+                    () = stop.wait(), if !stopping => {
+                        stopping = true;
+                        read_until.as_mut().reset(Instant::now() + read_after_stop);
+                    }
+                    quiet = quiet_for(&activity.bytes, STOP_QUIET), if stopping => {
+                        if quiet {
+                            return ReadOutcome::Stopped;
+                        }
+                    }
+                    () = &mut read_until, if stopping => {
+                        warn!("the server kept sending after the stop; reading no more");
+                        return ReadOutcome::Stopped;
+                    }
                 }
-                handler.handle(el).await;
             }
-            Ok(StreamItem::Keepalive) => {}
+        };
+        let (el, oversize) = match item {
+            Ok(StreamItem::Stanza(el)) => (el, false),
+            Ok(StreamItem::Oversize(el)) => (el, true),
+            Ok(StreamItem::Keepalive) => continue,
             Ok(StreamItem::Header(_)) => {
                 return ReadOutcome::Error(ReadError::NotWellFormed("second stream header".into()));
             }
             Err(e) => return ReadOutcome::Error(e),
+        };
+        if let Some(e) = StreamError::from_element(&el) {
+            return ReadOutcome::StreamError(e);
         }
+        activity.in_handler.store(true, Ordering::Relaxed);
+        if oversize {
+            warn!(name = %el.name, id = el.get_attr("id").unwrap_or(""), from = el.get_attr("from").unwrap_or(""), "stanza over component.max_stanza_size; its text was cut");
+            handler.handle_oversize(el).await;
+        } else {
+            handler.handle(el).await;
+        }
+        activity.handled.fetch_add(1, Ordering::Relaxed);
+        activity.in_handler.store(false, Ordering::Relaxed);
     }
+}
+
+/// Waits `period` and says whether no byte was read meanwhile.
+async fn quiet_for(bytes: &BytesRead, period: Duration) -> bool {
+    let before = bytes.get();
+    tokio::time::sleep(period).await;
+    bytes.get() == before
 }
 
 /// Opens the stream and authenticates (XEP-0114 §3).
@@ -446,7 +686,7 @@ async fn handshake(
                 }
             }
             Ok(StreamItem::Keepalive) => continue,
-            Ok(StreamItem::Stanza(el)) => return Err(unexpected(el)),
+            Ok(StreamItem::Stanza(el) | StreamItem::Oversize(el)) => return Err(unexpected(el)),
             Err(e) => return Err(SessionEnd::Lost(format!("stream header: {e}"))),
         }
     };
@@ -459,7 +699,7 @@ async fn handshake(
         match reader.next().await {
             Ok(StreamItem::Stanza(el)) if el.is("handshake", ns::COMPONENT) => return Ok(()),
             Ok(StreamItem::Keepalive) => continue,
-            Ok(StreamItem::Stanza(el)) => return Err(unexpected(el)),
+            Ok(StreamItem::Stanza(el) | StreamItem::Oversize(el)) => return Err(unexpected(el)),
             Ok(StreamItem::Header(_)) => {
                 return Err(SessionEnd::Lost("second stream header".into()));
             }

@@ -292,6 +292,7 @@ async fn next_stanza<R: tokio::io::AsyncRead + Unpin>(
             StreamItem::Stanza(el) => return Ok(el),
             StreamItem::Keepalive => continue,
             StreamItem::Header(_) => return Err("unexpected header".into()),
+            StreamItem::Oversize(_) => return Err("unexpected oversize stanza".into()),
         }
     }
 }

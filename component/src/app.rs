@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::dispatch::{Backends, Dispatcher};
@@ -49,6 +49,9 @@ pub struct Running {
     /// The outbox's retry worker; stopped with the instance (what it had
     /// claimed is retried after the claim time by the next start).
     retrying: JoinHandle<()>,
+    dispatcher: Arc<Dispatcher>,
+    /// How long a stop waits for pushes still out in the background.
+    settle_within: Duration,
 }
 
 impl Running {
@@ -60,9 +63,16 @@ impl Running {
     }
 
     /// Waits until the instance stops by itself (replaced) or is stopped.
+    /// Every publish read has been answered by then; pushes still out in
+    /// the background (their publishes answered, their rows in the outbox)
+    /// get `component.drain_timeout_secs` to finish, so that a restart does
+    /// not send them again.
     pub async fn wait(self) -> StopReason {
         let reason = self.task.await.unwrap_or(StopReason::Shutdown);
         self.retrying.abort();
+        if !self.dispatcher.background_idle(self.settle_within).await {
+            warn!("pushes still out at stop; the outbox sends them again after a restart");
+        }
         self.store.close().await;
         reason
     }
@@ -95,7 +105,7 @@ pub async fn start(config: &Config, backends: Backends) -> Result<Running, Start
     let service = Arc::new(Service::new(
         config.component.domain.clone(),
         store.clone(),
-        dispatcher,
+        dispatcher.clone(),
         outbound,
         config.dispatch.max_in_flight,
     ));
@@ -107,5 +117,7 @@ pub async fn start(config: &Config, backends: Backends) -> Result<Running, Start
         shutdown,
         task,
         retrying,
+        dispatcher,
+        settle_within: Duration::from_secs(config.component.drain_timeout_secs),
     })
 }

@@ -563,7 +563,15 @@ async fn stop_answers_everything_already_sent() {
         ..
     } = h;
     let batch: String = (0..200)
-        .map(|i| publish_iq(&format!("s{i}"), "localhost", &node, Some(&secret), "m"))
+        .map(|i| {
+            publish_iq(
+                &format!("s{i}"),
+                "localhost",
+                &node,
+                Some(&secret),
+                &format!("m{i}"),
+            )
+        })
         .collect();
     conn.send(&batch).await;
     let stopping = tokio::spawn(nudge.stop());
@@ -579,7 +587,40 @@ async fn stop_answers_everything_already_sent() {
         "closed with </stream:stream>"
     );
     assert_eq!(stopping.await.unwrap(), StopReason::Shutdown);
-    assert_eq!(backend.sent().len(), 200);
+    // All for one device: coalesced into the first push and a trailing one
+    // carrying the newest, delivered or safe in the outbox for the restart.
+    let newest = Some("m199");
+    let sent = backend.sent();
+    assert!(!sent.is_empty());
+    let order: Vec<u32> = sent
+        .iter()
+        .filter_map(|(_, n)| {
+            n.last_message_body
+                .as_deref()?
+                .strip_prefix('m')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] <= w[1]),
+        "an older summary pushed after a newer one: {order:?}"
+    );
+    if sent.last().unwrap().1.last_message_body.as_deref() != newest {
+        let store = nudge::store::RegistrationStore::open(&db.url(), 1)
+            .await
+            .unwrap();
+        let row = store.outbox().get(&node).await.unwrap();
+        assert_eq!(
+            row.map(|r| r.notification.last_message_body),
+            Some(newest.map(str::to_owned)),
+            "the newest publish is delivered or queued; sent: {:?}",
+            sent.iter()
+                .map(|(_, n)| n.last_message_body.clone())
+                .collect::<Vec<_>>()
+        );
+        store.close().await;
+    }
     db.drop_db().await;
 }
 

@@ -26,7 +26,7 @@ pub mod verdict;
 pub use backends::{Backends, ResolveError};
 pub use verdict::Verdict;
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -128,6 +128,8 @@ pub struct Dispatcher {
     wake: Notify,
     /// Stamps publishes in the order they were read.
     clock: ReceivedClock,
+    /// Sends out (fresh and from the outbox).
+    background: Arc<Background>,
     /// What happened so far.
     pub stats: DispatchStats,
 }
@@ -145,6 +147,7 @@ impl Dispatcher {
             limits: Limits::new(&config.limits),
             wake: Notify::new(),
             clock: ReceivedClock::default(),
+            background: Arc::default(),
             stats: DispatchStats::default(),
         })
     }
@@ -159,14 +162,21 @@ impl Dispatcher {
         &self.settings
     }
 
+    /// Waits until no send is out, for at most `limit`; says whether none
+    /// is.
+    pub async fn background_idle(&self, limit: Duration) -> bool {
+        self.background.idle(limit).await
+    }
+
     /// Admits a publish for `node` in the order the stream delivered it,
     /// before its registration is looked up: this decides whether it is
     /// sent or merged into the pending push (publishes are then handled
     /// concurrently, so the order is fixed here, on the reader's path).
     pub fn admit(self: &Arc<Self>, node: &str, important: bool) -> Admission {
+        let received_us = self.clock.next();
         Admission {
-            begin: self.slots.begin(node, important),
-            received_us: self.clock.next(),
+            begin: self.slots.begin(node, important, received_us),
+            received_us,
             node: node.to_owned(),
             dispatcher: self.clone(),
             owns_send: true,
@@ -280,7 +290,9 @@ impl Dispatcher {
             let reg = reg.clone();
             let notification = notification.clone();
             let handoff = handoff.clone();
+            let out = this.background.enter();
             async move {
+                let _out = out;
                 let outcome = this.send(&reg, &notification).await;
                 if let Some(carried) = handoff.outcome(outcome.clone()) {
                     // The publish was answered meanwhile: finish here.
@@ -560,6 +572,8 @@ impl Dispatcher {
 
     /// The push carrying row `seq` was delivered.
     async fn row_delivered(&self, node: &str, seq: i64) {
+        let row = self.slots.row_lock(node);
+        let _row = row.lock().await;
         match self.outbox.delivered(node, seq).await {
             Ok(true) => self.slots.set_queued(node, false),
             Ok(false) => {
@@ -620,6 +634,47 @@ impl Drop for Admission {
             && self.dispatcher.slots.cancel(&self.node).is_some()
         {
             self.dispatcher.wake.notify_one();
+        }
+    }
+}
+
+/// Counts the sends out, so that a stop can let them finish.
+#[derive(Default)]
+struct Background {
+    out: AtomicUsize,
+    idle: Notify,
+}
+
+/// One send out; counted until dropped.
+pub(crate) struct Out(Arc<Background>);
+
+impl Drop for Out {
+    fn drop(&mut self) {
+        if self.0.out.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Background {
+    fn enter(self: &Arc<Self>) -> Out {
+        self.out.fetch_add(1, Ordering::SeqCst);
+        Out(self.clone())
+    }
+
+    async fn idle(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so that no wake-up is missed.
+            notified.as_mut().enable();
+            if self.out.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.out.load(Ordering::SeqCst) == 0;
+            }
         }
     }
 }

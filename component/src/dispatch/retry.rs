@@ -13,6 +13,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use super::slots::RowClaim;
 use super::{Carried, DispatchSettings, Dispatcher, Verdict, bump, millis};
 use crate::store::{QueuedPush, now, now_ms};
 
@@ -104,16 +105,24 @@ async fn pass(
     let full = rows.len() as i64 == BATCH;
     let mut claimed = 0;
     for row in rows {
-        if !dispatcher
-            .slots
-            .claim_row(&row.node, row.notification.is_important())
-        {
-            // Its device has a push out; the row goes right after it (the
-            // send's end makes it due again), or at the claim time if that
-            // send's instance dies.
-            let until = now_ms() + millis(dispatcher.settings.claim_for());
-            dispatcher.outbox.reschedule(&row.node, until).await?;
-            continue;
+        match dispatcher.slots.claim_row(
+            &row.node,
+            row.notification.is_important(),
+            row.received_us,
+        ) {
+            RowClaim::Claimed => {}
+            RowClaim::Busy => {
+                // Its device has a push out; the row goes right after it
+                // (the send's end makes it due again), or at the claim
+                // time if that send's instance dies.
+                let until = now_ms() + millis(dispatcher.settings.claim_for());
+                dispatcher.outbox.reschedule(&row.node, until).await?;
+                continue;
+            }
+            RowClaim::Stale => {
+                dispatcher.row_delivered(&row.node, row.seq).await;
+                continue;
+            }
         }
         let Ok(permit) = permits.clone().acquire_owned().await else {
             dispatcher.slots.finish(&row.node);
@@ -124,7 +133,15 @@ async fn pass(
             Ok(true) => {
                 claimed += 1;
                 let span = info_span!("retry", node = %row.node, attempts = row.attempts);
-                tokio::spawn(deliver(dispatcher.clone(), row, permit).instrument(span));
+                let out = dispatcher.background.enter();
+                let delivery = deliver(dispatcher.clone(), row, permit);
+                tokio::spawn(
+                    async move {
+                        let _out = out;
+                        delivery.await
+                    }
+                    .instrument(span),
+                );
             }
             Ok(false) => {
                 // Merged into meanwhile: the next pass reads it again.

@@ -12,7 +12,7 @@
 //! waits behind a silent push: it goes out at once.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What a new publish for a node should do.
@@ -29,6 +29,19 @@ pub enum Begin {
     MergeAndFlush,
 }
 
+/// Whether a node's outbox row may be sent now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowClaim {
+    /// Yes; the caller owns a send of the node until [`Slots::finish`].
+    Claimed,
+    /// A send of the node is out; the row goes after it, so that the
+    /// pushes of one device stay in order.
+    Busy,
+    /// A push carrying a newer publish already went out: the row is
+    /// covered and is cleared, not sent.
+    Stale,
+}
+
 #[derive(Debug, Default)]
 struct Slot {
     /// Sends of this node out right now.
@@ -39,6 +52,15 @@ struct Slot {
     queued: bool,
     /// When the last push went out, and whether it was important.
     last_push: Option<(Instant, bool)>,
+    /// The newest publish (by `received_us`) a push has carried: a merge of
+    /// an older one that comes late (publishes are handled concurrently) is
+    /// already covered and must not be pushed after it.
+    sent_upto: i64,
+    /// Held while a publish is merged into the node's row and while the
+    /// row is cleared after a delivery, so that a late merge of an older
+    /// publish can neither slip between its check and its write nor
+    /// re-create a row a newer push has just cleared.
+    rows: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The nodes with a push out, queued or just sent, on this instance.
@@ -57,8 +79,9 @@ impl Slots {
         }
     }
 
-    /// Decides what a publish for `node` does, and takes a send if so.
-    pub fn begin(&self, node: &str, important: bool) -> Begin {
+    /// Decides what a publish for `node` (read at `received_us`) does, and
+    /// takes a send if so.
+    pub fn begin(&self, node: &str, important: bool, received_us: i64) -> Begin {
         let now = Instant::now();
         let mut map = self.lock();
         let slot = map.entry(node.to_owned()).or_default();
@@ -72,6 +95,7 @@ impl Slots {
                 slot.sending += 1;
                 slot.important_sending = true;
                 slot.last_push = Some((now, true));
+                slot.sent_upto = slot.sent_upto.max(received_us);
                 return Begin::Send;
             }
             slot.queued = true;
@@ -95,23 +119,40 @@ impl Slots {
         slot.sending = 1;
         slot.important_sending = important;
         slot.last_push = Some((now, important));
+        slot.sent_upto = slot.sent_upto.max(received_us);
         Begin::Send
     }
 
-    /// Takes a send of a node's outbox row (importance `important`); false
-    /// while a send of the node is out (the row waits for it, so pushes of
-    /// one device stay in order).
-    pub fn claim_row(&self, node: &str, important: bool) -> bool {
+    /// The lock on the node's outbox row (see [`Slot`]).
+    pub fn row_lock(&self, node: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.lock().entry(node.to_owned()).or_default().rows.clone()
+    }
+
+    /// Whether a push already carried a publish newer than one read at
+    /// `received_us` (which then needs no push of its own).
+    pub fn superseded(&self, node: &str, received_us: i64) -> bool {
+        self.lock()
+            .get(node)
+            .is_some_and(|s| s.sent_upto > received_us)
+    }
+
+    /// Takes a send of a node's outbox row (importance `important`,
+    /// newest publish read at `received_us`).
+    pub fn claim_row(&self, node: &str, important: bool, received_us: i64) -> RowClaim {
         let mut map = self.lock();
         let slot = map.entry(node.to_owned()).or_default();
         slot.queued = true;
         if slot.sending > 0 {
-            return false;
+            return RowClaim::Busy;
+        }
+        if received_us < slot.sent_upto {
+            return RowClaim::Stale;
         }
         slot.sending = 1;
         slot.important_sending = important;
         slot.last_push = Some((Instant::now(), important));
-        true
+        slot.sent_upto = received_us;
+        RowClaim::Claimed
     }
 
     /// Marks that the node has an outbox row (or not).
@@ -155,9 +196,10 @@ impl Slots {
     }
 
     /// Forgets nodes with nothing out, nothing queued and no push within
-    /// the window, so that memory follows the active devices.
+    /// the window (or the last few seconds, for late merges), so that
+    /// memory follows the active devices.
     pub fn forget_idle(&self) {
-        let window = self.window;
+        let window = self.window.max(Duration::from_secs(10));
         self.lock().retain(|_, s| {
             s.sending > 0 || s.queued || s.last_push.is_some_and(|(at, _)| at.elapsed() < window)
         });
@@ -193,55 +235,63 @@ mod tests {
     #[test]
     fn a_burst_is_one_send_then_merges_until_the_window_passes() {
         let slots = Slots::new(WINDOW);
-        assert_eq!(slots.begin("n", true), Begin::Send);
+        assert_eq!(slots.begin("n", true, 1), Begin::Send);
         for _ in 0..20 {
-            assert!(is_merge(slots.begin("n", true)));
+            assert!(is_merge(slots.begin("n", true, 1)));
         }
         // The send is done; the merged row goes when the window has passed.
         let wait = slots.finish("n").expect("a row is owed");
         assert!(wait > Duration::from_secs(59), "{wait:?}");
-        assert!(slots.claim_row("n", true));
-        assert!(!slots.claim_row("n", true), "one row send at a time");
+        assert_eq!(slots.claim_row("n", true, 1), RowClaim::Claimed);
+        assert_eq!(
+            slots.claim_row("n", true, 1),
+            RowClaim::Busy,
+            "one row send at a time"
+        );
         slots.set_queued("n", false);
         assert_eq!(slots.finish("n"), None);
         // Right after a push, the next publish waits for the window too.
-        assert!(is_merge(slots.begin("n", true)));
+        assert!(is_merge(slots.begin("n", true, 1)));
     }
 
     #[test]
     fn without_a_window_every_publish_after_a_push_is_sent() {
         let slots = Slots::new(Duration::ZERO);
-        assert_eq!(slots.begin("n", false), Begin::Send);
+        assert_eq!(slots.begin("n", false, 1), Begin::Send);
         assert_eq!(slots.finish("n"), None);
-        assert_eq!(slots.begin("n", false), Begin::Send);
+        assert_eq!(slots.begin("n", false, 3), Begin::Send);
         slots.finish("n");
-        slots.forget_idle();
-        assert!(slots.is_empty());
+        // A publish read before the last push's is covered by it.
+        assert!(slots.superseded("n", 2));
+        slots.set_queued("n", true);
+        assert_eq!(slots.claim_row("n", true, 2), RowClaim::Stale);
+        assert!(!slots.superseded("n", 4));
+        assert!(!slots.superseded("other", 1));
     }
 
     #[test]
     fn important_never_waits_behind_silent() {
         let slots = Slots::new(WINDOW);
-        assert_eq!(slots.begin("n", false), Begin::Send);
-        assert_eq!(slots.begin("n", true), Begin::Send);
+        assert_eq!(slots.begin("n", false, 1), Begin::Send);
+        assert_eq!(slots.begin("n", true, 1), Begin::Send);
         // A second important one merges behind the first.
-        assert!(is_merge(slots.begin("n", true)));
+        assert!(is_merge(slots.begin("n", true, 1)));
         assert!(slots.finish("n").is_none());
         assert!(slots.finish("n").is_some());
 
         // Within the window of a silent push, an important one goes at once.
         let slots = Slots::new(WINDOW);
-        assert_eq!(slots.begin("m", false), Begin::Send);
+        assert_eq!(slots.begin("m", false, 1), Begin::Send);
         assert_eq!(slots.finish("m"), None);
-        assert_eq!(slots.begin("m", true), Begin::Send);
+        assert_eq!(slots.begin("m", true, 2), Begin::Send);
     }
 
     #[test]
     fn a_row_waiting_for_a_retry_is_flushed_by_an_important_publish() {
         let slots = Slots::new(WINDOW);
         slots.set_queued("n", true);
-        assert!(is_merge(slots.begin("n", false)));
-        assert_eq!(slots.begin("n", true), Begin::MergeAndFlush);
+        assert!(is_merge(slots.begin("n", false, 1)));
+        assert_eq!(slots.begin("n", true, 1), Begin::MergeAndFlush);
         assert_eq!(slots.finish("other"), None);
     }
 }

@@ -2,18 +2,16 @@
 //! as the whole stream, stream header included: whatever the server sends,
 //! the reader must not panic, must end with an error at the end of the
 //! input, must read the same from one buffer as from many small reads, and
-//! must hold no stanza larger than its cap allows. Every stanza it yields
-//! must serialize back to something it reads again.
+//! must hold no stanza larger than its cap allows.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use nudge::xmpp::stanza::{Iq, StreamError};
-use nudge_fuzz::{check_writes_back, read_both_ways};
+use nudge_fuzz::read_both_ways;
 
 fuzz_target!(|data: &[u8]| {
     let transcript = read_both_ways(data);
     for stanza in transcript.stanzas() {
-        check_writes_back(stanza);
         let _ = StreamError::from_element(stanza);
         let _ = Iq::from_element(stanza.clone());
     }

@@ -11,8 +11,11 @@
 //!   reads ([`Trickle`]);
 //! - a stanza held in memory is bounded by the stanza cap plus the reader's
 //!   one buffer of read-ahead (`component/src/xmpp/reader.rs`);
-//! - what the component writes back (a stanza it read, the replies it
-//!   builds from one) is read back by the same reader without error.
+//! - the replies the component builds from what it read are read back by
+//!   the same reader without error. (A stanza read is not always written
+//!   back: the reader takes element names as quick-xml delimits them,
+//!   without checking that they are XML names; the service never echoes
+//!   one.)
 
 use std::future::Future;
 use std::io;

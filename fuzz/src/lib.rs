@@ -81,7 +81,7 @@ impl AsyncRead for Trickle<'_> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         this.turn += 1;
-        if this.turn % 3 == 0 {
+        if this.turn.is_multiple_of(3) {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }

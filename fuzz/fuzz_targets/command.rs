@@ -1,0 +1,90 @@
+//! The XEP-0050 command parser (`component/src/register/adhoc.rs`) and the
+//! XEP-0004 data form reader (`component/src/xmpp/dataform.rs`) on what
+//! the stanza reader makes of arbitrary bytes inside an iq set from a
+//! client, as a registration command arrives
+//! (`component/tests/fixtures/*-register-push-fcm.xml`): the fuzzer writes
+//! the iq's payload. Nothing may panic; every data form anywhere in the
+//! stanza must survive being written and read again unchanged; the sender's
+//! JID is read as the registration code reads it and must print back to
+//! itself; and every answer the command code can build (`completed`,
+//! `executing`, `canceled`) must be well-formed.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use nudge::register::adhoc::CommandRequest;
+use nudge::register::conversations;
+use nudge::xmpp::dataform::DataForm;
+use nudge::xmpp::jid::Jid;
+use nudge::xmpp::ns;
+use nudge::xmpp::stanza::{Iq, StanzaError};
+use nudge_fuzz::{STREAM_HEADER, check_writes_back, read_all, walk};
+
+const OPEN: &[u8] =
+    b"<iq xml:lang='en' to='push.localhost' from='alice@localhost/phone' type='set' id='fuzz'>";
+const CLOSE: &[u8] = b"</iq>";
+
+fuzz_target!(|data: &[u8]| {
+    let input = [STREAM_HEADER, OPEN, data, CLOSE].concat();
+    let transcript = read_all(&input[..], input.len(), nudge_fuzz::MAX_STANZA);
+    for stanza in transcript.stanzas() {
+        walk(stanza, &mut |el| {
+            if let Some(form) = DataForm::from_element(el) {
+                check_form(&form);
+            }
+        });
+        let Some(Ok(iq)) = Iq::from_element(stanza.clone()) else {
+            continue;
+        };
+        check_jid(&iq.from);
+        let Some(payload) = &iq.payload else {
+            continue;
+        };
+        if !payload.is("command", ns::COMMANDS) {
+            continue;
+        }
+        match CommandRequest::from_element(payload) {
+            Ok(cmd) => {
+                assert!(!cmd.node.is_empty(), "accepted a command without a node");
+                let _ = conversations::handles(&cmd.node);
+                if let Some(form) = &cmd.form {
+                    for var in ["muc", "channel"] {
+                        if let Some(room) = form.non_empty(var) {
+                            check_jid(room);
+                        }
+                    }
+                }
+                let answers = [
+                    cmd.completed(cmd.form.clone()),
+                    cmd.executing(cmd.form.clone().unwrap_or_else(|| DataForm::new("form"))),
+                    cmd.canceled(),
+                ];
+                for answer in answers {
+                    check_writes_back(&iq.result(Some(answer)));
+                }
+            }
+            Err(e) => check_writes_back(&iq.error(&StanzaError::bad_request(e))),
+        }
+    }
+});
+
+fn check_form(form: &DataForm) {
+    let again = DataForm::from_element(&form.to_element());
+    assert_eq!(
+        again.as_ref(),
+        Some(form),
+        "a data form changed on the way out"
+    );
+    check_writes_back(&form.to_element());
+}
+
+fn check_jid(s: &str) {
+    if let Ok(jid) = Jid::parse(s) {
+        assert_eq!(
+            Jid::parse(&jid.to_string()).as_ref(),
+            Ok(&jid),
+            "a parsed JID does not print back to itself"
+        );
+        let bare = Jid::parse(&jid.bare()).expect("a bare JID parses");
+        assert_eq!((bare.local(), bare.domain()), (jid.local(), jid.domain()));
+    }
+}

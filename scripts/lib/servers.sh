@@ -219,17 +219,18 @@ authentication = "internal_hashed"
 c2s_require_encryption = false   -- no certificates on loopback
 allow_unencrypted_plain_auth = true
 
--- Real bodies in the summary (as ejabberd's include_body: true below), so
--- that a push tells which message it is for; room for the brake scenario's
--- many devices per user (the default keeps 5).
-push_notification_with_body = true
-push_max_devices = 100
+-- Global options and the component, as an operator adds the file.
+Include "$dir/nudge.cfg.lua"
 
 VirtualHost "$USER_DOMAIN"
     -- cloud_notify and smacks are the two deploy/prosody.cfg.lua asks for.
     modules_enabled = { "roster"; "saslauth"; "disco"; "ping"; "carbons"; "mam"; "offline"; "smacks"; "cloud_notify" }
-
-Include "$dir/nudge.cfg.lua"
+    -- For this host only, over deploy/'s global choice: real bodies in the
+    -- summary (as ejabberd's include_body: true), so that a push tells which
+    -- message it is for and big bodies reach Nudge; room for the brake
+    -- scenario's many devices per user (the default keeps 5).
+    push_notification_with_body = true
+    push_max_devices = 100
 EOF
     for user in "${USERS[@]}"; do
         prosodyctl --config "$dir/prosody.cfg.lua" register "$user" "$USER_DOMAIN" "$PASSWORD" || return 1

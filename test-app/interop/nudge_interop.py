@@ -571,10 +571,10 @@ def ejabberd_publishes(log_text: str, nodes: set[str]) -> list[PublishAnswer]:
             continue
         for iq in EJABBERD_IQ.finditer(line):
             attrs = dict(ATTR.findall(iq.group(1)))
-            p = by_id.get(attrs.get("id", ""))
-            if p and p.answered is None and attrs.get("type") in ("result", "error"):
-                p.answered = when
-                p.kind = attrs["type"]
+            pending = by_id.get(attrs.get("id", ""))
+            if pending and pending.answered is None and attrs.get("type") in ("result", "error"):
+                pending.answered = when
+                pending.kind = attrs["type"]
     return order
 
 

@@ -44,6 +44,9 @@ pub struct Running {
     pub store: RegistrationStore,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<StopReason>,
+    /// The outbox's retry worker; stopped with the instance (what it had
+    /// claimed is retried after the claim time by the next start).
+    retrying: JoinHandle<()>,
 }
 
 impl Running {
@@ -57,6 +60,7 @@ impl Running {
     /// Waits until the instance stops by itself (replaced) or is stopped.
     pub async fn wait(self) -> StopReason {
         let reason = self.task.await.unwrap_or(StopReason::Shutdown);
+        self.retrying.abort();
         self.store.close().await;
         reason
     }
@@ -82,11 +86,8 @@ pub async fn start(config: &Config, backends: Backends) -> Result<Running, Start
     store.migrate().await?;
     info!(database = store.kind(), apps = ?backends.apps(), "registration store ready");
     let (link, outbound, state) = Link::new(config.stream());
-    let dispatcher = Dispatcher::new(
-        backends,
-        store.clone(),
-        Duration::from_secs(config.dispatch.push_timeout_secs),
-    );
+    let dispatcher = Dispatcher::new(backends, store.clone(), config);
+    let retrying = tokio::spawn(crate::dispatch::retry::run(dispatcher.clone()));
     let service = Arc::new(Service::new(
         config.component.domain.clone(),
         store.clone(),
@@ -101,5 +102,6 @@ pub async fn start(config: &Config, backends: Backends) -> Result<Running, Start
         store,
         shutdown,
         task,
+        retrying,
     })
 }

@@ -34,6 +34,12 @@ pub struct Config {
     #[serde(default)]
     pub dispatch: DispatchConfig,
     #[serde(default)]
+    pub outbox: OutboxConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub brake: BrakeConfig,
+    #[serde(default)]
     pub log: LogConfig,
     /// The push apps: `[apps.NAME]` with `provider = "apns" | "fcm"` and
     /// that provider's keys. `register-push-NAME` registers with the app
@@ -88,13 +94,70 @@ pub struct StorageConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DispatchConfig {
-    /// Longest wait for a provider before answering `wait`; below
-    /// ejabberd's 32 s iq timeout.
+    /// Longest wait for the provider before a publish is answered: a push
+    /// not taken by then goes to the outbox and the publish is answered
+    /// `result`. Also bounds how long a graceful stop waits for answers.
+    #[serde(default = "default_answer_within_ms")]
+    pub answer_within_ms: u64,
+    /// Longest wait for one provider request (in the background once the
+    /// publish is answered); a timeout counts as a transient failure.
     #[serde(default = "default_push_timeout_secs")]
     pub push_timeout_secs: u64,
     /// Publishes and commands handled at once; the reader waits beyond.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+}
+
+/// `[outbox]`: how accepted pushes that failed for now are retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// How long an accepted push is retried before it is dropped (counted
+    /// and logged).
+    #[serde(default = "default_outbox_ttl_secs")]
+    pub ttl_secs: u64,
+    /// First retry delay; it doubles per failed attempt, with jitter.
+    #[serde(default = "default_retry_min_ms")]
+    pub retry_min_ms: u64,
+    /// Longest retry delay.
+    #[serde(default = "default_retry_max_secs")]
+    pub retry_max_secs: u64,
+    /// Deliveries from the outbox in flight at once.
+    #[serde(default = "default_outbox_concurrency")]
+    pub concurrency: usize,
+}
+
+/// `[limits]`: pushes per registration and per publishing server. Over a
+/// limit a push is deferred through the outbox (and so merged with the
+/// next ones), never dropped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Sustained pushes per registration and minute.
+    #[serde(default = "default_per_registration_per_minute")]
+    pub per_registration_per_minute: u32,
+    /// Pushes a registration may get at once before the rate applies.
+    #[serde(default = "default_per_registration_burst")]
+    pub per_registration_burst: u32,
+    /// Sustained pushes per publishing domain and second.
+    #[serde(default = "default_per_domain_per_second")]
+    pub per_domain_per_second: u32,
+    /// Pushes a publishing domain may cause at once.
+    #[serde(default = "default_per_domain_burst")]
+    pub per_domain_burst: u32,
+}
+
+/// `[brake]`: the brake on mass removal of dead tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrakeConfig {
+    /// More distinct tokens of one app declared dead than this within the
+    /// window stop removals for that app.
+    #[serde(default = "default_brake_dead_tokens")]
+    pub dead_tokens: u32,
+    /// The window, in seconds.
+    #[serde(default = "default_brake_window_secs")]
+    pub window_secs: u64,
 }
 
 /// `[log]`.
@@ -133,8 +196,41 @@ fn default_data_dir() -> PathBuf {
 fn default_cache_capacity() -> usize {
     100_000
 }
+fn default_answer_within_ms() -> u64 {
+    200
+}
 fn default_push_timeout_secs() -> u64 {
     10
+}
+fn default_outbox_ttl_secs() -> u64 {
+    3600
+}
+fn default_retry_min_ms() -> u64 {
+    500
+}
+fn default_retry_max_secs() -> u64 {
+    300
+}
+fn default_outbox_concurrency() -> usize {
+    256
+}
+fn default_per_registration_per_minute() -> u32 {
+    30
+}
+fn default_per_registration_burst() -> u32 {
+    5
+}
+fn default_per_domain_per_second() -> u32 {
+    2000
+}
+fn default_per_domain_burst() -> u32 {
+    4000
+}
+fn default_brake_dead_tokens() -> u32 {
+    20
+}
+fn default_brake_window_secs() -> u64 {
+    600
 }
 fn default_max_in_flight() -> usize {
     10_000
@@ -156,8 +252,40 @@ impl Default for StorageConfig {
 impl Default for DispatchConfig {
     fn default() -> Self {
         DispatchConfig {
+            answer_within_ms: default_answer_within_ms(),
             push_timeout_secs: default_push_timeout_secs(),
             max_in_flight: default_max_in_flight(),
+        }
+    }
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            ttl_secs: default_outbox_ttl_secs(),
+            retry_min_ms: default_retry_min_ms(),
+            retry_max_secs: default_retry_max_secs(),
+            concurrency: default_outbox_concurrency(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            per_registration_per_minute: default_per_registration_per_minute(),
+            per_registration_burst: default_per_registration_burst(),
+            per_domain_per_second: default_per_domain_per_second(),
+            per_domain_burst: default_per_domain_burst(),
+        }
+    }
+}
+
+impl Default for BrakeConfig {
+    fn default() -> Self {
+        BrakeConfig {
+            dead_tokens: default_brake_dead_tokens(),
+            window_secs: default_brake_window_secs(),
         }
     }
 }
@@ -246,6 +374,38 @@ impl Config {
         }
         if self.dispatch.push_timeout_secs == 0 {
             return bad("dispatch.push_timeout_secs", "must be at least 1");
+        }
+        // Well inside ejabberd's 32 s iq timeout (docs: README, operations).
+        if !(10..=20_000).contains(&self.dispatch.answer_within_ms) {
+            return bad(
+                "dispatch.answer_within_ms",
+                "must be between 10 and 20000 (ms)",
+            );
+        }
+        if self.outbox.ttl_secs == 0 {
+            return bad("outbox.ttl_secs", "must be at least 1");
+        }
+        if self.outbox.retry_min_ms == 0
+            || self.outbox.retry_max_secs.saturating_mul(1000) < self.outbox.retry_min_ms
+        {
+            return bad(
+                "outbox.retry_min_ms",
+                "must be at least 1 and at most outbox.retry_max_secs",
+            );
+        }
+        if self.outbox.concurrency == 0 {
+            return bad("outbox.concurrency", "must be at least 1");
+        }
+        let l = &self.limits;
+        if l.per_registration_per_minute == 0
+            || l.per_registration_burst == 0
+            || l.per_domain_per_second == 0
+            || l.per_domain_burst == 0
+        {
+            return bad("limits", "every rate and burst must be at least 1");
+        }
+        if self.brake.dead_tokens == 0 || self.brake.window_secs == 0 {
+            return bad("brake", "dead_tokens and window_secs must be at least 1");
         }
         for name in self.apps.keys() {
             if name.is_empty()

@@ -48,6 +48,37 @@ enum Command {
         #[command(subcommand)]
         command: RegistrationsCommand,
     },
+    /// The outbox of accepted pushes waiting for a retry.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+    /// The brake on mass removal of dead tokens.
+    Brake {
+        #[command(subcommand)]
+        command: BrakeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// How many pushes wait, and since when.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum BrakeCommand {
+    /// Apps whose brake engaged, and the removals held back.
+    Status,
+    /// Resume removals for an app: with --apply the held removals are
+    /// carried out (registrations whose token is unchanged), without it
+    /// they are discarded (the tokens were fine, e.g. after fixing the
+    /// app's endpoint).
+    Release {
+        app: String,
+        #[arg(long)]
+        apply: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -150,7 +181,79 @@ async fn execute(command: Command, config: Config) -> Result<(), BoxError> {
             }
             Ok(())
         }
+        Command::Outbox { command } => {
+            let store = open_store(&config).await?;
+            store.migrate().await?;
+            match command {
+                OutboxCommand::Status => {
+                    let s = store.outbox().summary().await?;
+                    match s.oldest_created_at {
+                        Some(t) => println!(
+                            "{} pushes queued, the oldest accepted {} s ago",
+                            s.queued,
+                            nudge::store::now() - t
+                        ),
+                        None => println!("outbox empty"),
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Brake { command } => {
+            let store = open_store(&config).await?;
+            store.migrate().await?;
+            brake(&store, command).await
+        }
     }
+}
+
+async fn brake(store: &RegistrationStore, command: BrakeCommand) -> Result<(), BoxError> {
+    let brakes = store.brake();
+    match command {
+        BrakeCommand::Status => {
+            let records = brakes.records().await?;
+            let held = brakes.held(None).await?;
+            if records.is_empty() && held.is_empty() {
+                println!("no brake has engaged");
+            }
+            for (app, r) in records {
+                let state = if r.released_at >= r.engaged_at {
+                    "released"
+                } else {
+                    "engaged"
+                };
+                let count = held.iter().filter(|h| h.app == app).count();
+                println!(
+                    "{app}\t{state}\tengaged_at={}\treleased_at={}\theld={count}",
+                    r.engaged_at, r.released_at
+                );
+            }
+            for h in held {
+                println!("held\t{}\t{}\t{}\t{}", h.app, h.node, h.reason, h.held_at);
+            }
+        }
+        BrakeCommand::Release { app, apply } => {
+            let held = brakes.release(&app, nudge::store::now()).await?;
+            let mut removed = 0;
+            if apply {
+                for h in &held {
+                    if store.remove_dead_token(&h.node, &h.token).await? {
+                        removed += 1;
+                    }
+                }
+                println!(
+                    "brake released for {app}; {removed} of {} held removals applied",
+                    held.len()
+                );
+            } else {
+                println!(
+                    "brake released for {app}; {} held removals discarded",
+                    held.len()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn open_store(config: &Config) -> Result<RegistrationStore, BoxError> {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tracing::{debug, error, warn};
 
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Verdict};
 use crate::push::{self, PublishRequest};
 use crate::register::adhoc::CommandRequest;
 use crate::register::conversations;
@@ -31,7 +31,7 @@ use crate::xmpp::{Element, ns};
 pub struct Service {
     domain: String,
     store: RegistrationStore,
-    dispatcher: Dispatcher,
+    dispatcher: Arc<Dispatcher>,
     outbound: Outbound,
     in_flight: Arc<Semaphore>,
     max_in_flight: u32,
@@ -41,7 +41,7 @@ impl Service {
     pub fn new(
         domain: String,
         store: RegistrationStore,
-        dispatcher: Dispatcher,
+        dispatcher: Arc<Dispatcher>,
         outbound: Outbound,
         max_in_flight: usize,
     ) -> Self {
@@ -120,8 +120,8 @@ impl Service {
             (IqType::Set, "pubsub", ns::PUBSUB) => match PublishRequest::from_pubsub(payload) {
                 Some(Ok(request)) => self.spawn(iq, Job::Publish(request)).await,
                 Some(Err(e)) => {
-                    self.answer(iq.error(&StanzaError::bad_request(e.to_string())))
-                        .await
+                    let answer = Verdict::Malformed(e.to_string()).answer();
+                    self.answer(iq.reply(answer, None)).await
                 }
                 None => {
                     self.answer(iq.error(&StanzaError::feature_not_implemented()))
@@ -149,32 +149,41 @@ impl Service {
         };
         let this = self.clone();
         tokio::spawn(async move {
-            let result = match &job {
-                Job::Publish(request) => this.publish(&iq, request).await.map(|()| None),
-                Job::Command(cmd) => this.command(&iq, cmd).await.map(Some),
-            };
-            let reply = match result {
-                Ok(payload) => iq.result(payload),
-                Err(e) => iq.error(&e),
+            let reply = match job {
+                Job::Publish(request) => {
+                    let answer = this.publish(&iq, request).await.answer();
+                    iq.reply(answer, None)
+                }
+                Job::Command(cmd) => match this.command(&iq, &cmd).await {
+                    Ok(payload) => iq.result(Some(payload)),
+                    Err(e) => iq.error(&e),
+                },
             };
             this.answer(reply).await;
             drop(permit);
         });
     }
 
-    async fn publish(&self, iq: &Iq, request: &PublishRequest) -> Result<(), StanzaError> {
-        let from = Jid::parse(&iq.from).map_err(|_| StanzaError::bad_request("invalid from"))?;
-        let reg = self
-            .store
-            .find(&request.node)
-            .await
-            .map_err(|e| {
+    /// What becomes of a publish: the registration is looked up and
+    /// checked, then the dispatcher pushes.
+    async fn publish(&self, iq: &Iq, request: PublishRequest) -> Verdict {
+        let Ok(from) = Jid::parse(&iq.from) else {
+            return Verdict::Malformed("invalid from".into());
+        };
+        let reg = match self.store.find(&request.node).await {
+            Ok(Some(reg)) => reg,
+            Ok(None) => return Verdict::UnknownNode,
+            Err(e) => {
                 error!(error = %e, "registration lookup failed");
-                StanzaError::internal_server_error("storage unavailable")
-            })?
-            .ok_or_else(StanzaError::item_not_found)?;
-        push::authorize(request, &from, &reg)?;
-        self.dispatcher.dispatch(&reg, &request.notification).await
+                return Verdict::StorageDown;
+            }
+        };
+        if let Err(verdict) = push::authorize(&request, &from, &reg) {
+            return verdict;
+        }
+        self.dispatcher
+            .publish(reg, request.notification, from.domain())
+            .await
     }
 
     async fn command(&self, iq: &Iq, cmd: &CommandRequest) -> Result<Element, StanzaError> {

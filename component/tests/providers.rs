@@ -10,7 +10,7 @@ mod common;
 use common::{DbKind, FakeServer, STEP, ServerConn, TestDb, answer_kind, fixture, publish_iq};
 use nudge::Config;
 use nudge::xmpp::stream::LinkState;
-use nudge_test_app::{Fault, TestApp, TestAppConfig};
+use nudge_test_app::{Fault, PushFilter, TestApp, TestAppConfig};
 
 struct Setup {
     app: TestApp,
@@ -38,6 +38,9 @@ secret = "{secret}"
 port = {port}
 [storage]
 url = "{db}"
+[outbox]
+retry_min_ms = 100
+retry_max_secs = 2
 [apps.ios]
 provider = "apns"
 topic = "org.example.app"
@@ -215,41 +218,84 @@ async fn dead_tokens_are_removed_and_reported_as_item_not_found() {
     s.finish().await;
 }
 
+/// A provider that fails for now: the publish is answered `result` at once
+/// and the outbox delivers the push when the provider recovers, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn provider_outage_is_wait_and_keeps_the_registration() {
+async fn provider_failures_are_retried_until_delivered() {
     let mut s = setup().await;
+    // APNs 500 twice, then accepted: delivered on the third try.
     let token = apns_token(0xef);
     let (node, secret) = s.register("apns", "iphone", &token).await.unwrap();
-    s.app.set_fault(&token, Fault::FailTimes(1));
+    s.app.set_fault(&token, Fault::FailTimes(2));
     let a = s
         .conn
         .request(&publish_iq("o1", "localhost", &node, Some(&secret), "hi"))
         .await;
-    assert_eq!(
-        answer_kind(&a),
-        ("wait".into(), "resource-constraint".into())
-    );
+    assert_eq!(answer_kind(&a).0, "result");
+    let pushed = s.app.wait_for_delivered(&token, STEP).await;
+    assert!(pushed.is_some(), "delivered after the provider recovered");
+    let all = s.app.pushes(PushFilter::token(&token));
+    assert_eq!(all.len(), 3, "two failures, then one delivery: {all:?}");
+    assert_eq!(all.iter().filter(|p| p.status == 200).count(), 1);
     assert!(s.nudge.store.find(&node).await.unwrap().is_some());
-    // The provider is back: the next publish is delivered.
+
+    // FCM 429 with Retry-After: 1 s: honoured, then delivered.
+    let fcm = "fcm-throttled-once";
+    let (node, secret) = s.register("fcm", "android", fcm).await.unwrap();
+    s.app.set_fault(
+        fcm,
+        Fault::Throttle {
+            retry_after_secs: 1,
+        },
+    );
     let a = s
         .conn
         .request(&publish_iq("o2", "localhost", &node, Some(&secret), "hi"))
         .await;
     assert_eq!(answer_kind(&a).0, "result");
-    s.app.set_fault(
-        &token,
-        Fault::Throttle {
-            retry_after_secs: 7,
-        },
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    s.app.clear_fault(fcm);
+    let first = s.app.pushes(PushFilter::token(fcm));
+    assert_eq!(first.len(), 1, "no retry before Retry-After: {first:?}");
+    let pushed = s.app.wait_for_delivered(fcm, STEP).await.unwrap();
+    let waited = pushed
+        .received_at
+        .duration_since(first[0].received_at)
+        .unwrap();
+    assert!(waited >= std::time::Duration::from_secs(1), "{waited:?}");
+    let outbox = s.nudge.store.outbox();
+    assert!(
+        common::eventually(|| async { outbox.get(&node).await.unwrap().is_none() }).await,
+        "delivered push cleared from the outbox"
+    );
+    s.finish().await;
+}
+
+/// A token declared dead by a retry removes the registration; the next
+/// publish is answered `item-not-found`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_token_found_by_a_retry_removes_the_registration() {
+    let mut s = setup().await;
+    let token = apns_token(0xab);
+    let (node, secret) = s.register("apns", "iphone", &token).await.unwrap();
+    s.app.set_fault(&token, Fault::FailTimes(1));
+    let a = s
+        .conn
+        .request(&publish_iq("r1", "localhost", &node, Some(&secret), "hi"))
+        .await;
+    assert_eq!(answer_kind(&a).0, "result");
+    s.app.set_fault(&token, Fault::Dead);
+    let store = &s.nudge.store;
+    assert!(
+        common::eventually(|| async { store.find(&node).await.unwrap().is_none() }).await,
+        "not removed by the retry"
     );
     let a = s
         .conn
-        .request(&publish_iq("o3", "localhost", &node, Some(&secret), "hi"))
+        .request(&publish_iq("r2", "localhost", &node, Some(&secret), "hi"))
         .await;
-    assert_eq!(
-        answer_kind(&a),
-        ("wait".into(), "resource-constraint".into())
-    );
+    assert_eq!(answer_kind(&a), ("cancel".into(), "item-not-found".into()));
+    assert!(s.nudge.store.outbox().get(&node).await.unwrap().is_none());
     s.finish().await;
 }
 

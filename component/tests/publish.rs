@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{DbKind, Harness, answer_kind, fixture, publish_iq, register_iq};
 
 on_both_databases!(
@@ -16,7 +18,7 @@ on_both_databases!(
     reregistration_keeps_node_and_updates_token,
     unregister_then_publish_is_item_not_found,
     dead_token_removes_registration,
-    transient_failures_answer_wait_and_keep_registration,
+    transient_failures_are_queued_and_answered_result,
     registration_errors,
     per_room_registration_is_separate,
 );
@@ -240,29 +242,42 @@ async fn dead_token_removes_registration(kind: DbKind) {
     h.finish().await;
 }
 
-async fn transient_failures_answer_wait_and_keep_registration(kind: DbKind) {
+async fn transient_failures_are_queued_and_answered_result(kind: DbKind) {
     let mut h = Harness::start(kind).await;
-    for (i, (token, condition)) in [
-        ("down-1", "resource-constraint"),
-        ("throttle-1", "resource-constraint"),
-        ("reject-1", "internal-server-error"),
-        ("hang-1", "remote-server-timeout"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    // Down, throttled, or not answering: the push goes to the outbox and
+    // the publish is answered `result` (neither server re-sends a publish).
+    for (i, token) in ["down-1", "throttle-1", "hang-1"].into_iter().enumerate() {
         let (node, secret) = h.register("alice@localhost", &format!("d{i}"), token).await;
+        let started = std::time::Instant::now();
         assert_eq!(
             h.publish(&format!("p{i}"), "localhost", &node, Some(&secret), "1")
                 .await,
-            ("wait".into(), condition.into()),
+            ("result".into(), String::new()),
             "{token}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{token}: answered late"
         );
         assert!(
             h.nudge.store.find(&node).await.unwrap().is_some(),
             "{token} kept"
         );
+        assert!(
+            h.nudge.store.outbox().get(&node).await.unwrap().is_some(),
+            "{token} queued"
+        );
     }
+    // A provider refusing our request is not retried blindly and not the
+    // user's fault: `wait`, registration kept.
+    let (node, secret) = h.register("alice@localhost", "d9", "reject-1").await;
+    assert_eq!(
+        h.publish("p9", "localhost", &node, Some(&secret), "1")
+            .await,
+        ("wait".into(), "internal-server-error".into())
+    );
+    assert!(h.nudge.store.find(&node).await.unwrap().is_some());
+    assert!(h.nudge.store.outbox().get(&node).await.unwrap().is_none());
     h.finish().await;
 }
 

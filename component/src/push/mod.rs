@@ -8,9 +8,9 @@ pub use publish::{PublishError, PublishRequest};
 
 use subtle::ConstantTimeEq;
 
+use crate::dispatch::Verdict;
 use crate::store::Registration;
 use crate::xmpp::jid::Jid;
-use crate::xmpp::stanza::StanzaError;
 
 /// Checks a publish against the node's registration.
 ///
@@ -24,9 +24,9 @@ pub fn authorize(
     request: &PublishRequest,
     from: &Jid,
     registration: &Registration,
-) -> Result<(), StanzaError> {
+) -> Result<(), Verdict> {
     if !registration.domain.eq_ignore_ascii_case(from.domain()) {
-        return Err(StanzaError::item_not_found());
+        return Err(Verdict::UnknownNode);
     }
     match (&registration.secret, &request.secret) {
         (None, _) => Ok(()),
@@ -35,7 +35,7 @@ pub fn authorize(
         {
             Ok(())
         }
-        (Some(_), Some(_)) => Err(StanzaError::forbidden().with_text("wrong secret")),
-        (Some(_), None) => Err(StanzaError::forbidden().with_text("missing secret")),
+        (Some(_), Some(_)) => Err(Verdict::WrongSecret),
+        (Some(_), None) => Err(Verdict::MissingSecret),
     }
 }

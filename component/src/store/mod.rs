@@ -104,6 +104,12 @@ macro_rules! on_pool {
     };
 }
 
+mod brake;
+mod outbox;
+
+pub use brake::{BrakeRecord, BrakeStore, HeldRemoval};
+pub use outbox::{Outbox, OutboxSummary, QueuedPush};
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -174,6 +180,16 @@ impl RegistrationStore {
             Pool::Postgres(p) => POSTGRES_MIGRATIONS.run(p).await?,
         }
         Ok(())
+    }
+
+    /// The outbox of accepted pushes, on the same database.
+    pub fn outbox(&self) -> Outbox {
+        Outbox::new(self.pool.clone())
+    }
+
+    /// The removal brake's records, on the same database.
+    pub fn brake(&self) -> BrakeStore {
+        BrakeStore::new(self.pool.clone())
     }
 
     /// Which database this is, for logs.
@@ -323,10 +339,18 @@ impl RegistrationStore {
     }
 }
 
-fn now() -> i64 {
+/// Now, in epoch seconds (the database's time unit).
+pub fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Now, in epoch milliseconds (the outbox's due times).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// `bytes` random bytes as base64url: URL- and XML-safe, no padding.

@@ -81,6 +81,14 @@ impl Iq {
         el
     }
 
+    /// The reply for an outcome: `result` with the payload, or the error.
+    pub fn reply(&self, outcome: Result<(), StanzaError>, payload: Option<Element>) -> Element {
+        match outcome {
+            Ok(()) => self.result(payload),
+            Err(e) => self.error(&e),
+        }
+    }
+
     /// An `error` reply for this iq.
     pub fn error(&self, error: &StanzaError) -> Element {
         reply_base(&self.to, &self.from, &self.id, "error").child(error.to_element())

@@ -281,6 +281,25 @@ impl PushBackend for TestBackend {
     }
 }
 
+/// Polls `check` every 20 ms until it holds, for at most [`STEP`]; says
+/// whether it did.
+pub async fn eventually<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbKind {
@@ -352,7 +371,7 @@ impl TestDb {
 pub fn test_config(port: u16, db_url: &str, extra: &str) -> Config {
     Config::from_toml(&format!(
         "[component]\ndomain = '{DOMAIN}'\nsecret = '{SECRET}'\nport = {port}\nkeepalive_secs = 60\n\
-         [storage]\nurl = '{db_url}'\n[dispatch]\npush_timeout_secs = 2\n{extra}"
+         [storage]\nurl = '{db_url}'\n[dispatch]\npush_timeout_secs = 2\n[outbox]\nretry_min_ms = 100\nretry_max_secs = 2\n{extra}"
     ))
     .unwrap()
 }

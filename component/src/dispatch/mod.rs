@@ -1,0 +1,602 @@
+//! Dispatch: from an authorized publish to the device's push backend, and
+//! from the provider's outcome to what becomes of the publish.
+//!
+//! The one place a push is sent. A publish is answered within
+//! `dispatch.answer_within_ms`: if the provider has taken the push by then,
+//! with what it said; if not (slow, down, throttled, or a rate limit defers
+//! it), the push is written to the outbox and the publish answered `result`,
+//! and the retry worker ([`retry`]) delivers it later. Neither Prosody nor
+//! ejabberd re-sends a publish (`docs/answers.md`), so an accepted push
+//! must never be lost, and a transient failure must never reach the user's
+//! server as an error that disables push.
+//!
+//! - [`slots`]: coalescing, one push out per device plus a trailing one;
+//! - [`limits`]: rate limits per registration and publishing domain;
+//! - [`brake`]: the brake on mass removal of dead tokens;
+//! - [`verdict`]: what became of a publish, and its answer;
+//! - [`retry`]: the outbox's retry worker.
+
+pub mod backends;
+pub mod brake;
+pub mod limits;
+pub mod retry;
+pub mod slots;
+pub mod verdict;
+
+pub use backends::{Backends, ResolveError};
+pub use verdict::Verdict;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nudge_plugins::{Notification, Outcome};
+use tokio::sync::Notify;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::config::Config;
+use crate::store::{Outbox, Registration, RegistrationStore, now, now_ms};
+use brake::{Brake, Decision};
+use limits::Limits;
+use slots::{Begin, Slots};
+
+/// The dispatcher's timing settings.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    /// Longest wait before a publish is answered (`dispatch.answer_within_ms`).
+    pub answer_within: Duration,
+    /// Longest wait for one provider request (`dispatch.push_timeout_secs`).
+    pub push_timeout: Duration,
+    /// How long an accepted push is retried (`outbox.ttl_secs`).
+    pub ttl: Duration,
+    /// First and longest retry delay (`outbox.retry_min_ms`, `retry_max_secs`).
+    pub retry_min: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Deliveries from the outbox at once (`outbox.concurrency`).
+    pub outbox_concurrency: usize,
+}
+
+impl DispatchSettings {
+    /// The settings of a configuration.
+    pub fn from_config(config: &Config) -> Self {
+        DispatchSettings {
+            answer_within: Duration::from_millis(config.dispatch.answer_within_ms),
+            push_timeout: Duration::from_secs(config.dispatch.push_timeout_secs),
+            ttl: Duration::from_secs(config.outbox.ttl_secs),
+            retry_min: Duration::from_millis(config.outbox.retry_min_ms),
+            retry_max: Duration::from_secs(config.outbox.retry_max_secs),
+            outbox_concurrency: config.outbox.concurrency,
+        }
+    }
+
+    /// How long a row claimed for a send is left alone: past the push
+    /// timeout, so that a crash mid-send leaves it to be retried.
+    fn claim_for(&self) -> Duration {
+        self.push_timeout + Duration::from_secs(2)
+    }
+}
+
+/// Counts of what the dispatcher did since start-up, for logs and the
+/// operator.
+#[derive(Debug, Default)]
+pub struct DispatchStats {
+    /// Pushes the provider took.
+    pub delivered: AtomicU64,
+    /// Publishes answered with the push in the outbox.
+    pub queued: AtomicU64,
+    /// Publishes merged into a pending push.
+    pub coalesced: AtomicU64,
+    /// Pushes deferred by a rate limit.
+    pub limited: AtomicU64,
+    /// Failed attempts that were scheduled for a retry.
+    pub retries: AtomicU64,
+    /// Queued pushes dropped because their time to live ran out.
+    pub expired: AtomicU64,
+    /// Queued pushes dropped because the registration went away.
+    pub dropped_unregistered: AtomicU64,
+    /// Pushes the provider refused outright.
+    pub rejected: AtomicU64,
+    /// Registrations removed for a dead token.
+    pub removed: AtomicU64,
+    /// Removals held back by the brake.
+    pub held: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The outbox row a send carries, if any: a delivery removes the row only
+/// if nothing was merged into it meanwhile.
+#[derive(Debug, Clone, Copy)]
+struct Carried {
+    seq: i64,
+    attempts: u32,
+}
+
+/// Sends pushes and decides what becomes of each publish.
+pub struct Dispatcher {
+    backends: Backends,
+    store: RegistrationStore,
+    outbox: Outbox,
+    settings: DispatchSettings,
+    slots: Slots,
+    limits: Limits,
+    brake: Brake,
+    /// Wakes the retry worker when a row is due now.
+    wake: Notify,
+    /// What happened so far.
+    pub stats: DispatchStats,
+}
+
+impl Dispatcher {
+    /// A dispatcher for the configured apps.
+    pub fn new(backends: Backends, store: RegistrationStore, config: &Config) -> Arc<Self> {
+        Arc::new(Dispatcher {
+            backends,
+            outbox: store.outbox(),
+            brake: Brake::new(&config.brake, store.brake()),
+            store,
+            settings: DispatchSettings::from_config(config),
+            slots: Slots::default(),
+            limits: Limits::new(&config.limits),
+            wake: Notify::new(),
+            stats: DispatchStats::default(),
+        })
+    }
+
+    /// The configured apps.
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
+    /// The timing settings.
+    pub fn settings(&self) -> &DispatchSettings {
+        &self.settings
+    }
+
+    /// Pushes an authorized publish for `reg`, sent by `domain`.
+    pub async fn publish(
+        self: &Arc<Self>,
+        reg: Arc<Registration>,
+        notification: Notification,
+        domain: &str,
+    ) -> Verdict {
+        let span = info_span!("publish", node = %reg.node, app = %reg.app);
+        self.publish_inner(reg, notification, domain)
+            .instrument(span)
+            .await
+    }
+
+    async fn publish_inner(
+        self: &Arc<Self>,
+        reg: Arc<Registration>,
+        notification: Notification,
+        domain: &str,
+    ) -> Verdict {
+        if self.backends.get(&reg.app).is_none() {
+            error!("registration names an app that is not configured; keeping it");
+            return Verdict::NoBackend;
+        }
+        match self.slots.begin(&reg.node, notification.is_important()) {
+            Begin::Send => {}
+            Begin::Merge => {
+                bump(&self.stats.coalesced);
+                return self.queue(&reg.node, &notification, now_ms()).await;
+            }
+            Begin::MergeAndFlush => {
+                bump(&self.stats.coalesced);
+                let verdict = self.queue(&reg.node, &notification, now_ms()).await;
+                self.wake.notify_one();
+                return verdict;
+            }
+        }
+        if let Err(limited) = self.limits.check(&reg.node, domain) {
+            self.slots.finish(&reg.node);
+            bump(&self.stats.limited);
+            debug!(
+                ?limited,
+                "rate limit: deferring the push through the outbox"
+            );
+            let due = now_ms() + millis(limited.wait());
+            return self.queue(&reg.node, &notification, due).await;
+        }
+        self.send_fresh(reg, notification).await
+    }
+
+    /// Merges a publish into the node's outbox row (new rows due at
+    /// `due_at_ms`).
+    async fn queue(&self, node: &str, notification: &Notification, due_at_ms: i64) -> Verdict {
+        match self
+            .outbox
+            .merge(node, notification, due_at_ms, self.expires_at())
+            .await
+        {
+            Ok(_) => {
+                self.slots.set_queued(node, true);
+                bump(&self.stats.queued);
+                Verdict::Queued
+            }
+            Err(e) => {
+                error!(error = %e, "could not write the push to the outbox");
+                Verdict::StorageDown
+            }
+        }
+    }
+
+    /// Sends a push this publish owns the slot for, answering within
+    /// `answer_within`: a send still out then is made durable in the outbox
+    /// and finishes in the background.
+    async fn send_fresh(
+        self: &Arc<Self>,
+        reg: Arc<Registration>,
+        notification: Notification,
+    ) -> Verdict {
+        let handoff = Arc::new(Handoff::default());
+        let task = {
+            let this = self.clone();
+            let reg = reg.clone();
+            let notification = notification.clone();
+            let handoff = handoff.clone();
+            async move {
+                let outcome = this.send(&reg, &notification).await;
+                if let Some(carried) = handoff.outcome(outcome.clone()) {
+                    // The publish was answered meanwhile: finish here.
+                    this.settle(&reg, &notification, outcome, carried).await;
+                    this.finish(&reg.node);
+                }
+            }
+        };
+        tokio::spawn(task.in_current_span());
+        if let Ok(outcome) = tokio::time::timeout(self.settings.answer_within, handoff.wait()).await
+        {
+            let verdict = self.settle(&reg, &notification, outcome, None).await;
+            self.finish(&reg.node);
+            return verdict;
+        }
+        // Not taken in time: make it durable, then let the send finish on
+        // its own. A row that is there already holds publishes merged
+        // since, which are newer; it will be delivered after this send.
+        let due = now_ms() + millis(self.settings.claim_for());
+        let inserted = self
+            .outbox
+            .insert_new(&reg.node, &notification, due, self.expires_at())
+            .await;
+        let carried = match &inserted {
+            Ok(Some(seq)) => Some(Carried {
+                seq: *seq,
+                attempts: 0,
+            }),
+            _ => None,
+        };
+        if let Ok(Some(_)) = inserted {
+            self.slots.set_queued(&reg.node, true);
+        }
+        match handoff.detach(carried) {
+            Some(outcome) => {
+                // It finished while the row was written.
+                let verdict = self.settle(&reg, &notification, outcome, carried).await;
+                self.finish(&reg.node);
+                verdict
+            }
+            None => match inserted {
+                Ok(_) => {
+                    debug!("provider slow: answered, the push finishes in the background");
+                    bump(&self.stats.queued);
+                    Verdict::Queued
+                }
+                Err(e) => {
+                    error!(error = %e, "could not write a slow push to the outbox");
+                    Verdict::StorageDown
+                }
+            },
+        }
+    }
+
+    /// One provider request, bounded by the push timeout.
+    async fn send(&self, reg: &Registration, notification: &Notification) -> Outcome {
+        let Some(backend) = self.backends.get(&reg.app) else {
+            return Outcome::Rejected {
+                reason: format!("no backend for app {}", reg.app),
+            };
+        };
+        let device = reg.device();
+        match tokio::time::timeout(
+            self.settings.push_timeout,
+            backend.send(&device, notification),
+        )
+        .await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::Transient {
+                reason: format!("no answer within {:?}", self.settings.push_timeout),
+                retry_after: None,
+            },
+        }
+    }
+
+    /// Acts on a provider's outcome for a push of `reg`, carrying the
+    /// outbox row `carried` if any, and says what became of it.
+    async fn settle(
+        &self,
+        reg: &Registration,
+        notification: &Notification,
+        outcome: Outcome,
+        carried: Option<Carried>,
+    ) -> Verdict {
+        let mut reg = std::borrow::Cow::Borrowed(reg);
+        let mut outcome = outcome;
+        // At most one more send: to the new token of a device that
+        // registered again while its old token was being declared dead.
+        for resend in [true, false] {
+            debug!(outcome = outcome.kind(), "push outcome");
+            match outcome {
+                Outcome::Delivered => {
+                    bump(&self.stats.delivered);
+                    if let Some(c) = carried {
+                        self.row_delivered(&reg.node, c.seq).await;
+                    }
+                    return Verdict::Delivered;
+                }
+                Outcome::Throttled { retry_after } => {
+                    warn!(
+                        ?retry_after,
+                        "provider throttled the push; queued for a retry"
+                    );
+                    return self
+                        .retry_later(&reg.node, notification, carried, retry_after, "throttled")
+                        .await;
+                }
+                Outcome::Transient {
+                    reason,
+                    retry_after,
+                } => {
+                    warn!(%reason, ?retry_after, "push failed for now; queued for a retry");
+                    return self
+                        .retry_later(&reg.node, notification, carried, retry_after, &reason)
+                        .await;
+                }
+                Outcome::Rejected { reason } => {
+                    error!(%reason, "provider rejected the push request; not retried");
+                    bump(&self.stats.rejected);
+                    if carried.is_some() {
+                        self.drop_row(&reg.node).await;
+                    }
+                    return Verdict::ProviderRejected;
+                }
+                Outcome::InvalidToken { reason } => {
+                    match self.dead_token(&reg, &reason, carried).await {
+                        DeadToken::Settled(verdict) => return verdict,
+                        DeadToken::NewToken(fresh) if resend => {
+                            info!("device registered a new token meanwhile; pushing to it");
+                            outcome = self.send(&fresh, notification).await;
+                            reg = std::borrow::Cow::Owned(fresh);
+                        }
+                        DeadToken::NewToken(_) => {
+                            return self
+                                .retry_later(&reg.node, notification, carried, None, &reason)
+                                .await;
+                        }
+                    }
+                }
+            }
+        }
+        Verdict::ProviderUnavailable
+    }
+
+    /// The provider declared `reg`'s token dead.
+    async fn dead_token(
+        &self,
+        reg: &Registration,
+        reason: &str,
+        carried: Option<Carried>,
+    ) -> DeadToken {
+        match self
+            .brake
+            .decide(&reg.node, &reg.app, &reg.token, reason)
+            .await
+        {
+            Ok(Decision::Remove) => {}
+            Ok(Decision::Hold) => {
+                bump(&self.stats.held);
+                warn!(%reason, "token declared dead, removal held by the brake; registration kept");
+                if let Some(c) = carried {
+                    // Kept for when the operator has fixed the app.
+                    let due = now_ms() + millis(self.settings.retry_max);
+                    self.reschedule(&reg.node, c.attempts + 1, due, reason)
+                        .await;
+                }
+                return DeadToken::Settled(Verdict::RemovalHeld);
+            }
+            Err(e) => {
+                error!(error = %e, "removal brake: storage failed; keeping the registration");
+                return DeadToken::Settled(Verdict::StorageDown);
+            }
+        }
+        match self.store.remove_dead_token(&reg.node, &reg.token).await {
+            Ok(true) => {
+                bump(&self.stats.removed);
+                info!(%reason, "provider says the token is dead; registration removed");
+                self.drop_row(&reg.node).await;
+                DeadToken::Settled(Verdict::TokenDead)
+            }
+            // Not removed: the device registered again with a new token,
+            // or the registration is gone already.
+            Ok(false) => match self.store.find(&reg.node).await {
+                Ok(Some(fresh)) if fresh.token != reg.token => {
+                    DeadToken::NewToken(Registration::clone(&fresh))
+                }
+                Ok(Some(_)) => DeadToken::Settled(Verdict::StorageDown),
+                Ok(None) => {
+                    self.drop_row(&reg.node).await;
+                    DeadToken::Settled(Verdict::TokenDead)
+                }
+                Err(e) => {
+                    error!(error = %e, "registration lookup failed");
+                    DeadToken::Settled(Verdict::StorageDown)
+                }
+            },
+            Err(e) => {
+                // Not removed: answer `wait`; the next push retries the
+                // removal rather than leaving a half state.
+                error!(error = %e, "could not remove the registration of a dead token");
+                DeadToken::Settled(Verdict::StorageDown)
+            }
+        }
+    }
+
+    /// A push failed for now: the outbox retries it.
+    async fn retry_later(
+        &self,
+        node: &str,
+        notification: &Notification,
+        carried: Option<Carried>,
+        retry_after: Option<Duration>,
+        why: &str,
+    ) -> Verdict {
+        let attempts = carried.map_or(0, |c| c.attempts) + 1;
+        let due = now_ms() + millis(retry::delay(&self.settings, attempts, retry_after));
+        bump(&self.stats.retries);
+        // A row that is there already holds publishes merged while this
+        // push was out, which are newer: it is rescheduled, not replaced.
+        if carried.is_none()
+            && let Err(e) = self
+                .outbox
+                .insert_new(node, notification, due, self.expires_at())
+                .await
+        {
+            error!(error = %e, "could not write the push to the outbox");
+            return Verdict::ProviderUnavailable;
+        }
+        self.slots.set_queued(node, true);
+        self.reschedule(node, attempts, due, why).await;
+        bump(&self.stats.queued);
+        Verdict::Queued
+    }
+
+    async fn reschedule(&self, node: &str, attempts: u32, due_at_ms: i64, why: &str) {
+        if let Err(e) = self.outbox.retry_at(node, attempts, due_at_ms, why).await {
+            // The row keeps its claim time and is retried then.
+            error!(error = %e, "could not reschedule a queued push");
+        }
+    }
+
+    /// The push carrying row `seq` was delivered.
+    async fn row_delivered(&self, node: &str, seq: i64) {
+        match self.outbox.delivered(node, seq).await {
+            Ok(true) => self.slots.set_queued(node, false),
+            Ok(false) => {
+                // Publishes were merged in while it was out: the trailing
+                // push is due now.
+                if let Err(e) = self.outbox.reschedule(node, now_ms()).await {
+                    error!(error = %e, "could not schedule a trailing push");
+                }
+                self.wake.notify_one();
+            }
+            Err(e) => {
+                error!(error = %e, "could not clear a delivered push from the outbox; it may be sent twice")
+            }
+        }
+    }
+
+    async fn drop_row(&self, node: &str) {
+        match self.outbox.remove(node).await {
+            Ok(_) => self.slots.set_queued(node, false),
+            Err(e) => error!(error = %e, "could not clear a push from the outbox"),
+        }
+    }
+
+    /// A send of `node` is done; a row merged meanwhile goes out next.
+    fn finish(&self, node: &str) {
+        if self.slots.finish(node) {
+            self.wake.notify_one();
+        }
+    }
+
+    fn expires_at(&self) -> i64 {
+        now() + i64::try_from(self.settings.ttl.as_secs()).unwrap_or(i64::MAX / 2)
+    }
+}
+
+/// What a dead-token verdict came to.
+enum DeadToken {
+    Settled(Verdict),
+    /// The registration has a new token: push to it instead.
+    NewToken(Registration),
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+/// Hands a send's outcome between the publish waiting for it and the task
+/// running it: whichever comes second finishes the push.
+#[derive(Default)]
+struct Handoff {
+    state: Mutex<HandoffState>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+enum HandoffState {
+    #[default]
+    Waiting,
+    Done(Outcome),
+    /// The publish was answered; the outbox row the send carries, if any.
+    Detached(Option<Carried>),
+    Taken,
+}
+
+impl Handoff {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HandoffState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The send is done. `Some` when the publish no longer waits for it:
+    /// the caller finishes the push, carrying that row.
+    fn outcome(&self, outcome: Outcome) -> Option<Option<Carried>> {
+        let mut state = self.lock();
+        match std::mem::take(&mut *state) {
+            HandoffState::Detached(carried) => {
+                *state = HandoffState::Taken;
+                Some(carried)
+            }
+            _ => {
+                *state = HandoffState::Done(outcome);
+                drop(state);
+                self.ready.notify_one();
+                None
+            }
+        }
+    }
+
+    /// Waits for the outcome.
+    async fn wait(&self) -> Outcome {
+        loop {
+            {
+                let mut state = self.lock();
+                if matches!(*state, HandoffState::Done(_))
+                    && let HandoffState::Done(o) =
+                        std::mem::replace(&mut *state, HandoffState::Taken)
+                {
+                    return o;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// The publish stops waiting. `Some(outcome)` when the send finished
+    /// meanwhile (the caller finishes the push).
+    fn detach(&self, carried: Option<Carried>) -> Option<Outcome> {
+        let mut state = self.lock();
+        match std::mem::replace(&mut *state, HandoffState::Detached(carried)) {
+            HandoffState::Done(o) => {
+                *state = HandoffState::Taken;
+                Some(o)
+            }
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The outbox's retry worker: delivers the pushes that were accepted but not
+//! taken by the provider (failed for now, slow, deferred by a rate limit,
+//! merged behind a push that was out), with exponential backoff and jitter
+//! that honours a provider's Retry-After, until they are delivered or their
+//! time to live runs out. It starts with the service, so a restart resumes
+//! whatever the outbox holds.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use super::{Carried, DispatchSettings, Dispatcher, bump, millis};
+use crate::store::{QueuedPush, now, now_ms};
+
+/// Rows read per pass.
+const BATCH: i64 = 256;
+/// Longest sleep between passes when nothing wakes the worker.
+const IDLE_PASS: Duration = Duration::from_millis(250);
+/// How long a row whose device has a push out is put back.
+const BUSY_DELAY: Duration = Duration::from_millis(250);
+/// How often expired rows are dropped and idle rate-limit keys forgotten.
+const HOUSEKEEPING: Duration = Duration::from_secs(5);
+
+/// The delay before attempt `attempts + 1`: `retry_min` doubling per
+/// failed attempt up to `retry_max`, with jitter, and never sooner than
+/// the provider's Retry-After.
+pub fn delay(
+    settings: &DispatchSettings,
+    attempts: u32,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let backoff = ExponentialBuilder::new()
+        .with_min_delay(settings.retry_min)
+        .with_max_delay(settings.retry_max)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(attempts.saturating_sub(1) as usize)
+        .unwrap_or(settings.retry_max);
+    match retry_after {
+        Some(wait) => wait.max(backoff.min(settings.retry_max)),
+        None => backoff,
+    }
+}
+
+/// Runs the worker until the task is aborted.
+pub async fn run(dispatcher: Arc<Dispatcher>) {
+    match dispatcher.outbox.nodes().await {
+        Ok(nodes) => {
+            if !nodes.is_empty() {
+                info!(queued = nodes.len(), "resuming the outbox");
+            }
+            for node in &nodes {
+                dispatcher.slots.set_queued(node, true);
+            }
+        }
+        Err(e) => {
+            error!(error = %e, "could not read the outbox at start-up; retrying in the passes")
+        }
+    }
+    let permits = Arc::new(Semaphore::new(dispatcher.settings.outbox_concurrency));
+    let mut housekept = Instant::now() - HOUSEKEEPING;
+    let mut storage_failing = false;
+    loop {
+        if housekept.elapsed() >= HOUSEKEEPING {
+            housekeeping(&dispatcher).await;
+            housekept = Instant::now();
+        }
+        match pass(&dispatcher, &permits).await {
+            Ok(more) => {
+                if storage_failing {
+                    info!("outbox readable again");
+                    storage_failing = false;
+                }
+                if more {
+                    continue;
+                }
+            }
+            Err(e) => {
+                if !storage_failing {
+                    error!(error = %e, "cannot read the outbox; retrying every second");
+                    storage_failing = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        tokio::select! {
+            () = dispatcher.wake.notified() => {}
+            () = tokio::time::sleep(IDLE_PASS) => {}
+        }
+    }
+}
+
+/// One pass over the due rows; true when there may be more due now.
+async fn pass(
+    dispatcher: &Arc<Dispatcher>,
+    permits: &Arc<Semaphore>,
+) -> Result<bool, crate::store::StoreError> {
+    let rows = dispatcher.outbox.due(now_ms(), BATCH).await?;
+    let full = rows.len() as i64 == BATCH;
+    let mut claimed = 0;
+    for row in rows {
+        if !dispatcher.slots.claim_row(&row.node) {
+            // Its device has a push out; the row goes after it.
+            dispatcher
+                .outbox
+                .reschedule(&row.node, now_ms() + millis(BUSY_DELAY))
+                .await?;
+            continue;
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            dispatcher.slots.finish(&row.node);
+            break;
+        };
+        let until = now_ms() + millis(dispatcher.settings.claim_for());
+        match dispatcher.outbox.claim(&row.node, row.seq, until).await {
+            Ok(true) => {
+                claimed += 1;
+                let span = info_span!("retry", node = %row.node, attempts = row.attempts);
+                tokio::spawn(deliver(dispatcher.clone(), row, permit).instrument(span));
+            }
+            Ok(false) => {
+                // Merged into meanwhile: the next pass reads it again.
+                dispatcher.slots.finish(&row.node);
+            }
+            Err(e) => {
+                dispatcher.slots.finish(&row.node);
+                return Err(e);
+            }
+        }
+    }
+    Ok(full && claimed > 0)
+}
+
+/// Delivers one claimed row.
+async fn deliver(dispatcher: Arc<Dispatcher>, row: QueuedPush, _permit: OwnedSemaphorePermit) {
+    let node = row.node.clone();
+    let carried = Carried {
+        seq: row.seq,
+        attempts: row.attempts,
+    };
+    match dispatcher.store.find(&node).await {
+        Ok(Some(reg)) => {
+            let outcome = dispatcher.send(&reg, &row.notification).await;
+            let verdict = dispatcher
+                .settle(&reg, &row.notification, outcome, Some(carried))
+                .await;
+            if verdict == super::Verdict::Delivered && row.attempts > 0 {
+                info!(
+                    attempts = row.attempts,
+                    waited_secs = now() - row.created_at,
+                    "queued push delivered"
+                );
+            }
+        }
+        Ok(None) => {
+            info!("registration gone; dropping its queued push");
+            bump(&dispatcher.stats.dropped_unregistered);
+            dispatcher.drop_row(&node).await;
+        }
+        Err(e) => {
+            warn!(error = %e, "registration lookup failed; queued push retried later");
+            let due = now_ms() + millis(delay(&dispatcher.settings, row.attempts + 1, None));
+            dispatcher
+                .reschedule(&node, row.attempts, due, "storage unavailable")
+                .await;
+        }
+    }
+    dispatcher.finish(&node);
+}
+
+/// Drops expired rows (counted and logged) and forgets idle rate-limit keys.
+async fn housekeeping(dispatcher: &Dispatcher) {
+    match dispatcher.outbox.expire(now()).await {
+        Ok(expired) => {
+            for (node, attempts) in expired {
+                dispatcher.stats.expired.fetch_add(1, Ordering::Relaxed);
+                dispatcher.slots.set_queued(&node, false);
+                warn!(%node, attempts, "queued push expired undelivered (outbox.ttl_secs)");
+            }
+        }
+        Err(e) => debug!(error = %e, "could not expire outbox rows"),
+    }
+    dispatcher.limits.forget_idle();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> DispatchSettings {
+        DispatchSettings {
+            answer_within: Duration::from_millis(200),
+            push_timeout: Duration::from_secs(10),
+            ttl: Duration::from_secs(3600),
+            retry_min: Duration::from_millis(500),
+            retry_max: Duration::from_secs(300),
+            outbox_concurrency: 16,
+        }
+    }
+
+    #[test]
+    fn delays_grow_with_jitter_up_to_the_cap() {
+        let s = settings();
+        for _ in 0..50 {
+            let first = delay(&s, 1, None);
+            assert!(first >= s.retry_min && first < s.retry_min * 2, "{first:?}");
+            let third = delay(&s, 3, None);
+            assert!(
+                third >= s.retry_min * 4 && third < s.retry_min * 8,
+                "{third:?}"
+            );
+            assert!(delay(&s, 60, None) <= s.retry_max * 2);
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured() {
+        let s = settings();
+        assert!(delay(&s, 1, Some(Duration::from_secs(30))) >= Duration::from_secs(30));
+        // A short Retry-After does not undercut the backoff.
+        assert!(delay(&s, 3, Some(Duration::from_millis(1))) >= s.retry_min * 4);
+    }
+}

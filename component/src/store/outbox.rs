@@ -1,0 +1,357 @@
+//! The outbox: pushes that were accepted (their publish answered `result`)
+//! but that the provider has not taken yet. Writing the row is what makes
+//! answering `result` honest when a provider is down or slow; the retry
+//! worker (`dispatch/retry.rs`) reads it back until the push is delivered
+//! or its time to live runs out.
+//!
+//! One row per registration: [`Outbox::merge`] folds a publish into the
+//! node's row when there is one, which is how a burst of publishes becomes
+//! one trailing push. Every merge bumps `seq`, so that a delivery removes
+//! the row only when nothing was merged into it while the push was out
+//! ([`Outbox::delivered`]).
+
+use nudge_plugins::Notification;
+use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, Row};
+
+use super::{Pool, StoreError};
+
+/// A push waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedPush {
+    /// The registration (pubsub node) the push is for.
+    pub node: String,
+    /// The summary to push.
+    pub notification: Notification,
+    /// Failed delivery attempts so far.
+    pub attempts: u32,
+    /// Bumped by every merge; see [`Outbox::delivered`].
+    pub seq: i64,
+    /// When the push was first accepted (epoch seconds).
+    pub created_at: i64,
+    /// When the push is given up (epoch seconds).
+    pub expires_at: i64,
+    /// When the next attempt is due (epoch milliseconds).
+    pub due_at_ms: i64,
+}
+
+#[derive(FromRow)]
+struct Row_ {
+    node: String,
+    notification: String,
+    attempts: i64,
+    seq: i64,
+    created_at: i64,
+    expires_at: i64,
+    due_at_ms: i64,
+}
+
+/// The summary as stored: the fields a backend reads.
+#[derive(Serialize, Deserialize)]
+struct StoredNotification {
+    #[serde(default)]
+    message_count: Option<u32>,
+    #[serde(default)]
+    sender: Option<String>,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    fields: Vec<(String, String)>,
+}
+
+fn encode(n: &Notification) -> String {
+    let stored = StoredNotification {
+        message_count: n.message_count,
+        sender: n.last_message_sender.clone(),
+        body: n.last_message_body.clone(),
+        fields: n.fields.clone(),
+    };
+    // Serializing plain strings and numbers cannot fail.
+    serde_json::to_string(&stored).unwrap_or_else(|_| "{}".into())
+}
+
+/// A stored summary that does not parse (written by a newer version, or
+/// damaged) still wakes the device: as a plain wake-up.
+fn decode(json: &str) -> Notification {
+    match serde_json::from_str::<StoredNotification>(json) {
+        Ok(s) => Notification {
+            message_count: s.message_count,
+            last_message_sender: s.sender,
+            last_message_body: s.body,
+            fields: s.fields,
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "unreadable summary in the outbox; pushing a plain wake-up");
+            Notification::default()
+        }
+    }
+}
+
+impl From<Row_> for QueuedPush {
+    fn from(r: Row_) -> Self {
+        QueuedPush {
+            node: r.node,
+            notification: decode(&r.notification),
+            attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
+            seq: r.seq,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            due_at_ms: r.due_at_ms,
+        }
+    }
+}
+
+/// Counts of the outbox, for the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxSummary {
+    /// Rows waiting.
+    pub queued: i64,
+    /// Acceptance time of the oldest row (epoch seconds), if any.
+    pub oldest_created_at: Option<i64>,
+}
+
+/// The outbox table; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    pool: Pool,
+}
+
+macro_rules! outbox_columns {
+    () => {
+        "node, notification, attempts, seq, created_at, expires_at, due_at_ms"
+    };
+}
+
+impl Outbox {
+    pub(super) fn new(pool: Pool) -> Self {
+        Outbox { pool }
+    }
+
+    /// Folds a publish into the node's row, or writes a new row due at
+    /// `due_at_ms`. A merge keeps the row's due time (a row backing off
+    /// from a failing provider is not hurried by more publishes), takes the
+    /// newest summary unless it would replace an important summary with a
+    /// silent one, extends the time to live, and bumps `seq`, which it
+    /// returns.
+    pub async fn merge(
+        &self,
+        node: &str,
+        notification: &Notification,
+        due_at_ms: i64,
+        expires_at: i64,
+    ) -> Result<i64, StoreError> {
+        let sql = "INSERT INTO outbox (node, notification, important, attempts, seq, created_at, expires_at, due_at_ms, last_error) \
+             VALUES ($1, $2, $3, 0, 1, $4, $5, $6, '') \
+             ON CONFLICT (node) DO UPDATE SET \
+               notification = CASE WHEN excluded.important >= outbox.important THEN excluded.notification ELSE outbox.notification END, \
+               important = CASE WHEN excluded.important > outbox.important THEN excluded.important ELSE outbox.important END, \
+               seq = outbox.seq + 1, \
+               expires_at = excluded.expires_at \
+             RETURNING seq";
+        let important = i32::from(notification.is_important());
+        let json = encode(notification);
+        let now = super::now();
+        let seq: i64 = on_pool!(&self.pool, |p| {
+            sqlx::query(sql)
+                .bind(node)
+                .bind(&json)
+                .bind(important)
+                .bind(now)
+                .bind(expires_at)
+                .bind(due_at_ms)
+                .fetch_one(p)
+                .await?
+                .try_get(0)?
+        });
+        Ok(seq)
+    }
+
+    /// Writes a row only if the node has none; returns the new row's `seq`,
+    /// or `None` when a row was there (it already holds newer publishes,
+    /// merged while this push was out).
+    pub async fn insert_new(
+        &self,
+        node: &str,
+        notification: &Notification,
+        due_at_ms: i64,
+        expires_at: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let sql = "INSERT INTO outbox (node, notification, important, attempts, seq, created_at, expires_at, due_at_ms, last_error) \
+             VALUES ($1, $2, $3, 0, 1, $4, $5, $6, '') \
+             ON CONFLICT (node) DO NOTHING RETURNING seq";
+        let important = i32::from(notification.is_important());
+        let json = encode(notification);
+        let now = super::now();
+        let seq: Option<i64> = on_pool!(&self.pool, |p| {
+            sqlx::query(sql)
+                .bind(node)
+                .bind(&json)
+                .bind(important)
+                .bind(now)
+                .bind(expires_at)
+                .bind(due_at_ms)
+                .fetch_optional(p)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?
+        });
+        Ok(seq)
+    }
+
+    /// The node's row, if any.
+    pub async fn get(&self, node: &str) -> Result<Option<QueuedPush>, StoreError> {
+        let sql = concat!("SELECT ", outbox_columns!(), " FROM outbox WHERE node = $1");
+        let row: Option<Row_> = on_pool!(&self.pool, |p| {
+            sqlx::query_as(sql).bind(node).fetch_optional(p).await?
+        });
+        Ok(row.map(QueuedPush::from))
+    }
+
+    /// Rows due at `now_ms`, the most overdue first.
+    pub async fn due(&self, now_ms: i64, limit: i64) -> Result<Vec<QueuedPush>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            outbox_columns!(),
+            " FROM outbox WHERE due_at_ms <= $1 ORDER BY due_at_ms LIMIT $2"
+        );
+        let rows: Vec<Row_> = on_pool!(&self.pool, |p| {
+            sqlx::query_as(sql)
+                .bind(now_ms)
+                .bind(limit)
+                .fetch_all(p)
+                .await?
+        });
+        Ok(rows.into_iter().map(QueuedPush::from).collect())
+    }
+
+    /// Takes a due row for delivery: moves its due time to `until_ms` (so
+    /// that no other pass picks it while the push is out, and a crash
+    /// leaves it to be retried then). False when the row changed or went.
+    pub async fn claim(&self, node: &str, seq: i64, until_ms: i64) -> Result<bool, StoreError> {
+        let sql = "UPDATE outbox SET due_at_ms = $3 WHERE node = $1 AND seq = $2";
+        let n = on_pool!(&self.pool, |p| {
+            sqlx::query(sql)
+                .bind(node)
+                .bind(seq)
+                .bind(until_ms)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        Ok(n > 0)
+    }
+
+    /// The push with `seq` was delivered: removes the row unless a publish
+    /// was merged into it meanwhile (then it is still owed, and false is
+    /// returned).
+    pub async fn delivered(&self, node: &str, seq: i64) -> Result<bool, StoreError> {
+        let sql = "DELETE FROM outbox WHERE node = $1 AND seq = $2";
+        let n = on_pool!(&self.pool, |p| {
+            sqlx::query(sql)
+                .bind(node)
+                .bind(seq)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        Ok(n > 0)
+    }
+
+    /// An attempt failed: counts it and sets the next due time.
+    pub async fn retry_at(
+        &self,
+        node: &str,
+        attempts: u32,
+        due_at_ms: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let sql =
+            "UPDATE outbox SET attempts = $2, due_at_ms = $3, last_error = $4 WHERE node = $1";
+        on_pool!(&self.pool, |p| {
+            sqlx::query(sql)
+                .bind(node)
+                .bind(i64::from(attempts))
+                .bind(due_at_ms)
+                .bind(error)
+                .execute(p)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Moves the node's row to be due at `due_at_ms` (no attempt counted).
+    pub async fn reschedule(&self, node: &str, due_at_ms: i64) -> Result<(), StoreError> {
+        let sql = "UPDATE outbox SET due_at_ms = $2 WHERE node = $1";
+        on_pool!(&self.pool, |p| {
+            sqlx::query(sql)
+                .bind(node)
+                .bind(due_at_ms)
+                .execute(p)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Drops the node's row whatever it holds (registration gone, push
+    /// rejected); true when there was one.
+    pub async fn remove(&self, node: &str) -> Result<bool, StoreError> {
+        let sql = "DELETE FROM outbox WHERE node = $1";
+        let n = on_pool!(&self.pool, |p| {
+            sqlx::query(sql)
+                .bind(node)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        Ok(n > 0)
+    }
+
+    /// Drops the rows whose time to live ran out before `now`; returns
+    /// their nodes and failed attempts, for the log.
+    pub async fn expire(&self, now: i64) -> Result<Vec<(String, u32)>, StoreError> {
+        let sql = "DELETE FROM outbox WHERE expires_at < $1 RETURNING node, attempts";
+        let rows: Vec<(String, i64)> = on_pool!(&self.pool, |p| {
+            sqlx::query_as(sql).bind(now).fetch_all(p).await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(n, a)| (n, u32::try_from(a).unwrap_or(u32::MAX)))
+            .collect())
+    }
+
+    /// Every node with a row, for the dispatcher to know at start-up.
+    pub async fn nodes(&self) -> Result<Vec<String>, StoreError> {
+        let sql = "SELECT node FROM outbox";
+        let rows: Vec<(String,)> =
+            on_pool!(&self.pool, |p| { sqlx::query_as(sql).fetch_all(p).await? });
+        Ok(rows.into_iter().map(|(n,)| n).collect())
+    }
+
+    /// How many rows wait, and since when.
+    pub async fn summary(&self) -> Result<OutboxSummary, StoreError> {
+        let sql = "SELECT COUNT(*), MIN(created_at) FROM outbox";
+        let (queued, oldest): (i64, Option<i64>) =
+            on_pool!(&self.pool, |p| { sqlx::query_as(sql).fetch_one(p).await? });
+        Ok(OutboxSummary {
+            queued,
+            oldest_created_at: oldest,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_survive_the_round_trip() {
+        let n = Notification {
+            message_count: Some(3),
+            last_message_sender: Some("juliet@capulet.example/balcony".into()),
+            last_message_body: Some("Wherefore art thou?".into()),
+            fields: vec![("message-count".into(), "3".into())],
+        };
+        assert_eq!(decode(&encode(&n)), n);
+        assert_eq!(decode("not json"), Notification::default());
+    }
+}

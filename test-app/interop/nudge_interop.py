@@ -62,6 +62,7 @@ import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 from typing import Any, Awaitable, Callable
@@ -500,6 +501,14 @@ class NudgeLog:
 
     def connections(self) -> int:
         return self.count("component connected")
+
+    def last_connected(self) -> float | None:
+        """When Nudge last connected (its log's UTC timestamp), in epoch
+        seconds."""
+        times = re.findall(r"^(\S+)Z\s+INFO .*component connected", self.text(), re.M)
+        if not times:
+            return None
+        return datetime.fromisoformat(times[-1] + "+00:00").timestamp()
 
 
 class ServerLog:
@@ -1137,20 +1146,40 @@ class Phases:
             for i in range(1, count + 1):
                 last = f"burst {i}/{count} {suffix}"
                 send_chat(bob, self.jid("carol"), last)
+            missing = []
             for d in devices:
-                await self.app.wait_body(d.token, mark, last, deadline=10)
+                try:
+                    await self.app.wait_body(d.token, mark, last, deadline=10)
+                except StepFailed:
+                    missing.append(d)
             await asyncio.sleep(1.0)  # a late trailing push would show now
             requests = {d.token: len(self.app.pushes(d.token, mark)) for d in devices}
-            newest = {d.token: push_body([p for p in self.app.pushes(d.token, mark) if p["delivered"]][-1]) for d in devices}
             figures = ", ".join(f"{d.app_command} {requests[d.token]}" for d in devices)
-            if any(n > 4 for n in requests.values()):
-                raise StepFailed(f"provider requests per device for {count} messages: {figures} (expected at most 4)")
-            stale = [d.token[:20] for d in devices if newest[d.token] != last]
-            if stale:
-                raise StepFailed(f"the last push of {stale} is not the newest message")
+            if missing:
+                seen = {
+                    d.device_id.rsplit("-", 1)[0]: [short(push_body(p), 16) for p in self.app.pushes(d.token, mark)]
+                    for d in missing
+                }
+                outbox = nudge_cli(s, "outbox", "status").strip()
+                raise StepFailed(
+                    f"the newest message {short(last)} reached no push within 10 s on {len(missing)} of "
+                    f"{len(devices)} devices: pushed bodies {seen}; requests per device {figures}; "
+                    f"nudge outbox status: {outbox}"
+                )
+            # Coalescing: one push in flight and one trailing push that
+            # collects what arrives meanwhile, so a request per provider
+            # round trip while the burst arrives; the issue saw one per
+            # message (20).
+            if any(n > count // 3 for n in requests.values()):
+                raise StepFailed(
+                    f"provider requests per device for {count} messages: {figures} (expected at most {count // 3})"
+                )
             return f"provider requests per device for {count} messages: {figures}; each last push has {short(last)}"
 
-        await self.r.step(f"{count} messages at once to offline carol → a few provider requests per device, newest last", send_burst)
+        await self.r.step(
+            f"{count} messages at once to offline carol → at most {count // 3} provider requests per device, newest last",
+            send_burst,
+        )
 
         async def answered() -> str:
             end = time.monotonic() + 5
@@ -1238,14 +1267,19 @@ class Phases:
                 + "; dave's 2 devices got his 10 messages' newest; stream up, no reconnect"
             )
 
-        await self.r.step(
-            "70 KB body to offline carol while dave gets 10 messages → pushed (cut), stream stays up",
-            lambda: big(("A long story, line after line. " * 2400)[: 70 * 1024], "70KB"),
-        )
-        await self.r.step(
-            "17 KB body of '<' (68 KB escaped) to carol → pushed (cut), stream stays up",
-            lambda: big("<" * (17 * 1024), "lt"),
-        )
+        # Each step on its own: one failing does not hide the others.
+        for name, body, label in (
+            ("70 KB body to offline carol while dave gets 10 messages → pushed (cut), stream stays up",
+             ("A long story, line after line. " * 2400)[: 70 * 1024], "70KB"),
+            ("17 KB body of '<' (68 KB escaped) to carol while dave gets 10 → pushed (cut), stream stays up",
+             "<" * (17 * 1024), "lt"),
+        ):
+            connections = nudge_log.connections()
+            try:
+                await self.r.step(name, lambda: big(body, label))
+            except StepFailed:
+                await asyncio.sleep(1.0)  # Nudge reconnects
+                await self.reenable()
 
         async def still_enabled() -> str:
             mark = self.app.last_id()
@@ -1385,12 +1419,12 @@ class Phases:
         kill = self.state.extra.get("kill", {})
 
         async def delivered() -> str:
-            start = time.time()
+            start = NudgeLog(self.s.nudge_log).last_connected() or time.time()
             notes = []
             for user, d in fcm:
                 push = await self.app.wait_body(d.token, kill["mark"], kill["bodies"][user], deadline=RECOVERY_DEADLINE)
                 notes.append(f"{push['received_at_ms'] / 1000 - start:.2f}")
-            return "all 4 FCM devices got the message sent before the kill, " + ", ".join(notes) + " s after this check began"
+            return "all 4 FCM devices got the message sent before the kill, " + ", ".join(notes) + " s after Nudge reconnected"
 
         await self.r.step("after the SIGKILL and the restart (FCM healthy) the outboxed pushes arrive", delivered)
 
@@ -1457,12 +1491,12 @@ class Phases:
         drain = self.state.extra.get("drain", {})
 
         async def delivered() -> str:
-            start = time.time()
+            start = NudgeLog(self.s.nudge_log).last_connected() or time.time()
             notes = []
             for user, d in fcm:
                 push = await self.app.wait_body(d.token, drain["mark"], drain["bodies"][user], deadline=RECOVERY_DEADLINE)
                 notes.append(f"{push['received_at_ms'] / 1000 - start:.2f}")
-            return "all 4 FCM devices got the message sent at the SIGTERM, " + ", ".join(notes) + " s after this check began"
+            return "all 4 FCM devices got the message sent at the SIGTERM, " + ", ".join(notes) + " s after Nudge reconnected"
 
         await self.r.step("after the restart (FCM fast again) the pushes in flight at the SIGTERM arrive", delivered)
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tracing::{debug, error, warn};
 
-use crate::dispatch::{Dispatcher, Verdict};
+use crate::dispatch::{Admission, Dispatcher, Verdict};
 use crate::push::{self, PublishRequest};
 use crate::register::adhoc::CommandRequest;
 use crate::register::conversations;
@@ -118,7 +118,12 @@ impl Service {
             }
             (IqType::Get, "ping", ns::PING) => self.answer(iq.result(None)).await,
             (IqType::Set, "pubsub", ns::PUBSUB) => match PublishRequest::from_pubsub(payload) {
-                Some(Ok(request)) => self.spawn(iq, Job::Publish(request)).await,
+                Some(Ok(request)) => {
+                    let admission = self
+                        .dispatcher
+                        .admit(&request.node, request.notification.is_important());
+                    self.spawn(iq, Job::Publish(request, admission)).await
+                }
                 Some(Err(e)) => {
                     let answer = Verdict::Malformed(e.to_string()).answer();
                     self.answer(iq.reply(answer, None)).await
@@ -150,8 +155,8 @@ impl Service {
         let this = self.clone();
         tokio::spawn(async move {
             let reply = match job {
-                Job::Publish(request) => {
-                    let answer = this.publish(&iq, request).await.answer();
+                Job::Publish(request, admission) => {
+                    let answer = this.publish(&iq, request, admission).await.answer();
                     iq.reply(answer, None)
                 }
                 Job::Command(cmd) => match this.command(&iq, &cmd).await {
@@ -166,7 +171,7 @@ impl Service {
 
     /// What becomes of a publish: the registration is looked up and
     /// checked, then the dispatcher pushes.
-    async fn publish(&self, iq: &Iq, request: PublishRequest) -> Verdict {
+    async fn publish(&self, iq: &Iq, request: PublishRequest, admission: Admission) -> Verdict {
         let Ok(from) = Jid::parse(&iq.from) else {
             return Verdict::Malformed("invalid from".into());
         };
@@ -182,7 +187,7 @@ impl Service {
             return verdict;
         }
         self.dispatcher
-            .publish(reg, request.notification, from.domain())
+            .publish(admission, reg, request.notification, from.domain())
             .await
     }
 
@@ -285,7 +290,7 @@ impl Service {
 
 /// Work that runs in its own task.
 enum Job {
-    Publish(PublishRequest),
+    Publish(PublishRequest, Admission),
     Command(CommandRequest),
 }
 

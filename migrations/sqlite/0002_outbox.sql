@@ -7,11 +7,16 @@
 -- them (component/src/dispatch/retry.rs).
 CREATE TABLE outbox (
     node         TEXT PRIMARY KEY NOT NULL,
-    -- The summary to push (JSON), the newest one merged in, except that a
-    -- silent publish never replaces an important summary.
+    -- The summary to push (JSON): the newest one merged in (by
+    -- `received_us`), except that a silent publish never replaces an
+    -- important summary.
     notification TEXT NOT NULL,
     -- 1 when the summary is important (a message a person should see).
     important    INTEGER NOT NULL,
+    -- When the summary's publish was read from the stream (epoch
+    -- microseconds): publishes are handled concurrently, so their merges
+    -- can reach the database out of order.
+    received_us  BIGINT NOT NULL,
     -- Failed delivery attempts so far (drives the backoff).
     attempts     BIGINT NOT NULL DEFAULT 0,
     -- Bumped on every merge: a delivery removes the row only if no

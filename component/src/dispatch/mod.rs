@@ -26,7 +26,7 @@ pub mod verdict;
 pub use backends::{Backends, ResolveError};
 pub use verdict::Verdict;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -126,6 +126,8 @@ pub struct Dispatcher {
     brake: Brake,
     /// Wakes the retry worker when a row is due now.
     wake: Notify,
+    /// Stamps publishes in the order they were read.
+    clock: ReceivedClock,
     /// What happened so far.
     pub stats: DispatchStats,
 }
@@ -142,6 +144,7 @@ impl Dispatcher {
             slots: Slots::default(),
             limits: Limits::new(&config.limits),
             wake: Notify::new(),
+            clock: ReceivedClock::default(),
             stats: DispatchStats::default(),
         })
     }
@@ -156,21 +159,37 @@ impl Dispatcher {
         &self.settings
     }
 
+    /// Admits a publish for `node` in the order the stream delivered it,
+    /// before its registration is looked up: this decides whether it is
+    /// sent or merged into the pending push (publishes are then handled
+    /// concurrently, so the order is fixed here, on the reader's path).
+    pub fn admit(self: &Arc<Self>, node: &str, important: bool) -> Admission {
+        Admission {
+            begin: self.slots.begin(node, important),
+            received_us: self.clock.next(),
+            node: node.to_owned(),
+            dispatcher: self.clone(),
+            owns_send: true,
+        }
+    }
+
     /// Pushes an authorized publish for `reg`, sent by `domain`.
     pub async fn publish(
         self: &Arc<Self>,
+        admission: Admission,
         reg: Arc<Registration>,
         notification: Notification,
         domain: &str,
     ) -> Verdict {
         let span = info_span!("publish", node = %reg.node, app = %reg.app);
-        self.publish_inner(reg, notification, domain)
+        self.publish_inner(admission, reg, notification, domain)
             .instrument(span)
             .await
     }
 
     async fn publish_inner(
         self: &Arc<Self>,
+        mut admission: Admission,
         reg: Arc<Registration>,
         notification: Notification,
         domain: &str,
@@ -179,43 +198,65 @@ impl Dispatcher {
             error!("registration names an app that is not configured; keeping it");
             return Verdict::NoBackend;
         }
-        match self.slots.begin(&reg.node, notification.is_important()) {
+        let received = admission.received_us;
+        match admission.begin {
             Begin::Send => {}
             Begin::Merge => {
                 bump(&self.stats.coalesced);
-                return self.queue(&reg.node, &notification, now_ms()).await;
+                return self
+                    .queue(&reg.node, &notification, received, now_ms())
+                    .await;
             }
             Begin::MergeAndFlush => {
                 bump(&self.stats.coalesced);
-                let verdict = self.queue(&reg.node, &notification, now_ms()).await;
+                let verdict = self
+                    .queue(&reg.node, &notification, received, now_ms())
+                    .await;
                 self.wake.notify_one();
                 return verdict;
             }
         }
         if let Err(limited) = self.limits.check(&reg.node, domain) {
-            self.slots.finish(&reg.node);
+            drop(admission);
             bump(&self.stats.limited);
             debug!(
                 ?limited,
                 "rate limit: deferring the push through the outbox"
             );
             let due = now_ms() + millis(limited.wait());
-            return self.queue(&reg.node, &notification, due).await;
+            return self.queue(&reg.node, &notification, received, due).await;
         }
-        self.send_fresh(reg, notification).await
+        // From here the send's own bookkeeping finishes the slot.
+        admission.owns_send = false;
+        self.send_fresh(reg, notification, received).await
     }
 
     /// Merges a publish into the node's outbox row (new rows due at
     /// `due_at_ms`).
-    async fn queue(&self, node: &str, notification: &Notification, due_at_ms: i64) -> Verdict {
+    async fn queue(
+        &self,
+        node: &str,
+        notification: &Notification,
+        received_us: i64,
+        due_at_ms: i64,
+    ) -> Verdict {
         match self
             .outbox
-            .merge(node, notification, due_at_ms, self.expires_at())
+            .merge(
+                node,
+                notification,
+                received_us,
+                due_at_ms,
+                self.expires_at(),
+            )
             .await
         {
             Ok(_) => {
                 self.slots.set_queued(node, true);
                 bump(&self.stats.queued);
+                if due_at_ms <= now_ms() {
+                    self.wake.notify_one();
+                }
                 Verdict::Queued
             }
             Err(e) => {
@@ -232,6 +273,7 @@ impl Dispatcher {
         self: &Arc<Self>,
         reg: Arc<Registration>,
         notification: Notification,
+        received_us: i64,
     ) -> Verdict {
         let handoff = Arc::new(Handoff::default());
         let task = {
@@ -243,16 +285,20 @@ impl Dispatcher {
                 let outcome = this.send(&reg, &notification).await;
                 if let Some(carried) = handoff.outcome(outcome.clone()) {
                     // The publish was answered meanwhile: finish here.
-                    this.settle(&reg, &notification, outcome, carried).await;
-                    this.finish(&reg.node);
+                    let verdict = this
+                        .settle(&reg, &notification, received_us, outcome, carried)
+                        .await;
+                    this.finish(&reg.node, &verdict).await;
                 }
             }
         };
         tokio::spawn(task.in_current_span());
         if let Ok(outcome) = tokio::time::timeout(self.settings.answer_within, handoff.wait()).await
         {
-            let verdict = self.settle(&reg, &notification, outcome, None).await;
-            self.finish(&reg.node);
+            let verdict = self
+                .settle(&reg, &notification, received_us, outcome, None)
+                .await;
+            self.finish(&reg.node, &verdict).await;
             return verdict;
         }
         // Not taken in time: make it durable, then let the send finish on
@@ -261,7 +307,13 @@ impl Dispatcher {
         let due = now_ms() + millis(self.settings.claim_for());
         let inserted = self
             .outbox
-            .insert_new(&reg.node, &notification, due, self.expires_at())
+            .insert_new(
+                &reg.node,
+                &notification,
+                received_us,
+                due,
+                self.expires_at(),
+            )
             .await;
         let carried = match &inserted {
             Ok(Some(seq)) => Some(Carried {
@@ -276,8 +328,10 @@ impl Dispatcher {
         match handoff.detach(carried) {
             Some(outcome) => {
                 // It finished while the row was written.
-                let verdict = self.settle(&reg, &notification, outcome, carried).await;
-                self.finish(&reg.node);
+                let verdict = self
+                    .settle(&reg, &notification, received_us, outcome, carried)
+                    .await;
+                self.finish(&reg.node, &verdict).await;
                 verdict
             }
             None => match inserted {
@@ -322,6 +376,7 @@ impl Dispatcher {
         &self,
         reg: &Registration,
         notification: &Notification,
+        received_us: i64,
         outcome: Outcome,
         carried: Option<Carried>,
     ) -> Verdict {
@@ -345,7 +400,14 @@ impl Dispatcher {
                         "provider throttled the push; queued for a retry"
                     );
                     return self
-                        .retry_later(&reg.node, notification, carried, retry_after, "throttled")
+                        .retry_later(
+                            &reg.node,
+                            notification,
+                            received_us,
+                            carried,
+                            retry_after,
+                            "throttled",
+                        )
                         .await;
                 }
                 Outcome::Transient {
@@ -354,7 +416,14 @@ impl Dispatcher {
                 } => {
                     warn!(%reason, ?retry_after, "push failed for now; queued for a retry");
                     return self
-                        .retry_later(&reg.node, notification, carried, retry_after, &reason)
+                        .retry_later(
+                            &reg.node,
+                            notification,
+                            received_us,
+                            carried,
+                            retry_after,
+                            &reason,
+                        )
                         .await;
                 }
                 Outcome::Rejected { reason } => {
@@ -375,7 +444,14 @@ impl Dispatcher {
                         }
                         DeadToken::NewToken(_) => {
                             return self
-                                .retry_later(&reg.node, notification, carried, None, &reason)
+                                .retry_later(
+                                    &reg.node,
+                                    notification,
+                                    received_us,
+                                    carried,
+                                    None,
+                                    &reason,
+                                )
                                 .await;
                         }
                     }
@@ -451,6 +527,7 @@ impl Dispatcher {
         &self,
         node: &str,
         notification: &Notification,
+        received_us: i64,
         carried: Option<Carried>,
         retry_after: Option<Duration>,
         why: &str,
@@ -463,11 +540,11 @@ impl Dispatcher {
         if carried.is_none()
             && let Err(e) = self
                 .outbox
-                .insert_new(node, notification, due, self.expires_at())
+                .insert_new(node, notification, received_us, due, self.expires_at())
                 .await
         {
             error!(error = %e, "could not write the push to the outbox");
-            return Verdict::ProviderUnavailable;
+            return Verdict::StorageDown;
         }
         self.slots.set_queued(node, true);
         self.reschedule(node, attempts, due, why).await;
@@ -507,15 +584,64 @@ impl Dispatcher {
         }
     }
 
-    /// A send of `node` is done; a row merged meanwhile goes out next.
-    fn finish(&self, node: &str) {
-        if self.slots.finish(node) {
+    /// A send of `node` is done. After a delivery, a row merged meanwhile
+    /// goes out next, at once; after a failure the row keeps its backoff.
+    async fn finish(&self, node: &str, verdict: &Verdict) {
+        if self.slots.finish(node) && *verdict == Verdict::Delivered {
+            if let Err(e) = self.outbox.reschedule(node, now_ms()).await {
+                error!(error = %e, "could not schedule a trailing push");
+            }
             self.wake.notify_one();
         }
     }
 
     fn expires_at(&self) -> i64 {
         now() + i64::try_from(self.settings.ttl.as_secs()).unwrap_or(i64::MAX / 2)
+    }
+}
+
+/// A publish admitted in stream order ([`Dispatcher::admit`]). Dropped
+/// without being pushed (unknown node, wrong secret, storage down), it
+/// gives back the send it took.
+pub struct Admission {
+    dispatcher: Arc<Dispatcher>,
+    node: String,
+    begin: Begin,
+    received_us: i64,
+    owns_send: bool,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if self.owns_send && self.begin == Begin::Send && self.dispatcher.slots.finish(&self.node) {
+            self.dispatcher.wake.notify_one();
+        }
+    }
+}
+
+/// Epoch microseconds, strictly increasing within the process: the order
+/// in which publishes were read, kept with their outbox rows.
+#[derive(Default)]
+struct ReceivedClock {
+    last: AtomicI64,
+}
+
+impl ReceivedClock {
+    fn next(&self) -> i64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 2));
+        let mut last = self.last.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last + 1);
+            match self
+                .last
+                .compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
+        }
     }
 }
 

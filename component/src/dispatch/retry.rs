@@ -13,15 +13,13 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::{Carried, DispatchSettings, Dispatcher, bump, millis};
+use super::{Carried, DispatchSettings, Dispatcher, Verdict, bump, millis};
 use crate::store::{QueuedPush, now, now_ms};
 
 /// Rows read per pass.
 const BATCH: i64 = 256;
 /// Longest sleep between passes when nothing wakes the worker.
 const IDLE_PASS: Duration = Duration::from_millis(250);
-/// How long a row whose device has a push out is put back.
-const BUSY_DELAY: Duration = Duration::from_millis(250);
 /// How often expired rows are dropped and idle rate-limit keys forgotten.
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
 
@@ -107,11 +105,11 @@ async fn pass(
     let mut claimed = 0;
     for row in rows {
         if !dispatcher.slots.claim_row(&row.node) {
-            // Its device has a push out; the row goes after it.
-            dispatcher
-                .outbox
-                .reschedule(&row.node, now_ms() + millis(BUSY_DELAY))
-                .await?;
+            // Its device has a push out; the row goes right after it (the
+            // send's end makes it due again), or at the claim time if that
+            // send's instance dies.
+            let until = now_ms() + millis(dispatcher.settings.claim_for());
+            dispatcher.outbox.reschedule(&row.node, until).await?;
             continue;
         }
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -145,24 +143,32 @@ async fn deliver(dispatcher: Arc<Dispatcher>, row: QueuedPush, _permit: OwnedSem
         seq: row.seq,
         attempts: row.attempts,
     };
-    match dispatcher.store.find(&node).await {
+    let verdict = match dispatcher.store.find(&node).await {
         Ok(Some(reg)) => {
             let outcome = dispatcher.send(&reg, &row.notification).await;
             let verdict = dispatcher
-                .settle(&reg, &row.notification, outcome, Some(carried))
+                .settle(
+                    &reg,
+                    &row.notification,
+                    row.received_us,
+                    outcome,
+                    Some(carried),
+                )
                 .await;
-            if verdict == super::Verdict::Delivered && row.attempts > 0 {
+            if verdict == Verdict::Delivered && row.attempts > 0 {
                 info!(
                     attempts = row.attempts,
                     waited_secs = now() - row.created_at,
                     "queued push delivered"
                 );
             }
+            verdict
         }
         Ok(None) => {
             info!("registration gone; dropping its queued push");
             bump(&dispatcher.stats.dropped_unregistered);
             dispatcher.drop_row(&node).await;
+            Verdict::UnknownNode
         }
         Err(e) => {
             warn!(error = %e, "registration lookup failed; queued push retried later");
@@ -170,9 +176,10 @@ async fn deliver(dispatcher: Arc<Dispatcher>, row: QueuedPush, _permit: OwnedSem
             dispatcher
                 .reschedule(&node, row.attempts, due, "storage unavailable")
                 .await;
+            Verdict::StorageDown
         }
-    }
-    dispatcher.finish(&node);
+    };
+    dispatcher.finish(&node, &verdict).await;
 }
 
 /// Drops expired rows (counted and logged) and forgets idle rate-limit keys.

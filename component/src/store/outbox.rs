@@ -23,6 +23,8 @@ pub struct QueuedPush {
     pub node: String,
     /// The summary to push.
     pub notification: Notification,
+    /// When its publish was read (epoch microseconds).
+    pub received_us: i64,
     /// Failed delivery attempts so far.
     pub attempts: u32,
     /// Bumped by every merge; see [`Outbox::delivered`].
@@ -39,6 +41,7 @@ pub struct QueuedPush {
 struct Row_ {
     node: String,
     notification: String,
+    received_us: i64,
     attempts: i64,
     seq: i64,
     created_at: i64,
@@ -92,6 +95,7 @@ impl From<Row_> for QueuedPush {
         QueuedPush {
             node: r.node,
             notification: decode(&r.notification),
+            received_us: r.received_us,
             attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
             seq: r.seq,
             created_at: r.created_at,
@@ -118,7 +122,7 @@ pub struct Outbox {
 
 macro_rules! outbox_columns {
     () => {
-        "node, notification, attempts, seq, created_at, expires_at, due_at_ms"
+        "node, notification, received_us, attempts, seq, created_at, expires_at, due_at_ms"
     };
 }
 
@@ -127,23 +131,29 @@ impl Outbox {
         Outbox { pool }
     }
 
-    /// Folds a publish into the node's row, or writes a new row due at
-    /// `due_at_ms`. A merge keeps the row's due time (a row backing off
-    /// from a failing provider is not hurried by more publishes), takes the
-    /// newest summary unless it would replace an important summary with a
-    /// silent one, extends the time to live, and bumps `seq`, which it
-    /// returns.
+    /// Folds a publish (read from the stream at `received_us`) into the
+    /// node's row, or writes a new row due at `due_at_ms`. A merge keeps
+    /// the row's due time (a row backing off from a failing provider is not
+    /// hurried by more publishes), takes the newest summary unless it would
+    /// replace an important summary with a silent one, extends the time to
+    /// live, and bumps `seq`, which it returns.
     pub async fn merge(
         &self,
         node: &str,
         notification: &Notification,
+        received_us: i64,
         due_at_ms: i64,
         expires_at: i64,
     ) -> Result<i64, StoreError> {
-        let sql = "INSERT INTO outbox (node, notification, important, attempts, seq, created_at, expires_at, due_at_ms, last_error) \
-             VALUES ($1, $2, $3, 0, 1, $4, $5, $6, '') \
+        let sql = "INSERT INTO outbox (node, notification, important, created_at, expires_at, due_at_ms, received_us, attempts, seq, last_error) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 1, '') \
              ON CONFLICT (node) DO UPDATE SET \
-               notification = CASE WHEN excluded.important >= outbox.important THEN excluded.notification ELSE outbox.notification END, \
+               notification = CASE WHEN excluded.important > outbox.important \
+                 OR (excluded.important = outbox.important AND excluded.received_us > outbox.received_us) \
+                 THEN excluded.notification ELSE outbox.notification END, \
+               received_us = CASE WHEN excluded.important > outbox.important \
+                 OR (excluded.important = outbox.important AND excluded.received_us > outbox.received_us) \
+                 THEN excluded.received_us ELSE outbox.received_us END, \
                important = CASE WHEN excluded.important > outbox.important THEN excluded.important ELSE outbox.important END, \
                seq = outbox.seq + 1, \
                expires_at = excluded.expires_at \
@@ -159,6 +169,7 @@ impl Outbox {
                 .bind(now)
                 .bind(expires_at)
                 .bind(due_at_ms)
+                .bind(received_us)
                 .fetch_one(p)
                 .await?
                 .try_get(0)?
@@ -173,11 +184,12 @@ impl Outbox {
         &self,
         node: &str,
         notification: &Notification,
+        received_us: i64,
         due_at_ms: i64,
         expires_at: i64,
     ) -> Result<Option<i64>, StoreError> {
-        let sql = "INSERT INTO outbox (node, notification, important, attempts, seq, created_at, expires_at, due_at_ms, last_error) \
-             VALUES ($1, $2, $3, 0, 1, $4, $5, $6, '') \
+        let sql = "INSERT INTO outbox (node, notification, important, created_at, expires_at, due_at_ms, received_us, attempts, seq, last_error) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 1, '') \
              ON CONFLICT (node) DO NOTHING RETURNING seq";
         let important = i32::from(notification.is_important());
         let json = encode(notification);
@@ -190,6 +202,7 @@ impl Outbox {
                 .bind(now)
                 .bind(expires_at)
                 .bind(due_at_ms)
+                .bind(received_us)
                 .fetch_optional(p)
                 .await?
                 .map(|r| r.try_get(0))

@@ -224,9 +224,17 @@ pub fn answer_kind(el: &Element) -> (String, String) {
 /// A backend that records every push and answers by token prefix:
 /// `dead…` InvalidToken, `down…` Transient, `throttle…` Throttled,
 /// `reject…` Rejected, `slow…` Delivered after 500 ms, `hang…` never.
+/// A test can also take the whole provider down, slow every push, or
+/// declare a token dead while it runs.
 pub struct TestBackend {
     provider: String,
     pub sent: Mutex<Vec<(Device, Notification)>>,
+    /// Every push fails with Transient while set.
+    pub down: std::sync::atomic::AtomicBool,
+    /// Every push is answered after this many milliseconds.
+    pub delay_ms: std::sync::atomic::AtomicU64,
+    /// Tokens declared dead from now on.
+    pub dead: Mutex<Vec<String>>,
 }
 
 impl TestBackend {
@@ -234,11 +242,38 @@ impl TestBackend {
         Arc::new(TestBackend {
             provider: provider.into(),
             sent: Mutex::new(Vec::new()),
+            down: Default::default(),
+            delay_ms: Default::default(),
+            dead: Mutex::new(Vec::new()),
         })
     }
 
     pub fn sent(&self) -> Vec<(Device, Notification)> {
         self.sent.lock().unwrap().clone()
+    }
+
+    /// The pushes sent to `token`, in order.
+    pub fn sent_to(&self, token: &str) -> Vec<Notification> {
+        self.sent()
+            .into_iter()
+            .filter(|(d, _)| d.token == token)
+            .map(|(_, n)| n)
+            .collect()
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms.store(
+            delay.as_millis() as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    pub fn kill_token(&self, token: &str) {
+        self.dead.lock().unwrap().push(token.into());
     }
 }
 
@@ -250,8 +285,18 @@ impl PushBackend for TestBackend {
     fn send<'a>(&'a self, device: &'a Device, n: &'a Notification) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             self.sent.lock().unwrap().push((device.clone(), n.clone()));
+            let delay = self.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
             let t = device.token.as_str();
-            if t.starts_with("dead") {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Outcome::Transient {
+                    reason: "503 (test outage)".into(),
+                    retry_after: None,
+                };
+            }
+            if t.starts_with("dead") || self.dead.lock().unwrap().iter().any(|d| d == t) {
                 Outcome::InvalidToken {
                     reason: "Unregistered".into(),
                 }
@@ -407,12 +452,23 @@ impl Harness {
     }
 
     pub async fn start_with(kind: DbKind, extra_config: &str) -> Harness {
+        Self::start_adjusted(kind, extra_config, |_| {}).await
+    }
+
+    /// Starts with extra TOML and then `adjust` applied to the config
+    /// (for keys of sections the base config already has).
+    pub async fn start_adjusted(
+        kind: DbKind,
+        extra_config: &str,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Harness {
         let server = FakeServer::start().await;
         let db = TestDb::new(kind).await;
         let backend = TestBackend::new("fcm");
         let mut backends = Backends::new();
         backends.insert("conversations", backend.clone());
-        let config = test_config(server.port, &db.url(), extra_config);
+        let mut config = test_config(server.port, &db.url(), extra_config);
+        adjust(&mut config);
         let mut nudge = nudge::start(&config, backends).await.unwrap();
         let conn = server.accept().await;
         assert!(nudge.wait_for_state(LinkState::Connected, STEP).await);

@@ -12,6 +12,9 @@
 
 PUSH_DOMAIN=push.localhost
 USER_DOMAIN=localhost
+# alice owns the phones, bob writes; carol, dave and erin own more phones
+# for the scenarios with several users (scripts/interop-test).
+USERS=(alice bob carol dave erin)
 NUDGE="$ROOT/target/debug/nudge"
 TEST_APP="$ROOT/target/debug/nudge-test-app"
 VENV="$ROOT/target/interop-venv"
@@ -151,9 +154,15 @@ json_url() {
 # register-push-fcm resolve to them); server-specific values come as NUDGE_*
 # environment overrides (nudge_env), the way the README tells operators to
 # keep secrets out of the file.
+# Both apps forward the message body (cut to what the provider takes), as
+# the servers here are set to send it, so that a push shows which message it
+# is for.
 write_nudge_config() {
-    { cat "$ROOT/deploy/nudge.example.toml" && echo && cat "$WORK/test-app/nudge-apps.toml"; } >"$WORK/nudge.toml" ||
+    { cat "$ROOT/deploy/nudge.example.toml" && echo &&
+        sed '/^provider = /a include_body = true' "$WORK/test-app/nudge-apps.toml"; } >"$WORK/nudge.toml" ||
         return 1
+    [ "$(grep -c '^include_body = true' "$WORK/nudge.toml")" = 2 ] ||
+        { echo "could not set include_body in the test-app's two apps"; return 1; }
     grep -q '^provider = "fcm"' "$WORK/nudge.toml" && grep -q '^provider = "apns"' "$WORK/nudge.toml" ||
         { echo "the test-app's nudge-apps.toml lacks an FCM or an APNs app"; return 1; }
 }
@@ -210,16 +219,23 @@ authentication = "internal_hashed"
 c2s_require_encryption = false   -- no certificates on loopback
 allow_unencrypted_plain_auth = true
 
+-- Global options and the component, as an operator adds the file.
+Include "$dir/nudge.cfg.lua"
+
 VirtualHost "$USER_DOMAIN"
     -- cloud_notify and smacks are the two deploy/prosody.cfg.lua asks for.
     modules_enabled = { "roster"; "saslauth"; "disco"; "ping"; "carbons"; "mam"; "offline"; "smacks"; "cloud_notify" }
-
-Include "$dir/nudge.cfg.lua"
+    -- For this host only, over deploy/'s global choice: real bodies in the
+    -- summary (as ejabberd's include_body: true), so that a push tells which
+    -- message it is for and big bodies reach Nudge; room for the brake
+    -- scenario's many devices per user (the default keeps 5).
+    push_notification_with_body = true
+    push_max_devices = 100
 EOF
-    for user in alice bob; do
+    for user in "${USERS[@]}"; do
         prosodyctl --config "$dir/prosody.cfg.lua" register "$user" "$USER_DOMAIN" "$PASSWORD" || return 1
     done
-    echo "users alice, bob; component $PUSH_DOMAIN on 127.0.0.1:$PROSODY_COMPONENT (from deploy/prosody.cfg.lua)"
+    echo "users ${USERS[*]}; component $PUSH_DOMAIN on 127.0.0.1:$PROSODY_COMPONENT (from deploy/prosody.cfg.lua)"
 }
 
 start_prosody() {
@@ -269,14 +285,19 @@ listen:
     starttls: false      # no certificates on loopback
     access: c2s
 shaper_rules:
-  max_user_offline_messages: 100
+  # The scenarios leave hundreds of messages offline; over the limit
+  # ejabberd would bounce them instead of publishing.
+  max_user_offline_messages: 10000
 modules:
   mod_disco: {}
   mod_ping: {}
   # Debian's default ejabberd.yml loads these, as deploy/ejabberd.yml expects.
   mod_offline:
     access_max_user_messages: max_user_offline_messages
-  mod_push: {}
+  # Real bodies in the summary (Debian's default sends "New message"): a
+  # push tells which message it is for, and big bodies reach Nudge.
+  mod_push:
+    include_body: true
   mod_push_keepalive: {}
   mod_stream_mgmt:
     resend_on_timeout: if_offline
@@ -324,7 +345,7 @@ stop_ejabberd() {
 
 register_ejabberd_users() {
     local user
-    for user in alice bob; do
+    for user in "${USERS[@]}"; do
         "${EJABBERDCTL[@]}" register "$user" "$USER_DOMAIN" "$PASSWORD" 2>/dev/null || return 1
     done
 }

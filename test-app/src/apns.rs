@@ -455,7 +455,7 @@ async fn check(
     }
 
     // 7. Faults.
-    let decision = shared.faults.decide(&seen.token);
+    let decision = shared.faults.decide(Provider::Apns, &seen.token);
     if let Some(d) = decision.delay {
         tokio::time::sleep(d).await;
     }
@@ -471,6 +471,7 @@ async fn check(
             ..reject(429, "TooManyRequests")
         }),
         Action::Fail => Err(reject(500, "InternalServerError")),
+        Action::Unavailable => Err(reject(503, "ServiceUnavailable")),
         Action::NotForTopic => Err(reject(400, "DeviceTokenNotForTopic")),
         Action::Respond { status, reason } => Err(Reject {
             reason: Cow::Owned(reason),

@@ -13,6 +13,9 @@
 //! | `GET /api/faults` | faults set explicitly |
 //! | `PUT /api/faults/{token}` [`FaultSpec`](crate::FaultSpec) | set a fault, e.g. `{"kind":"fail_times","times":2}` |
 //! | `DELETE /api/faults/{token}` | remove it |
+//! | `GET /api/provider-faults` | faults set for every token of a mock |
+//! | `PUT /api/provider-faults/{apns\|fcm}` [`FaultSpec`](crate::FaultSpec) | a provider-wide fault, e.g. an outage `{"kind":"fail_for","ms":10000}`; a token's own fault still wins |
+//! | `DELETE /api/provider-faults/{apns\|fcm}` | remove it |
 //! | `GET /api/stats` | [`Stats`](crate::Stats) |
 //! | `POST /api/oauth/revoke` | invalidate every issued access token |
 //! | `PUT /api/oauth/lifetime` `{"secs"}` | lifetime of tokens issued from now on |
@@ -79,6 +82,13 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/api/faults/{token}",
             put(set_fault).post(set_fault).delete(clear_fault),
+        )
+        .route("/api/provider-faults", get(provider_faults))
+        .route(
+            "/api/provider-faults/{provider}",
+            put(set_provider_fault)
+                .post(set_provider_fault)
+                .delete(clear_provider_fault),
         )
         .route("/api/stats", get(stats))
         .route("/api/oauth/revoke", post(revoke))
@@ -247,6 +257,51 @@ async fn set_fault(State(shared): AppState, Path(token): Path<String>, body: Byt
 async fn clear_fault(State(shared): AppState, Path(token): Path<String>) -> StatusCode {
     shared.faults.clear(&token);
     StatusCode::NO_CONTENT
+}
+
+async fn provider_faults(State(shared): AppState) -> axum::Json<Value> {
+    let map: serde_json::Map<String, Value> = shared
+        .faults
+        .list_providers()
+        .into_iter()
+        .map(|(provider, fault)| {
+            let name = serde_json::to_value(provider)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let spec = FaultSpec::from(&fault);
+            (name, serde_json::to_value(spec).unwrap_or(Value::Null))
+        })
+        .collect();
+    axum::Json(Value::Object(map))
+}
+
+async fn set_provider_fault(
+    State(shared): AppState,
+    Path(provider): Path<String>,
+    body: Bytes,
+) -> Response {
+    let provider = match provider.parse::<Provider>() {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::NOT_FOUND, e),
+    };
+    match serde_json::from_slice::<FaultSpec>(&body) {
+        Ok(spec) => {
+            shared.faults.set_provider(provider, spec.into());
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, format!("bad fault: {e}")),
+    }
+}
+
+async fn clear_provider_fault(State(shared): AppState, Path(provider): Path<String>) -> Response {
+    match provider.parse::<Provider>() {
+        Ok(p) => {
+            shared.faults.clear_provider(p);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => error(StatusCode::NOT_FOUND, e),
+    }
 }
 
 async fn stats(State(shared): AppState) -> axum::Json<crate::Stats> {

@@ -2,10 +2,13 @@
 //! success, so that the reliability tests can watch Nudge handle dead
 //! tokens, throttling, provider outages and slow providers.
 //!
-//! A fault comes from one of two places, checked in this order:
-//! 1. set explicitly ([`crate::TestApp::set_fault`] or `PUT
+//! A fault comes from one of three places, checked in this order:
+//! 1. set explicitly for the token ([`crate::TestApp::set_fault`] or `PUT
 //!    /api/faults/{token}`);
-//! 2. the token's name (a prefix, case-insensitive). The prefixes are
+//! 2. set for every token of one mock, as a provider-wide outage
+//!    ([`crate::TestApp::set_provider_fault`] or `PUT
+//!    /api/provider-faults/{apns|fcm}`);
+//! 3. the token's name (a prefix, case-insensitive). The prefixes are
 //!    hex-only so they work for APNs tokens, which are hex:
 //!
 //! | prefix | fault | APNs answer | FCM answer |
@@ -23,9 +26,11 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+use crate::recorder::Provider;
 
 /// What a mock does for one device token instead of (or before) accepting
 /// the push.
@@ -44,6 +49,10 @@ pub enum Fault {
     /// The provider fails the next `n` pushes for this token (APNs 500
     /// `InternalServerError`, FCM 503 `UNAVAILABLE`), then accepts them.
     FailTimes(u32),
+    /// The provider is down until this instant (APNs 503
+    /// `ServiceUnavailable`, FCM 503 `UNAVAILABLE`), then accepts pushes:
+    /// an outage of a given length, whatever the number of attempts.
+    FailUntil(Instant),
     /// The answer (whatever it is) comes after this delay.
     Delay(Duration),
     /// The token belongs to another app: APNs 400 `DeviceTokenNotForTopic`,
@@ -55,7 +64,9 @@ pub enum Fault {
 
 /// The JSON form of a [`Fault`] on the control API, e.g.
 /// `{"kind":"throttle","retry_after_secs":5}` or
-/// `{"kind":"fail_times","times":3}`.
+/// `{"kind":"fail_times","times":3}`. `{"kind":"fail_for","ms":10000}` is
+/// a [`Fault::FailUntil`] ending that long after it is set; read back, it
+/// shows the milliseconds left.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum FaultSpec {
@@ -67,6 +78,9 @@ pub enum FaultSpec {
     },
     FailTimes {
         times: u32,
+    },
+    FailFor {
+        ms: u64,
     },
     Delay {
         ms: u64,
@@ -82,6 +96,10 @@ fn one() -> u64 {
     1
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl From<FaultSpec> for Fault {
     fn from(spec: FaultSpec) -> Self {
         match spec {
@@ -89,6 +107,12 @@ impl From<FaultSpec> for Fault {
             FaultSpec::BadToken => Fault::BadToken,
             FaultSpec::Throttle { retry_after_secs } => Fault::Throttle { retry_after_secs },
             FaultSpec::FailTimes { times } => Fault::FailTimes(times),
+            FaultSpec::FailFor { ms } => Fault::FailUntil(
+                Instant::now()
+                    .checked_add(Duration::from_millis(ms))
+                    // Beyond what Instant can hold: a year is forever here.
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400)),
+            ),
             FaultSpec::Delay { ms } => Fault::Delay(Duration::from_millis(ms)),
             FaultSpec::NotForTopic => Fault::NotForTopic,
             FaultSpec::Respond { status, reason } => Fault::Respond { status, reason },
@@ -105,9 +129,10 @@ impl From<&Fault> for FaultSpec {
                 retry_after_secs: *retry_after_secs,
             },
             Fault::FailTimes(times) => FaultSpec::FailTimes { times: *times },
-            Fault::Delay(d) => FaultSpec::Delay {
-                ms: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            Fault::FailUntil(until) => FaultSpec::FailFor {
+                ms: millis(until.saturating_duration_since(Instant::now())),
             },
+            Fault::Delay(d) => FaultSpec::Delay { ms: millis(*d) },
             Fault::NotForTopic => FaultSpec::NotForTopic,
             Fault::Respond { status, reason } => FaultSpec::Respond {
                 status: *status,
@@ -155,6 +180,8 @@ pub(crate) enum Action {
     },
     /// One of the failures of a [`Fault::FailTimes`].
     Fail,
+    /// A [`Fault::FailUntil`] outage still in force.
+    Unavailable,
     NotForTopic,
     Respond {
         status: u16,
@@ -172,9 +199,14 @@ pub(crate) struct Decision {
 #[derive(Debug, Default)]
 struct Inner {
     explicit: HashMap<String, Fault>,
+    /// Faults for every token of one mock.
+    provider: HashMap<Provider, Fault>,
     /// Failures already served per token for `FailTimes`, whether the fault
     /// was set explicitly or comes from the name.
     failures: HashMap<String, u32>,
+    /// Failures already served per token for a provider-wide `FailTimes`
+    /// (each token fails that many times).
+    provider_failures: HashMap<(Provider, String), u32>,
 }
 
 /// The faults in force and the per-token state they need.
@@ -209,6 +241,33 @@ impl Faults {
         *self.lock() = Inner::default();
     }
 
+    /// Sets (replaces) the fault for every token of one mock and restarts
+    /// its per-token failure counts.
+    pub fn set_provider(&self, provider: Provider, fault: Fault) {
+        let mut inner = self.lock();
+        inner.provider_failures.retain(|(p, _), _| *p != provider);
+        inner.provider.insert(provider, fault);
+    }
+
+    /// Removes the provider-wide fault of one mock.
+    pub fn clear_provider(&self, provider: Provider) {
+        let mut inner = self.lock();
+        inner.provider_failures.retain(|(p, _), _| *p != provider);
+        inner.provider.remove(&provider);
+    }
+
+    /// The provider-wide faults in force.
+    pub fn list_providers(&self) -> Vec<(Provider, Fault)> {
+        let inner = self.lock();
+        let mut v: Vec<_> = inner
+            .provider
+            .iter()
+            .map(|(p, f)| (*p, f.clone()))
+            .collect();
+        v.sort_by_key(|(p, _)| matches!(p, Provider::Fcm));
+        v
+    }
+
     /// The explicit faults in force.
     pub fn list(&self) -> Vec<(String, Fault)> {
         let inner = self.lock();
@@ -221,15 +280,17 @@ impl Faults {
         v
     }
 
-    /// Decides what to do with one request for `token`, counting it against
-    /// a `FailTimes` budget.
-    pub fn decide(&self, token: &str) -> Decision {
+    /// Decides what to do with one request to `provider` for `token`,
+    /// counting it against a `FailTimes` budget.
+    pub fn decide(&self, provider: Provider, token: &str) -> Decision {
         let mut inner = self.lock();
-        let fault = inner
-            .explicit
-            .get(token)
-            .cloned()
-            .or_else(|| Fault::from_token_name(token));
+        let (fault, provider_wide) = match inner.explicit.get(token) {
+            Some(f) => (Some(f.clone()), false),
+            None => match inner.provider.get(&provider) {
+                Some(f) => (Some(f.clone()), true),
+                None => (Fault::from_token_name(token), false),
+            },
+        };
         let Some(fault) = fault else {
             return Decision {
                 delay: None,
@@ -241,7 +302,14 @@ impl Faults {
             Fault::BadToken => Action::BadToken,
             Fault::Throttle { retry_after_secs } => Action::Throttle { retry_after_secs },
             Fault::FailTimes(n) => {
-                let served = inner.failures.entry(token.to_owned()).or_insert(0);
+                let served = if provider_wide {
+                    inner
+                        .provider_failures
+                        .entry((provider, token.to_owned()))
+                        .or_insert(0)
+                } else {
+                    inner.failures.entry(token.to_owned()).or_insert(0)
+                };
                 if *served < n {
                     *served += 1;
                     Action::Fail
@@ -249,6 +317,8 @@ impl Faults {
                     Action::Accept
                 }
             }
+            Fault::FailUntil(until) if Instant::now() < until => Action::Unavailable,
+            Fault::FailUntil(_) => Action::Accept,
             Fault::Delay(d) => {
                 return Decision {
                     delay: Some(d),
@@ -307,15 +377,62 @@ mod tests {
     #[test]
     fn fail_times_then_accept_and_explicit_wins() {
         let f = Faults::default();
-        assert_eq!(f.decide("fa112x").action, Action::Fail);
-        assert_eq!(f.decide("fa112x").action, Action::Fail);
-        assert_eq!(f.decide("fa112x").action, Action::Accept);
+        assert_eq!(f.decide(Provider::Apns, "fa112x").action, Action::Fail);
+        assert_eq!(f.decide(Provider::Apns, "fa112x").action, Action::Fail);
+        assert_eq!(f.decide(Provider::Apns, "fa112x").action, Action::Accept);
         f.set("fa112x", Fault::Dead);
-        assert_eq!(f.decide("fa112x").action, Action::Dead);
+        assert_eq!(f.decide(Provider::Apns, "fa112x").action, Action::Dead);
         f.clear("fa112x");
         // Clearing restarts the name's failure budget.
-        assert_eq!(f.decide("fa112x").action, Action::Fail);
-        assert_eq!(f.decide("0abc").action, Action::Accept);
+        assert_eq!(f.decide(Provider::Apns, "fa112x").action, Action::Fail);
+        assert_eq!(f.decide(Provider::Apns, "0abc").action, Action::Accept);
+    }
+
+    #[test]
+    fn fail_until_ends_by_time() {
+        let f = Faults::default();
+        f.set("t", FaultSpec::FailFor { ms: 150 }.into());
+        // However many attempts come meanwhile.
+        for _ in 0..5 {
+            assert_eq!(f.decide(Provider::Fcm, "t").action, Action::Unavailable);
+        }
+        let left = match FaultSpec::from(&f.list()[0].1) {
+            FaultSpec::FailFor { ms } => ms,
+            other => panic!("{other:?}"),
+        };
+        assert!(left <= 150 && left > 0, "{left}");
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(f.decide(Provider::Fcm, "t").action, Action::Accept);
+        assert_eq!(
+            FaultSpec::from(&f.list()[0].1),
+            FaultSpec::FailFor { ms: 0 }
+        );
+    }
+
+    #[test]
+    fn provider_wide_faults() {
+        let f = Faults::default();
+        f.set_provider(Provider::Fcm, Fault::FailTimes(2));
+        // Each token gets its own budget; the other mock is untouched.
+        for token in ["a", "b"] {
+            assert_eq!(f.decide(Provider::Fcm, token).action, Action::Fail);
+            assert_eq!(f.decide(Provider::Fcm, token).action, Action::Fail);
+            assert_eq!(f.decide(Provider::Fcm, token).action, Action::Accept);
+        }
+        assert_eq!(f.decide(Provider::Apns, "a").action, Action::Accept);
+        // A token's own fault wins over the provider's; the provider's wins
+        // over the token's name.
+        f.set("a", Fault::Dead);
+        assert_eq!(f.decide(Provider::Fcm, "a").action, Action::Dead);
+        f.set_provider(Provider::Fcm, FaultSpec::FailFor { ms: 60_000 }.into());
+        assert_eq!(f.decide(Provider::Fcm, "dead1").action, Action::Unavailable);
+        assert_eq!(f.list_providers().len(), 1);
+        f.clear_provider(Provider::Fcm);
+        assert_eq!(f.decide(Provider::Fcm, "dead1").action, Action::Dead);
+        assert_eq!(f.decide(Provider::Fcm, "b").action, Action::Accept);
+        f.set_provider(Provider::Apns, Fault::BadToken);
+        f.reset();
+        assert!(f.list_providers().is_empty());
     }
 
     #[test]

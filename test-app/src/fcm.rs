@@ -320,7 +320,7 @@ async fn check(
     }
 
     // 4. Faults (by token; topics and conditions have none).
-    let decision = shared.faults.decide(target);
+    let decision = shared.faults.decide(Provider::Fcm, target);
     if let Some(d) = decision.delay {
         tokio::time::sleep(d).await;
     }
@@ -341,7 +341,7 @@ async fn check(
             )
             .fcm("QUOTA_EXCEEDED")
         }),
-        Action::Fail => {
+        Action::Fail | Action::Unavailable => {
             Err(
                 FcmError::new(503, "UNAVAILABLE", "The service is currently unavailable.")
                     .fcm("UNAVAILABLE"),

@@ -427,6 +427,18 @@ impl TestApp {
         self.shared.faults.clear(token);
     }
 
+    /// Sets a fault for every token of one mock (an outage:
+    /// `Fault::FailUntil`), replacing any earlier one. A fault set for a
+    /// token still wins over it; it wins over a token's name.
+    pub fn set_provider_fault(&self, provider: Provider, fault: Fault) {
+        self.shared.faults.set_provider(provider, fault);
+    }
+
+    /// Removes the provider-wide fault of one mock.
+    pub fn clear_provider_fault(&self, provider: Provider) {
+        self.shared.faults.clear_provider(provider);
+    }
+
     /// Notes that a publish for `token` happens now; the next push for it
     /// carries the latency since ([`RecordedPush::latency`]).
     pub fn note_publish(&self, token: &str) {

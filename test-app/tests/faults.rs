@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use nudge_test_app::{Fault, PushFilter, TestApp, TestAppConfig};
+use nudge_test_app::{Fault, Provider, PushFilter, TestApp, TestAppConfig};
 use serde_json::json;
 
 async fn fcm(c: &mut H2, app: &TestApp, bearer: &str, token: &str) -> Resp {
@@ -230,4 +230,69 @@ async fn faults_through_the_control_api() {
         204
     );
     assert_eq!(apns_alert(&mut a, &app, "abcd").await.status, 200);
+}
+
+#[tokio::test]
+async fn provider_outage_for_a_time_through_the_control_api() {
+    let app = nudge_test_app::start(TestAppConfig::default())
+        .await
+        .unwrap();
+    let mut a = H2::connect(&app.apns_url(), &app.ca_cert_pem(), None).await;
+    let mut f = H2::connect(&app.fcm_url(), &app.ca_cert_pem(), None).await;
+    let bearer = oauth_token(&app).await;
+    let url = format!("{}/api/provider-faults/fcm", app.control_url());
+
+    // FCM is down for 600 ms for every token, however often it is asked;
+    // APNs is not.
+    let r = send_json("PUT", &url, &json!({"kind": "fail_for", "ms": 600})).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    let t0 = Instant::now();
+    let listed = get(&format!("{}/api/provider-faults", app.control_url()))
+        .await
+        .json();
+    let left = listed["fcm"]["ms"].as_u64().unwrap();
+    assert_eq!(listed["fcm"]["kind"], "fail_for");
+    assert!(left > 0 && left <= 600, "{listed}");
+    let mut failures = 0;
+    for token in ["phone-1", "phone-2", "phone-1"] {
+        let r = fcm(&mut f, &app, &bearer, token).await;
+        assert_eq!((r.status, r.fcm_error()), (503, "UNAVAILABLE".to_owned()));
+        failures += 1;
+    }
+    assert_eq!(apns_alert(&mut a, &app, "0abc").await.status, 200);
+    // A token's own fault wins over the outage.
+    app.set_fault("phone-3", Fault::Dead);
+    assert_eq!(fcm(&mut f, &app, &bearer, "phone-3").await.status, 404);
+
+    // Then it passes by itself.
+    tokio::time::sleep(Duration::from_millis(650).saturating_sub(t0.elapsed())).await;
+    assert_eq!(fcm(&mut f, &app, &bearer, "phone-2").await.status, 200);
+    let rejected = app
+        .pushes(PushFilter::default())
+        .iter()
+        .filter(|p| p.status == 503)
+        .count();
+    assert_eq!(rejected, failures);
+
+    // On APNs the outage is 503 ServiceUnavailable; DELETE ends it early.
+    app.set_provider_fault(Provider::Apns, Fault::FailTimes(1));
+    assert_eq!(apns_alert(&mut a, &app, "0abc").await.status, 500);
+    assert_eq!(apns_alert(&mut a, &app, "0abc").await.status, 200);
+    let apns_url = format!("{}/api/provider-faults/apns", app.control_url());
+    send_json("PUT", &apns_url, &json!({"kind": "fail_for", "ms": 60000})).await;
+    let r = apns_alert(&mut a, &app, "0abc").await;
+    assert_eq!(
+        (r.status, r.reason()),
+        (503, "ServiceUnavailable".to_owned())
+    );
+    assert_eq!(http("DELETE", &apns_url, None, "").await.status, 204);
+    assert_eq!(apns_alert(&mut a, &app, "0abc").await.status, 200);
+
+    let bad = format!("{}/api/provider-faults/mpns", app.control_url());
+    assert_eq!(
+        send_json("PUT", &bad, &json!({"kind": "dead"}))
+            .await
+            .status,
+        404
+    );
 }

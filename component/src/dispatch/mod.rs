@@ -405,10 +405,19 @@ impl Dispatcher {
                     }
                     return Verdict::Delivered;
                 }
-                Outcome::Throttled { retry_after } => {
+                Outcome::Throttled { .. } | Outcome::Transient { .. } => {
+                    let (why, retry_after) = match &outcome {
+                        Outcome::Transient {
+                            reason,
+                            retry_after,
+                        } => (reason.as_str(), *retry_after),
+                        Outcome::Throttled { retry_after } => ("throttled", *retry_after),
+                        _ => ("", None),
+                    };
                     warn!(
+                        reason = why,
                         ?retry_after,
-                        "provider throttled the push; queued for a retry"
+                        "push failed for now; queued for a retry"
                     );
                     return self
                         .retry_later(
@@ -417,23 +426,7 @@ impl Dispatcher {
                             received_us,
                             carried,
                             retry_after,
-                            "throttled",
-                        )
-                        .await;
-                }
-                Outcome::Transient {
-                    reason,
-                    retry_after,
-                } => {
-                    warn!(%reason, ?retry_after, "push failed for now; queued for a retry");
-                    return self
-                        .retry_later(
-                            &reg.node,
-                            notification,
-                            received_us,
-                            carried,
-                            retry_after,
-                            &reason,
+                            why,
                         )
                         .await;
                 }

@@ -120,6 +120,35 @@ pub struct Outbox {
     pool: Pool,
 }
 
+/// A row as written: the values both writes bind.
+struct NewRow {
+    json: String,
+    important: i32,
+    received_us: i64,
+    due_at_ms: i64,
+    expires_at: i64,
+}
+
+impl NewRow {
+    fn new(notification: &Notification, received_us: i64, due_at_ms: i64, expires_at: i64) -> Self {
+        NewRow {
+            json: encode(notification),
+            important: i32::from(notification.is_important()),
+            received_us,
+            due_at_ms,
+            expires_at,
+        }
+    }
+}
+
+/// The insert both writes start with (`$1` node … `$7` received_us).
+macro_rules! insert_row {
+    () => {
+        "INSERT INTO outbox (node, notification, important, created_at, expires_at, due_at_ms, received_us, attempts, seq, last_error) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 1, '')"
+    };
+}
+
 macro_rules! outbox_columns {
     () => {
         "node, notification, received_us, attempts, seq, created_at, expires_at, due_at_ms"
@@ -145,9 +174,9 @@ impl Outbox {
         due_at_ms: i64,
         expires_at: i64,
     ) -> Result<i64, StoreError> {
-        let sql = "INSERT INTO outbox (node, notification, important, created_at, expires_at, due_at_ms, received_us, attempts, seq, last_error) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 1, '') \
-             ON CONFLICT (node) DO UPDATE SET \
+        let sql = concat!(
+            insert_row!(),
+            " ON CONFLICT (node) DO UPDATE SET \
                notification = CASE WHEN excluded.important > outbox.important \
                  OR (excluded.important = outbox.important AND excluded.received_us > outbox.received_us) \
                  THEN excluded.notification ELSE outbox.notification END, \
@@ -157,24 +186,12 @@ impl Outbox {
                important = CASE WHEN excluded.important > outbox.important THEN excluded.important ELSE outbox.important END, \
                seq = outbox.seq + 1, \
                expires_at = excluded.expires_at \
-             RETURNING seq";
-        let important = i32::from(notification.is_important());
-        let json = encode(notification);
-        let now = super::now();
-        let seq: i64 = on_pool!(&self.pool, |p| {
-            sqlx::query(sql)
-                .bind(node)
-                .bind(&json)
-                .bind(important)
-                .bind(now)
-                .bind(expires_at)
-                .bind(due_at_ms)
-                .bind(received_us)
-                .fetch_one(p)
-                .await?
-                .try_get(0)?
-        });
-        Ok(seq)
+             RETURNING seq"
+        );
+        let row = NewRow::new(notification, received_us, due_at_ms, expires_at);
+        let seq = self.write(sql, node, &row).await?;
+        // The upsert returns a row either way.
+        Ok(seq.unwrap_or_default())
     }
 
     /// Writes a row only if the node has none; returns the new row's `seq`,
@@ -188,21 +205,30 @@ impl Outbox {
         due_at_ms: i64,
         expires_at: i64,
     ) -> Result<Option<i64>, StoreError> {
-        let sql = "INSERT INTO outbox (node, notification, important, created_at, expires_at, due_at_ms, received_us, attempts, seq, last_error) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 1, '') \
-             ON CONFLICT (node) DO NOTHING RETURNING seq";
-        let important = i32::from(notification.is_important());
-        let json = encode(notification);
+        let sql = concat!(
+            insert_row!(),
+            " ON CONFLICT (node) DO NOTHING RETURNING seq"
+        );
+        let row = NewRow::new(notification, received_us, due_at_ms, expires_at);
+        self.write(sql, node, &row).await
+    }
+
+    async fn write(
+        &self,
+        sql: &'static str,
+        node: &str,
+        row: &NewRow,
+    ) -> Result<Option<i64>, StoreError> {
         let now = super::now();
         let seq: Option<i64> = on_pool!(&self.pool, |p| {
             sqlx::query(sql)
                 .bind(node)
-                .bind(&json)
-                .bind(important)
+                .bind(&row.json)
+                .bind(row.important)
                 .bind(now)
-                .bind(expires_at)
-                .bind(due_at_ms)
-                .bind(received_us)
+                .bind(row.expires_at)
+                .bind(row.due_at_ms)
+                .bind(row.received_us)
                 .fetch_optional(p)
                 .await?
                 .map(|r| r.try_get(0))

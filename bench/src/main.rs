@@ -85,9 +85,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let port = listener.local_addr()?.port();
     let dir = tempfile::tempdir()?;
     let db = format!("sqlite://{}/bench.db", dir.path().display());
+    // Each device gets hundreds of publishes here, far more than a phone
+    // would: without the coalescing window and the rate limits, every
+    // publish takes the send path, which is what this harness measures.
     let mut toml = format!(
         "[component]\ndomain = '{DOMAIN}'\nsecret = '{SECRET}'\nport = {port}\n\
-         [storage]\nurl = '{db}'\ncache_capacity = {}\n[dispatch]\nmax_in_flight = {}\n",
+         [storage]\nurl = '{db}'\ncache_capacity = {}\n[dispatch]\nmax_in_flight = {}\n\
+         coalesce_ms = 0\n[limits]\nper_registration_burst = 1000000\nper_registration_per_minute = 1000000\n\
+         per_domain_burst = 1000000\nper_domain_per_second = 1000000\n",
         args.devices.max(1000),
         args.window.max(1)
     );

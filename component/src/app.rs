@@ -65,8 +65,11 @@ impl Running {
     /// Waits until the instance stops by itself (replaced) or is stopped.
     /// Every publish read has been answered by then; pushes still out in
     /// the background (their publishes answered, their rows in the outbox)
-    /// get `component.drain_timeout_secs` to finish, so that a restart does
-    /// not send them again.
+    /// get `dispatch.answer_within_ms` more to finish, so that a restart
+    /// sends fewer of them twice. Not longer: the stream is closed already,
+    /// and while this process lingers a plain restart cannot connect the
+    /// next one (ejabberd deletes registrations whose publishes bounce in
+    /// that gap, `docs/answers.md`); what is still out is in the outbox.
     pub async fn wait(self) -> StopReason {
         let reason = self.task.await.unwrap_or(StopReason::Shutdown);
         self.retrying.abort();
@@ -118,6 +121,6 @@ pub async fn start(config: &Config, backends: Backends) -> Result<Running, Start
         task,
         retrying,
         dispatcher,
-        settle_within: Duration::from_secs(config.component.drain_timeout_secs),
+        settle_within: Duration::from_millis(config.dispatch.answer_within_ms),
     })
 }

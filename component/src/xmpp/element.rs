@@ -153,7 +153,9 @@ impl Element {
             let _ = write!(out, " xmlns='{}'", escape(&*self.ns));
         }
         for (k, v) in &self.attrs {
-            let _ = write!(out, " {}='{}'", k, escape(v.as_str()));
+            let _ = write!(out, " {k}='");
+            write_attr_value(out, v);
+            out.push('\'');
         }
         if self.children.is_empty() && self.text.is_empty() {
             out.push_str("/>");
@@ -177,9 +179,43 @@ impl Element {
     }
 }
 
+/// An attribute value, escaped so that it reads back unchanged: besides
+/// the markup characters, tab, newline and carriage return become character
+/// references (a reader normalizes them to spaces otherwise, and an answer
+/// would no longer carry the id of its request).
+fn write_attr_value(out: &mut String, value: &str) {
+    for part in escape(value).split_inclusive(['\t', '\n', '\r']) {
+        match part.char_indices().last() {
+            Some((i, c @ ('\t' | '\n' | '\r'))) => {
+                out.push_str(&part[..i]);
+                let _ = write!(out, "&#{};", u32::from(c));
+            }
+            _ => out.push_str(part),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn attribute_values_read_back_unchanged() {
+        let e = Element::new("iq", crate::xmpp::ns::COMPONENT).attr("id", "a\tb\nc\r d'<");
+        let xml = format!(
+            "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>{}",
+            e.to_stanza_string()
+        );
+        assert!(xml.contains("a&#9;b&#10;c&#13; d&apos;&lt;"), "{xml}");
+        let mut reader = crate::xmpp::reader::StanzaReader::new(xml.as_bytes(), 4096);
+        let _header = reader.next().await.unwrap();
+        match reader.next().await.unwrap() {
+            crate::xmpp::reader::StreamItem::Stanza(read) => {
+                assert_eq!(read.get_attr("id"), Some("a\tb\nc\r d'<"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn serializes_with_namespaces_and_escaping() {

@@ -16,6 +16,7 @@ on_both_databases!(
     a_slow_provider_is_answered_within_the_bound,
     a_burst_becomes_one_push_and_a_trailing_one,
     important_is_not_held_behind_silent,
+    an_important_message_does_not_wait_out_a_backoff,
     database_down_is_wait,
     rate_limited_pushes_are_deferred_not_dropped,
     queued_pushes_expire_counted,
@@ -261,6 +262,44 @@ async fn important_is_not_held_behind_silent(kind_: DbKind) {
         started.elapsed() < Duration::from_millis(900),
         "the important push went out beside the silent one, not after it"
     );
+    h.finish().await;
+}
+
+async fn an_important_message_does_not_wait_out_a_backoff(kind_: DbKind) {
+    let mut h = Harness::start_adjusted(kind_, "", |c| {
+        c.outbox.retry_min_ms = 20_000;
+        c.outbox.retry_max_secs = 60;
+    })
+    .await;
+    let (node, secret) = h.register("alice@localhost", "phone", "tok-h").await;
+    h.backend.set_down(true);
+    assert_eq!(
+        h.publish("p1", "localhost", &node, Some(&secret), "one")
+            .await,
+        ok()
+    );
+    // The provider is back; the queued push would wait 20 s for its retry.
+    h.backend.set_down(false);
+    let started = Instant::now();
+    assert_eq!(
+        h.publish("p2", "localhost", &node, Some(&secret), "two")
+            .await,
+        ok()
+    );
+    let b = h.backend.clone();
+    assert!(
+        eventually(|| {
+            let b = b.clone();
+            async move {
+                b.sent_to("tok-h")
+                    .last()
+                    .is_some_and(|n| n.last_message_body.as_deref() == Some("two"))
+            }
+        })
+        .await,
+        "the new message went out without waiting for the backoff"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
     h.finish().await;
 }
 

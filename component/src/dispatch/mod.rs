@@ -217,11 +217,18 @@ impl Dispatcher {
                 return self.queue(&reg.node, &notification, received, due).await;
             }
             Begin::MergeAndFlush => {
+                // The row waits for a retry: an important message tries now
+                // (the provider may be back) rather than after the backoff.
                 bump(&self.stats.coalesced);
                 let verdict = self
                     .queue(&reg.node, &notification, received, now_ms())
                     .await;
-                self.wake.notify_one();
+                if verdict == Verdict::Queued {
+                    if let Err(e) = self.outbox.reschedule(&reg.node, now_ms()).await {
+                        error!(error = %e, "could not hurry a queued push");
+                    }
+                    self.wake.notify_one();
+                }
                 return verdict;
             }
         }

@@ -13,7 +13,25 @@ use governor::{Quota, RateLimiter};
 
 use crate::config::LimitsConfig;
 
-type KeyedLimiter = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock>;
+/// Keyed by a 64-bit hash of the node or domain, so that a check
+/// allocates nothing (a collision merely shares a limit).
+type KeyedLimiter = RateLimiter<u64, DefaultKeyedStateStore<u64>, DefaultClock>;
+
+fn key(s: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+fn domain_key(domain: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for b in domain.bytes() {
+        h.write_u8(b.to_ascii_lowercase());
+    }
+    h.finish()
+}
 
 /// The push rate limits.
 pub struct Limits {
@@ -62,10 +80,10 @@ impl Limits {
     pub fn check(&self, node: &str, domain: &str) -> Result<(), Limited> {
         let now = self.clock.now();
         self.per_domain
-            .check_key(&domain.to_ascii_lowercase())
+            .check_key(&domain_key(domain))
             .map_err(|n| Limited::Domain(n.wait_time_from(now)))?;
         self.per_registration
-            .check_key(&node.to_owned())
+            .check_key(&key(node))
             .map_err(|n| Limited::Registration(n.wait_time_from(now)))
     }
 

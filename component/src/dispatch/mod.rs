@@ -26,8 +26,8 @@ pub mod verdict;
 pub use backends::{Backends, ResolveError};
 pub use verdict::Verdict;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nudge_plugins::{Notification, Outcome};
@@ -284,35 +284,16 @@ impl Dispatcher {
 
     /// Sends a push this publish owns the slot for, answering within
     /// `answer_within`: a send still out then is made durable in the outbox
-    /// and finishes in the background.
+    /// and finishes in a task of its own.
     async fn send_fresh(
         self: &Arc<Self>,
         reg: Arc<Registration>,
         notification: Notification,
         received_us: i64,
     ) -> Verdict {
-        let handoff = Arc::new(Handoff::default());
-        let task = {
-            let this = self.clone();
-            let reg = reg.clone();
-            let notification = notification.clone();
-            let handoff = handoff.clone();
-            let out = this.background.enter();
-            async move {
-                let _out = out;
-                let outcome = this.send(&reg, &notification).await;
-                if let Some(carried) = handoff.outcome(outcome.clone()) {
-                    // The publish was answered meanwhile: finish here.
-                    let verdict = this
-                        .settle(&reg, &notification, received_us, outcome, carried)
-                        .await;
-                    this.finish(&reg.node, &verdict).await;
-                }
-            }
-        };
-        tokio::spawn(task.in_current_span());
-        if let Ok(outcome) = tokio::time::timeout(self.settings.answer_within, handoff.wait()).await
-        {
+        let notification = Arc::new(notification);
+        let mut sending = Box::pin(self.clone().send_owned(reg.clone(), notification.clone()));
+        if let Ok(outcome) = tokio::time::timeout(self.settings.answer_within, &mut sending).await {
             let verdict = self
                 .settle(&reg, &notification, received_us, outcome, None)
                 .await;
@@ -334,36 +315,49 @@ impl Dispatcher {
             )
             .await;
         let carried = match &inserted {
-            Ok(Some(seq)) => Some(Carried {
-                seq: *seq,
-                attempts: 0,
-            }),
+            Ok(Some(seq)) => {
+                self.slots.set_queued(&reg.node, true);
+                Some(Carried {
+                    seq: *seq,
+                    attempts: 0,
+                })
+            }
             _ => None,
         };
-        if let Ok(Some(_)) = inserted {
-            self.slots.set_queued(&reg.node, true);
-        }
-        match handoff.detach(carried) {
-            Some(outcome) => {
-                // It finished while the row was written.
-                let verdict = self
+        let out = self.background.enter();
+        let this = self.clone();
+        tokio::spawn(
+            async move {
+                let _out = out;
+                let outcome = sending.await;
+                let verdict = this
                     .settle(&reg, &notification, received_us, outcome, carried)
                     .await;
-                self.finish(&reg.node, &verdict).await;
-                verdict
+                this.finish(&reg.node, &verdict).await;
             }
-            None => match inserted {
-                Ok(_) => {
-                    debug!("provider slow: answered, the push finishes in the background");
-                    bump(&self.stats.queued);
-                    Verdict::Queued
-                }
-                Err(e) => {
-                    error!(error = %e, "could not write a slow push to the outbox");
-                    Verdict::StorageDown
-                }
-            },
+            .in_current_span(),
+        );
+        match inserted {
+            Ok(_) => {
+                debug!("provider slow: answered, the push finishes in the background");
+                bump(&self.stats.queued);
+                Verdict::Queued
+            }
+            Err(e) => {
+                error!(error = %e, "could not write a slow push to the outbox");
+                Verdict::StorageDown
+            }
         }
+    }
+
+    /// [`Dispatcher::send`] owning what it needs, so that a send can move
+    /// to a task of its own halfway.
+    async fn send_owned(
+        self: Arc<Self>,
+        reg: Arc<Registration>,
+        notification: Arc<Notification>,
+    ) -> Outcome {
+        self.send(&reg, &notification).await
     }
 
     /// One provider request, bounded by the push timeout.
@@ -714,75 +708,4 @@ enum DeadToken {
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
-}
-
-/// Hands a send's outcome between the publish waiting for it and the task
-/// running it: whichever comes second finishes the push.
-#[derive(Default)]
-struct Handoff {
-    state: Mutex<HandoffState>,
-    ready: Notify,
-}
-
-#[derive(Default)]
-enum HandoffState {
-    #[default]
-    Waiting,
-    Done(Outcome),
-    /// The publish was answered; the outbox row the send carries, if any.
-    Detached(Option<Carried>),
-    Taken,
-}
-
-impl Handoff {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HandoffState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The send is done. `Some` when the publish no longer waits for it:
-    /// the caller finishes the push, carrying that row.
-    fn outcome(&self, outcome: Outcome) -> Option<Option<Carried>> {
-        let mut state = self.lock();
-        match std::mem::take(&mut *state) {
-            HandoffState::Detached(carried) => {
-                *state = HandoffState::Taken;
-                Some(carried)
-            }
-            _ => {
-                *state = HandoffState::Done(outcome);
-                drop(state);
-                self.ready.notify_one();
-                None
-            }
-        }
-    }
-
-    /// Waits for the outcome.
-    async fn wait(&self) -> Outcome {
-        loop {
-            {
-                let mut state = self.lock();
-                if matches!(*state, HandoffState::Done(_))
-                    && let HandoffState::Done(o) =
-                        std::mem::replace(&mut *state, HandoffState::Taken)
-                {
-                    return o;
-                }
-            }
-            self.ready.notified().await;
-        }
-    }
-
-    /// The publish stops waiting. `Some(outcome)` when the send finished
-    /// meanwhile (the caller finishes the push).
-    fn detach(&self, carried: Option<Carried>) -> Option<Outcome> {
-        let mut state = self.lock();
-        match std::mem::replace(&mut *state, HandoffState::Detached(carried)) {
-            HandoffState::Done(o) => {
-                *state = HandoffState::Taken;
-                Some(o)
-            }
-            _ => None,
-        }
-    }
 }

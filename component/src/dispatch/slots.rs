@@ -84,7 +84,14 @@ impl Slots {
     pub fn begin(&self, node: &str, important: bool, received_us: i64) -> Begin {
         let now = Instant::now();
         let mut map = self.lock();
-        let slot = map.entry(node.to_owned()).or_default();
+        // No allocation for a node already tracked (the common case in a
+        // burst).
+        if !map.contains_key(node) {
+            map.insert(node.to_owned(), Slot::default());
+        }
+        let Some(slot) = map.get_mut(node) else {
+            return Begin::Send;
+        };
         // The rest of the window after the last push; zero when none.
         let hold = slot.last_push.map_or(Duration::ZERO, |(at, _)| {
             self.window.saturating_sub(now - at)

@@ -17,6 +17,7 @@ on_both_databases!(
     a_burst_becomes_one_push_and_a_trailing_one,
     important_is_not_held_behind_silent,
     an_important_message_does_not_wait_out_a_backoff,
+    early_tries_during_an_outage_do_not_stretch_the_backoff,
     database_down_is_wait,
     rate_limited_pushes_are_deferred_not_dropped,
     queued_pushes_expire_counted,
@@ -300,6 +301,51 @@ async fn an_important_message_does_not_wait_out_a_backoff(kind_: DbKind) {
         "the new message went out without waiting for the backoff"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
+    h.finish().await;
+}
+
+async fn early_tries_during_an_outage_do_not_stretch_the_backoff(kind_: DbKind) {
+    let mut h = Harness::start_adjusted(kind_, "", |c| {
+        c.outbox.retry_min_ms = 300;
+        c.outbox.retry_max_secs = 120;
+    })
+    .await;
+    let (node, secret) = h.register("alice@localhost", "phone", "tok-e").await;
+    h.backend.set_down(true);
+    // A conversation during the outage: every message tries early, fails.
+    for i in 0..12 {
+        let body = format!("m{i}");
+        assert_eq!(
+            h.publish(&format!("p{i}"), "localhost", &node, Some(&secret), &body)
+                .await,
+            ok()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tries = h.backend.sent_to("tok-e").len();
+    assert!(tries > 3, "the messages tried early: {tries}");
+    let row = h.nudge.store.outbox().get(&node).await.unwrap().unwrap();
+    assert!(
+        row.attempts <= 4,
+        "early tries counted as attempts: {}",
+        row.attempts
+    );
+    // Provider back: the newest goes out within the backoff of a few
+    // scheduled attempts, not one stretched by every early try.
+    h.backend.set_down(false);
+    let b = h.backend.clone();
+    assert!(
+        eventually(|| {
+            let b = b.clone();
+            async move {
+                b.sent_to("tok-e")
+                    .last()
+                    .is_some_and(|n| n.last_message_body.as_deref() == Some("m11"))
+            }
+        })
+        .await,
+        "delivered after the outage"
+    );
     h.finish().await;
 }
 

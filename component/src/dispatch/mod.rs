@@ -113,6 +113,10 @@ fn bump(counter: &AtomicU64) {
 struct Carried {
     seq: i64,
     attempts: u32,
+    /// For an early attempt (an important publish trying a row before its
+    /// backoff ran out): when the row was due. A failure then leaves the
+    /// backoff as it was instead of counting an attempt.
+    early_of: Option<i64>,
 }
 
 /// Sends pushes and decides what becomes of each publish.
@@ -224,10 +228,9 @@ impl Dispatcher {
                     .queue(&reg.node, &notification, received, now_ms())
                     .await;
                 if verdict == Verdict::Queued {
-                    if let Err(e) = self.outbox.reschedule(&reg.node, now_ms()).await {
-                        error!(error = %e, "could not hurry a queued push");
-                    }
-                    self.wake.notify_one();
+                    tokio::spawn(
+                        retry::try_early(self.clone(), reg.node.clone()).in_current_span(),
+                    );
                 }
                 return verdict;
             }
@@ -320,6 +323,7 @@ impl Dispatcher {
                 Some(Carried {
                     seq: *seq,
                     attempts: 0,
+                    early_of: None,
                 })
             }
             _ => None,
@@ -537,8 +541,22 @@ impl Dispatcher {
         retry_after: Option<Duration>,
         why: &str,
     ) -> Verdict {
-        let attempts = carried.map_or(0, |c| c.attempts) + 1;
-        let due = now_ms() + millis(retry::delay(&self.settings, attempts, retry_after));
+        let (attempts, due) = match carried {
+            // The provider is still failing: back to the backoff it had.
+            Some(Carried {
+                attempts,
+                early_of: Some(was_due),
+                ..
+            }) => (
+                attempts,
+                was_due.max(now_ms() + millis(self.settings.retry_min)),
+            ),
+            _ => {
+                let attempts = carried.map_or(0, |c| c.attempts) + 1;
+                let wait = retry::delay(&self.settings, attempts, retry_after);
+                (attempts, now_ms() + millis(wait))
+            }
+        };
         bump(&self.stats.retries);
         // A row that is there already holds publishes merged while this
         // push was out, which are newer: it is rescheduled, not replaced.

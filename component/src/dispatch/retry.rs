@@ -134,7 +134,7 @@ async fn pass(
                 claimed += 1;
                 let span = info_span!("retry", node = %row.node, attempts = row.attempts);
                 let out = dispatcher.background.enter();
-                let delivery = deliver(dispatcher.clone(), row, permit);
+                let delivery = deliver(dispatcher.clone(), row, Some(permit), false);
                 tokio::spawn(
                     async move {
                         let _out = out;
@@ -156,12 +156,51 @@ async fn pass(
     Ok(full && claimed > 0)
 }
 
-/// Delivers one claimed row.
-async fn deliver(dispatcher: Arc<Dispatcher>, row: QueuedPush, _permit: OwnedSemaphorePermit) {
+/// Tries a node's row now, before its backoff ran out (an important
+/// publish came: the provider may be back). A failure leaves the backoff as
+/// it was; a row being sent already, or covered, is left alone.
+pub(super) async fn try_early(dispatcher: Arc<Dispatcher>, node: String) {
+    let row = match dispatcher.outbox.get(&node).await {
+        Ok(Some(row)) => row,
+        Ok(None) => return,
+        Err(e) => {
+            debug!(error = %e, "could not read a row to try early");
+            return;
+        }
+    };
+    if dispatcher
+        .slots
+        .claim_row(&node, row.notification.is_important(), row.received_us)
+        != RowClaim::Claimed
+    {
+        return;
+    }
+    let until = now_ms() + millis(dispatcher.settings.claim_for());
+    match dispatcher.outbox.claim(&node, row.seq, until).await {
+        Ok(true) => {
+            let _out = dispatcher.background.enter();
+            deliver(dispatcher.clone(), row, None, true).await;
+        }
+        _ => {
+            // Merged into meanwhile (or unreadable): the worker takes it.
+            dispatcher.slots.finish(&node);
+            dispatcher.wake.notify_one();
+        }
+    }
+}
+
+/// Delivers one claimed row (`early`: before it was due).
+async fn deliver(
+    dispatcher: Arc<Dispatcher>,
+    row: QueuedPush,
+    _permit: Option<OwnedSemaphorePermit>,
+    early: bool,
+) {
     let node = row.node.clone();
     let carried = Carried {
         seq: row.seq,
         attempts: row.attempts,
+        early_of: early.then_some(row.due_at_ms),
     };
     let verdict = match dispatcher.store.find(&node).await {
         Ok(Some(reg)) => {

@@ -25,6 +25,11 @@ on_both_databases!(
     a_new_token_gets_the_push_instead_of_item_not_found,
 );
 
+/// The body of the last push in `sent`.
+fn last_body(sent: &[nudge_plugins::Notification]) -> Option<&str> {
+    sent.last()?.last_message_body.as_deref()
+}
+
 /// The kind of an empty `result`.
 fn ok() -> (String, String) {
     ("result".into(), String::new())
@@ -146,13 +151,8 @@ async fn a_restart_resumes_the_outbox(kind_: DbKind) {
             .wait_for_state(LinkState::Connected, common::STEP)
             .await
     );
-    let b = backend.clone();
     assert!(
-        eventually(|| {
-            let b = b.clone();
-            async move { b.sent_to("tok-r").len() > sent_before }
-        })
-        .await,
+        backend.sent_until("tok-r", |s| s.len() > sent_before).await,
         "delivered after the restart"
     );
     let outbox = nudge.store.outbox();
@@ -251,13 +251,10 @@ async fn important_is_not_held_behind_silent(kind_: DbKind) {
     let started = Instant::now();
     let answers = publish_all(&mut h, &burst).await;
     assert!(answers.iter().all(|(_, k)| *k == ok()), "{answers:?}");
-    let b = h.backend.clone();
     assert!(
-        eventually(|| {
-            let b = b.clone();
-            async move { b.sent_to("tok-i").iter().any(|n| n.is_important()) }
-        })
-        .await
+        h.backend
+            .sent_until("tok-i", |s| s.iter().any(|n| n.is_important()))
+            .await
     );
     assert!(
         started.elapsed() < Duration::from_millis(900),
@@ -287,17 +284,10 @@ async fn an_important_message_does_not_wait_out_a_backoff(kind_: DbKind) {
             .await,
         ok()
     );
-    let b = h.backend.clone();
     assert!(
-        eventually(|| {
-            let b = b.clone();
-            async move {
-                b.sent_to("tok-h")
-                    .last()
-                    .is_some_and(|n| n.last_message_body.as_deref() == Some("two"))
-            }
-        })
-        .await,
+        h.backend
+            .sent_until("tok-h", |s| last_body(s) == Some("two"))
+            .await,
         "the new message went out without waiting for the backoff"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -333,17 +323,10 @@ async fn early_tries_during_an_outage_do_not_stretch_the_backoff(kind_: DbKind) 
     // Provider back: the newest goes out within the backoff of a few
     // scheduled attempts, not one stretched by every early try.
     h.backend.set_down(false);
-    let b = h.backend.clone();
     assert!(
-        eventually(|| {
-            let b = b.clone();
-            async move {
-                b.sent_to("tok-e")
-                    .last()
-                    .is_some_and(|n| n.last_message_body.as_deref() == Some("m11"))
-            }
-        })
-        .await,
+        h.backend
+            .sent_until("tok-e", |s| last_body(s) == Some("m11"))
+            .await,
         "delivered after the outage"
     );
     h.finish().await;
@@ -395,14 +378,7 @@ async fn rate_limited_pushes_are_deferred_not_dropped(kind_: DbKind) {
             .await,
         ok()
     );
-    let b = h.backend.clone();
-    assert!(
-        eventually(|| {
-            let b = b.clone();
-            async move { b.sent_to("tok-l").len() == 1 }
-        })
-        .await
-    );
+    assert!(h.backend.sent_until("tok-l", |s| s.len() == 1).await);
     let started = Instant::now();
     assert_eq!(
         h.publish("p2", "localhost", &node, Some(&secret), "two")
@@ -413,13 +389,7 @@ async fn rate_limited_pushes_are_deferred_not_dropped(kind_: DbKind) {
         h.nudge.store.outbox().get(&node).await.unwrap().is_some(),
         "deferred"
     );
-    assert!(
-        eventually(|| {
-            let b = b.clone();
-            async move { b.sent_to("tok-l").len() == 2 }
-        })
-        .await
-    );
+    assert!(h.backend.sent_until("tok-l", |s| s.len() == 2).await);
     assert!(
         started.elapsed() >= Duration::from_millis(700),
         "held until the limit allowed it"

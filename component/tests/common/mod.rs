@@ -261,6 +261,12 @@ impl TestBackend {
             .collect()
     }
 
+    /// Waits (up to [`STEP`]) until the pushes sent to `token` satisfy
+    /// `check`; says whether they did.
+    pub async fn sent_until(&self, token: &str, check: impl Fn(&[Notification]) -> bool) -> bool {
+        eventually(|| std::future::ready(check(&self.sent_to(token)))).await
+    }
+
     pub fn set_down(&self, down: bool) {
         self.down.store(down, std::sync::atomic::Ordering::SeqCst);
     }

@@ -5,7 +5,7 @@
 //! Why a gap matters: while no instance is connected, ejabberd deletes the
 //! push registration of every user whose publish bounces, and Prosody
 //! bounces with `wait` and never re-sends (`docs/answers.md`). So a restart
-//! or an upgrade starts the new process first ([`Predecessor`]): it connects
+//! or an upgrade starts the new process first ([`OtherInstance`]): it connects
 //! while the old one is still connected (ejabberd balances between the two;
 //! Prosody with `component_conflict_resolve = "kick_old"` hands the domain
 //! over), and only then asks the old one to stop, which answers what it has
@@ -140,13 +140,14 @@ fn read_pid(file: &mut File) -> Option<u32> {
     text.trim().parse().ok()
 }
 
-/// The running instance a new process replaces.
+/// Another running instance: the one a new process replaces, or the one
+/// that holds a SQLite database the command line just changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Predecessor {
+pub struct OtherInstance {
     pid: u32,
 }
 
-/// Why a predecessor could not be asked to stop.
+/// Why another instance could not be signalled.
 #[derive(Debug, thiserror::Error)]
 pub enum SignalError {
     /// Not a PID a process can have.
@@ -162,10 +163,10 @@ pub enum SignalError {
     },
 }
 
-impl Predecessor {
+impl OtherInstance {
     /// The instance running as `pid`.
     pub fn new(pid: u32) -> Self {
-        Predecessor { pid }
+        OtherInstance { pid }
     }
 
     /// Its process ID.
@@ -183,8 +184,18 @@ impl Predecessor {
     /// Asks it to stop (SIGTERM): it answers what it has read, closes its
     /// stream and exits.
     pub fn stop(&self) -> Result<(), SignalError> {
+        self.signal(rustix::process::Signal::TERM)
+    }
+
+    /// Tells it to forget its cached registrations (SIGUSR1): the command
+    /// line changed the SQLite database, which cannot notify it.
+    pub fn forget_cache(&self) -> Result<(), SignalError> {
+        self.signal(rustix::process::Signal::USR1)
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) -> Result<(), SignalError> {
         let pid = self.rustix_pid()?;
-        match rustix::process::kill_process(pid, rustix::process::Signal::TERM) {
+        match rustix::process::kill_process(pid, signal) {
             Ok(()) => Ok(()),
             // Gone already (Prosody's kick_old may have stopped it first).
             Err(rustix::io::Errno::SRCH) => Ok(()),
@@ -213,6 +224,19 @@ impl Predecessor {
                 .is_none_or(|state| state != "Z" && state != "X"),
             Err(_) => true,
         }
+    }
+
+    /// Whether the process is a `nudge` (its program's file name starts
+    /// so), as far as `/proc` tells.
+    pub fn is_nudge(&self) -> bool {
+        std::fs::read(format!("/proc/{}/cmdline", self.pid)).is_ok_and(|cmdline| {
+            cmdline
+                .split(|b| *b == 0)
+                .next()
+                .and_then(|program| std::str::from_utf8(program).ok())
+                .and_then(|program| Path::new(program).file_name())
+                .is_some_and(|name| name.to_string_lossy().starts_with("nudge"))
+        })
     }
 
     /// Resolves once it has exited, warning every `warn_every` while not.
@@ -312,14 +336,14 @@ mod tests {
 
     #[test]
     fn this_process_runs_and_a_reaped_child_does_not() {
-        assert!(Predecessor::new(std::process::id()).is_running());
+        assert!(OtherInstance::new(std::process::id()).is_running());
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         // Exited, not reaped yet: a zombie.
         std::thread::sleep(Duration::from_millis(300));
-        assert!(!Predecessor::new(pid).is_running());
+        assert!(!OtherInstance::new(pid).is_running());
         child.wait().unwrap();
-        assert!(!Predecessor::new(pid).is_running());
-        assert!(!Predecessor::new(u32::MAX).is_running());
+        assert!(!OtherInstance::new(pid).is_running());
+        assert!(!OtherInstance::new(u32::MAX).is_running());
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use nudge::config::Config;
-use nudge::instance::{InstanceLock, LockError, Predecessor};
+use nudge::instance::{InstanceLock, LockError, OtherInstance};
 use nudge::store::RegistrationStore;
 use nudge::xmpp::stream::LinkState;
 use tracing::{error, info, warn};
@@ -200,6 +200,7 @@ async fn execute(command: Command, config: Config, config_path: PathBuf) -> Resu
                     if !store.remove(&node).await? {
                         return Err(format!("no registration with node {node}").into());
                     }
+                    tell_running_instance(&config);
                     println!("removed {node}");
                 }
             }
@@ -226,12 +227,16 @@ async fn execute(command: Command, config: Config, config_path: PathBuf) -> Resu
         Command::Brake { command } => {
             let store = open_store(&config).await?;
             store.migrate().await?;
-            brake(&store, command).await
+            brake(&store, command, &config).await
         }
     }
 }
 
-async fn brake(store: &RegistrationStore, command: BrakeCommand) -> Result<(), BoxError> {
+async fn brake(
+    store: &RegistrationStore,
+    command: BrakeCommand,
+    config: &Config,
+) -> Result<(), BoxError> {
     let brakes = store.brake();
     match command {
         BrakeCommand::Status => {
@@ -265,6 +270,9 @@ async fn brake(store: &RegistrationStore, command: BrakeCommand) -> Result<(), B
                         removed += 1;
                     }
                 }
+                if removed > 0 {
+                    tell_running_instance(config);
+                }
                 println!(
                     "brake released for {app}; {removed} of {} held removals applied",
                     held.len()
@@ -280,6 +288,28 @@ async fn brake(store: &RegistrationStore, command: BrakeCommand) -> Result<(), B
     Ok(())
 }
 
+/// After the command line changed registrations in a SQLite database, the
+/// instance that runs on it is told to forget its cache (PostgreSQL tells
+/// every instance by itself, through a trigger and `LISTEN`).
+fn tell_running_instance(config: &Config) {
+    let holder = InstanceLock::path_for(&config.database_url())
+        .as_deref()
+        .and_then(InstanceLock::holder);
+    let Some(instance) = holder.map(OtherInstance::new) else {
+        return;
+    };
+    // A lock file outlives its holder: the PID may be another program's now.
+    if instance.is_running()
+        && instance.is_nudge()
+        && let Err(e) = instance.forget_cache()
+    {
+        eprintln!(
+            "nudge: the running instance (PID {}) was not told of the change: {e}; it sees it within storage.cache_max_age_secs",
+            instance.pid()
+        );
+    }
+}
+
 async fn open_store(config: &Config) -> Result<RegistrationStore, BoxError> {
     Ok(RegistrationStore::open(&config.database_url(), 16).await?)
 }
@@ -290,11 +320,11 @@ async fn run(
     replace: Option<Option<u32>>,
 ) -> Result<(), BoxError> {
     let lock_path = InstanceLock::path_for(&config.database_url());
-    let predecessor = match replace {
+    let mut predecessor = match replace {
         None => None,
-        Some(Some(pid)) => Some(Predecessor::new(pid)),
+        Some(Some(pid)) => Some(OtherInstance::new(pid)),
         Some(None) => match lock_path.as_deref().and_then(InstanceLock::holder) {
-            Some(pid) => Some(Predecessor::new(pid)),
+            Some(pid) => Some(OtherInstance::new(pid)),
             None => {
                 return Err(
                     "--replace without a PID: no running instance is recorded in the \
@@ -311,7 +341,18 @@ async fn run(
     let mut _lock = None;
     if let Some(path) = &lock_path {
         match InstanceLock::try_acquire(path) {
-            Ok(taken) => _lock = Some(taken),
+            Ok(taken) => {
+                _lock = Some(taken);
+                // Nothing runs on this database: there is nothing to
+                // replace (a PID in a stale lock file may be another
+                // program's by now).
+                if let Some(p) = predecessor.take() {
+                    warn!(
+                        pid = p.pid(),
+                        "--replace: no instance runs on this SQLite database; starting without a handover"
+                    );
+                }
+            }
             // The instance being replaced: the lock is taken once it exits.
             Err(LockError::Held {
                 pid: Some(holder), ..
@@ -332,6 +373,7 @@ async fn run(
     }
     let stop = running.shutdown_handle();
     let store = running.store.clone();
+    let cache = store.clone();
     let mut stopped = tokio::spawn(running.wait());
     // Once the replaced instance has exited: take the lock it held, and
     // forget what the cache learnt while the two ran side by side.
@@ -374,6 +416,10 @@ async fn run(
                     info!("stop requested");
                     stop.trigger();
                 }
+                Signal::ForgetCache => {
+                    info!("forgetting the cached registrations (changed from the command line)");
+                    cache.clear_cache();
+                }
                 Signal::Replace if successor.is_some() => {
                     info!("handover: a successor is starting already");
                 }
@@ -398,7 +444,7 @@ async fn run(
 /// Connects beside the instance being replaced, then stops it.
 async fn take_over(
     running: &mut nudge::Running,
-    predecessor: Predecessor,
+    predecessor: OtherInstance,
     config: &Config,
 ) -> Result<(), BoxError> {
     let pid = predecessor.pid();
@@ -455,11 +501,15 @@ enum Signal {
     Stop,
     /// SIGHUP: start a successor that replaces this process.
     Replace,
+    /// SIGUSR1: forget the cached registrations (the command line changed
+    /// the SQLite database).
+    ForgetCache,
 }
 
 struct Signals {
     term: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -468,6 +518,7 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
         })
     }
 
@@ -476,6 +527,7 @@ impl Signals {
             _ = self.term.recv() => Signal::Stop,
             _ = tokio::signal::ctrl_c() => Signal::Stop,
             _ = self.hup.recv() => Signal::Replace,
+            _ = self.usr1.recv() => Signal::ForgetCache,
         }
     }
 }

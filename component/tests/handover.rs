@@ -252,3 +252,68 @@ fn received(socket: &UnixDatagram) -> String {
     }
     all
 }
+
+/// SQLite cannot notify a running instance, so `nudge registrations remove`
+/// tells it (SIGUSR1) to forget its cache: the next publish for the node is
+/// answered `item-not-found` at once, not after the cache entry's age.
+#[tokio::test]
+async fn registrations_remove_reaches_the_running_sqlite_instance() {
+    let server = FakeServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut running = nudge_run(&server, dir.path(), &[]).spawn().unwrap();
+    let mut conn = server.accept().await;
+    assert_eq!(ping(&mut conn, "up").await, "result");
+    let url = format!("sqlite://{}/nudge.db", dir.path().display());
+    let store = nudge::store::RegistrationStore::open(&url, 10)
+        .await
+        .unwrap();
+    let reg = store
+        .register(&nudge::store::NewRegistration {
+            owner: "juliet@capulet.lit".into(),
+            device_id: "phone".into(),
+            muc: String::new(),
+            app: "not-configured".into(),
+            token: "tok".into(),
+            with_secret: false,
+        })
+        .await
+        .unwrap();
+    store.close().await;
+    // Known (and now cached); its app has no backend here: `wait`.
+    let publish = |id: &str| common::publish_iq(id, "capulet.lit", &reg.node, None, "hi");
+    let first = answer_kind(&conn.request(&publish("p1")).await);
+    assert_eq!(first.0, "wait", "{first:?}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nudge"))
+        .args([
+            "--config",
+            &example_config(),
+            "registrations",
+            "remove",
+            &reg.node,
+        ])
+        .env("NUDGE_STORAGE__DATA_DIR", dir.path())
+        .env_remove("NUDGE_STORAGE__URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut gone = false;
+    for i in 0..20 {
+        let answer = conn.request(&publish(&format!("p{}", i + 2))).await;
+        if answer_kind(&answer).0 == "cancel" {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        gone,
+        "the running instance still used its cached registration"
+    );
+    signal(running.id().unwrap(), "-TERM");
+    assert!(exits(&mut running).await.success());
+}

@@ -752,3 +752,33 @@ async fn a_standby_retries_quietly_and_takes_over() {
     assert!(started.elapsed() < Duration::from_secs(2));
     nudge.stop().await;
 }
+
+/// With several instances connected, ejabberd hands a ping and its answer
+/// to any of them: a ping that never comes back is not yet a dead link. The
+/// component pings again until `ping_timeout_secs`, and one that comes back
+/// keeps the connection.
+#[tokio::test]
+async fn pings_lost_to_other_connections_do_not_drop_the_link() {
+    let server = FakeServer::start().await;
+    let (nudge, _dir) = start_on(server.port, Backends::new(), |c| {
+        c.component.read_idle_secs = 1;
+        c.component.ping_timeout_secs = 2;
+    })
+    .await;
+    let mut conn = server.accept().await;
+    // The first three pings go "elsewhere"; the fourth is routed back.
+    for _ in 0..3 {
+        let ping = conn.recv().await;
+        assert!(ping.get_child("ping", "urn:xmpp:ping").is_some());
+    }
+    let ping = conn.recv().await;
+    conn.send(&ping.to_stanza_string()).await;
+    assert!(
+        server
+            .try_accept_tcp(Duration::from_millis(2500))
+            .await
+            .is_none(),
+        "reconnected although a ping came back"
+    );
+    nudge.stop().await;
+}

@@ -32,8 +32,10 @@
 //! byte from the server, the component pings itself (XEP-0199 iq from and
 //! to its own domain: the server routes it back to us, through the whole
 //! path; Prosody 0.12 and ejabberd 23.01 do so, the interop test checks
-//! it); if no byte arrives within `ping_timeout`, the connection counts as
-//! lost. A write that does not finish within `write_timeout` (the server
+//! it), and pings again every eighth of `ping_timeout` while nothing comes
+//! (with several instances connected, ejabberd hands the ping and its
+//! answer to any of them: [`PINGS_PER_TIMEOUT`]); if no byte arrives within
+//! `ping_timeout`, the connection counts as lost. A write that does not finish within `write_timeout` (the server
 //! stopped reading) counts as lost too.
 //!
 //! Graceful stop: reading goes on after the stop signal until the socket
@@ -596,29 +598,43 @@ impl Activity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Health {
     Fine,
-    /// Silent for `read_idle`: send a ping now.
+    /// Silent for `read_idle` (or still silent after the last ping): send
+    /// a ping now.
     Idle,
-    /// The ping went unanswered for `ping_timeout`.
+    /// The pings went unanswered for `ping_timeout`.
     Dead,
 }
+
+/// Pings sent within one `ping_timeout` before the link counts as dead.
+/// With several connections for the domain ejabberd routes each stanza to
+/// one of them at random, the ping and its answer too (seen in the interop
+/// test): with two connections a single ping reaches neither way back with
+/// probability 1/4; with this many, (1/4)^8 ≈ 1.5e-5.
+const PINGS_PER_TIMEOUT: u32 = 8;
 
 /// Detects a silent server: see the module documentation.
 struct Watchdog {
     activity: Activity,
     read_idle: Duration,
     ping_timeout: Duration,
+    /// Between two pings while no answer came.
+    ping_every: Duration,
     /// How often the activity is looked at.
     every: Duration,
     next_check: Instant,
     last_progress: u64,
     last_active: Instant,
-    ping_sent: Option<Instant>,
+    /// When the first unanswered ping, and the latest, were sent.
+    first_ping: Option<Instant>,
+    last_ping: Instant,
     pings: u64,
 }
 
 impl Watchdog {
     fn new(config: &StreamConfig, activity: Activity) -> Self {
-        let every = (config.read_idle.min(config.ping_timeout) / 4)
+        let ping_every = (config.ping_timeout / PINGS_PER_TIMEOUT).max(Duration::from_millis(10));
+        let every = (config.read_idle / 4)
+            .min(ping_every)
             .clamp(Duration::from_millis(10), Duration::from_secs(1));
         let now = Instant::now();
         Watchdog {
@@ -626,10 +642,12 @@ impl Watchdog {
             activity,
             read_idle: config.read_idle,
             ping_timeout: config.ping_timeout,
+            ping_every,
             every,
             next_check: now + every,
             last_active: now,
-            ping_sent: None,
+            first_ping: None,
+            last_ping: now,
             pings: 0,
         }
     }
@@ -643,19 +661,21 @@ impl Watchdog {
         if progress != self.last_progress || self.activity.in_handler.load(Ordering::Relaxed) {
             self.last_progress = progress;
             self.last_active = now;
-            self.ping_sent = None;
+            self.first_ping = None;
             return Health::Fine;
         }
-        match self.ping_sent {
-            Some(sent) if now >= sent + self.ping_timeout => Health::Dead,
-            Some(_) => Health::Fine,
-            None if now >= self.last_active + self.read_idle => {
-                self.ping_sent = Some(now);
-                self.pings += 1;
-                Health::Idle
-            }
-            None => Health::Fine,
+        let ping_due = match self.first_ping {
+            Some(first) if now >= first + self.ping_timeout => return Health::Dead,
+            Some(_) => now >= self.last_ping + self.ping_every,
+            None => now >= self.last_active + self.read_idle,
+        };
+        if !ping_due {
+            return Health::Fine;
         }
+        self.first_ping.get_or_insert(now);
+        self.last_ping = now;
+        self.pings += 1;
+        Health::Idle
     }
 }
 

@@ -21,6 +21,7 @@
 //! (`[storage] cache_max_age_secs`) bounds what that costs.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgListener, PgPool};
@@ -51,6 +52,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct ChangeListener {
     task: JoinHandle<()>,
     state: watch::Receiver<State>,
+    /// Notifications received so far.
+    heard: Arc<AtomicU64>,
 }
 
 /// What the listener task tells its handle.
@@ -66,10 +69,16 @@ impl ChangeListener {
     /// Starts listening on a connection of `pool`, invalidating `cache`.
     pub(super) fn spawn(pool: PgPool, cache: Arc<RegistrationCache>) -> Self {
         let (tx, rx) = watch::channel(State::default());
-        let shared = Shared { cache, state: tx };
+        let heard = Arc::new(AtomicU64::new(0));
+        let shared = Shared {
+            cache,
+            state: tx,
+            heard: heard.clone(),
+        };
         ChangeListener {
             task: tokio::spawn(run(pool, shared)),
             state: rx,
+            heard,
         }
     }
 
@@ -92,6 +101,12 @@ impl ChangeListener {
         self.state.borrow().subscriptions
     }
 
+    /// How many change notifications the listener received (this
+    /// instance's own changes included).
+    pub fn notifications(&self) -> u64 {
+        self.heard.load(Ordering::Relaxed)
+    }
+
     /// Stops listening, and waits until the task is gone (its connection
     /// goes back to the pool, so that closing the pool does not wait).
     pub async fn stop(mut self) {
@@ -111,6 +126,7 @@ impl Drop for ChangeListener {
 struct Shared {
     cache: Arc<RegistrationCache>,
     state: watch::Sender<State>,
+    heard: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -131,6 +147,7 @@ impl Shared {
     }
 
     fn changed(&self, node: &str) {
+        self.heard.fetch_add(1, Ordering::Relaxed);
         if node == EVERY_NODE {
             self.cache.clear();
         } else {

@@ -455,13 +455,6 @@ impl RegistrationStore {
         Ok(rows)
     }
 
-    /// Forgets every cached registration: the next lookups read the
-    /// database (after a handover, the replaced instance may have changed
-    /// registrations while both ran).
-    pub fn clear_cache(&self) {
-        self.cache.clear();
-    }
-
     /// Closes the pool (waits for connections to be returned).
     pub async fn close(&self) {
         on_pool!(&self.pool, |p| p.close().await)

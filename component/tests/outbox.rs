@@ -820,7 +820,8 @@ async fn two_instances_deliver_every_row_once() {
 
 /// An instance that stops with rows it claimed (their pushes out, never
 /// answered): another instance delivers them once their claim time is
-/// over, and not before.
+/// over, and not before, not even for an important publish that came to
+/// it meanwhile (an early try leaves another instance's claim alone).
 async fn a_stopped_instance_s_claims_are_delivered_by_another() {
     const NODES: usize = 20;
     let db = TestDb::new(DbKind::Postgres).await;
@@ -859,6 +860,24 @@ async fn a_stopped_instance_s_claims_are_delivered_by_another() {
     );
     let (_, earliest_end, _) = claim_state(&url).await;
     let earliest_end = earliest_end.unwrap();
+
+    // B starts while A's pushes are out. An important message for one of
+    // the nodes reaches B, which knows the node has a row and tries it
+    // early: it must not take the row A is sending.
+    let count_b = Counting::new();
+    let (_server_b, mut conn_b, nudge_b) = start_connected(&url, count_b.backends(), |_| {}).await;
+    let (_, node0, secret0, _) = &publishes[0];
+    let answer = conn_b
+        .request(&publish_iq(
+            "late",
+            "localhost",
+            node0,
+            Some(secret0),
+            "newest",
+        ))
+        .await;
+    assert_eq!(answer_kind(&answer), ok());
+
     let Harness {
         conn, nudge, db, ..
     } = h;
@@ -868,9 +887,6 @@ async fn a_stopped_instance_s_claims_are_delivered_by_another() {
         now_ms() < earliest_end,
         "A stopped within its claims (the test needs a longer push timeout)"
     );
-
-    let count_b = Counting::new();
-    let (_server_b, _conn_b, nudge_b) = start_connected(&url, count_b.backends(), |_| {}).await;
     let outbox = nudge_b.store.outbox();
     assert!(
         eventually_within(Duration::from_secs(40), || async {
@@ -889,6 +905,11 @@ async fn a_stopped_instance_s_claims_are_delivered_by_another() {
     assert!(
         delivered.iter().all(|(_, at)| *at >= earliest_end),
         "B waited for A's claims to end ({earliest_end}): {delivered:?}"
+    );
+    assert_eq!(
+        last_body(&count_b.inner.sent_to("tok-0")),
+        Some("newest"),
+        "the row carries what B merged into it"
     );
     assert!(count_a.delivered().is_empty());
     nudge_b.stop().await;

@@ -14,7 +14,7 @@ use common::{
     register_iq, start_connected, test_config,
 };
 use nudge::dispatch::Backends;
-use nudge::store::{Outbox, RegistrationStore, now, now_ms};
+use nudge::store::{NewRegistration, Outbox, RegistrationStore, now, now_ms};
 use nudge::xmpp::stream::LinkState;
 use nudge_plugins::{BoxFuture, Device, Notification, Outcome, PushBackend};
 
@@ -825,48 +825,62 @@ async fn two_instances_deliver_every_row_once() {
 async fn a_stopped_instance_s_claims_are_delivered_by_another() {
     const NODES: usize = 20;
     let db = TestDb::new(DbKind::Postgres).await;
-    // A long push timeout: A's sends stay out (and its claims held) until
-    // well after A has stopped.
+    let url = db.url();
+    // Registrations with a due row each, written before any instance runs.
+    let store = open_store(&url).await;
+    let mut nodes = Vec::new();
+    for i in 0..NODES {
+        let reg = store
+            .register(&NewRegistration {
+                owner: format!("u{i}@localhost"),
+                device_id: "phone".into(),
+                muc: String::new(),
+                app: "conversations".into(),
+                token: format!("tok-{i}"),
+                with_secret: true,
+            })
+            .await
+            .unwrap();
+        let summary = Notification {
+            last_message_body: Some(format!("msg {i}")),
+            ..Default::default()
+        };
+        store
+            .outbox()
+            .merge(&reg.node, &summary, 1, now_ms(), now() + 3600)
+            .await
+            .unwrap();
+        nodes.push((reg.node.clone(), reg.secret.clone().unwrap_or_default()));
+    }
+    store.close().await;
+
+    // A claims them all and sends them to a provider that never answers,
+    // with a long push timeout: its claims (push timeout + 2 s) hold until
+    // well after it has stopped.
     let count_a = Counting::new();
-    let (server, conn, nudge) = start_connected(&db.url(), count_a.backends(), |c| {
-        c.dispatch.push_timeout_secs = 8
+    count_a.inner.set_delay(Duration::from_secs(3600));
+    let (_server_a, conn_a, nudge_a) = start_connected(&url, count_a.backends(), |c| {
+        c.dispatch.push_timeout_secs = 12
     })
     .await;
-    let mut h = Harness {
-        server,
-        conn,
-        nudge,
-        backend: count_a.inner.clone(),
-        db,
-    };
-    let mut publishes = Vec::new();
-    for i in 0..NODES {
-        let (node, secret) = h
-            .register(&format!("u{i}@localhost"), "phone", &format!("tok-{i}"))
-            .await;
-        publishes.push((format!("p{i}"), node, secret, format!("msg {i}")));
-    }
-    h.backend.set_down(true);
-    let answers = publish_all(&mut h, &publishes).await;
-    assert!(answers.iter().all(|(_, k)| *k == ok()), "{answers:?}");
-    // The provider takes the retries but never answers.
-    h.backend.set_delay(Duration::from_secs(3600));
-    h.backend.set_down(false);
-    let url = h.db.url();
     assert!(
-        eventually(|| async { claim_state(&url).await.0 == NODES as i64 }).await,
-        "A claimed every row: {:?}",
-        claim_state(&url).await
+        eventually(|| async { count_a.inner.sent().len() == NODES }).await,
+        "A sent every row: {}",
+        count_a.inner.sent().len()
     );
-    let (_, earliest_end, _) = claim_state(&url).await;
+    let (claimed, earliest_end, _) = claim_state(&url).await;
+    assert_eq!(claimed, NODES as i64, "every row out is claimed");
     let earliest_end = earliest_end.unwrap();
 
     // B starts while A's pushes are out. An important message for one of
-    // the nodes reaches B, which knows the node has a row and tries it
-    // early: it must not take the row A is sending.
+    // the nodes reaches B, which knows the node has a row (its worker reads
+    // the outbox's nodes at start-up; before that a publish would go out
+    // fresh, since coalescing is per instance) and tries the row early: it
+    // must not take the row A is sending.
     let count_b = Counting::new();
     let (_server_b, mut conn_b, nudge_b) = start_connected(&url, count_b.backends(), |_| {}).await;
-    let (_, node0, secret0, _) = &publishes[0];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (node0, secret0) = &nodes[0];
     let answer = conn_b
         .request(&publish_iq(
             "late",
@@ -878,14 +892,14 @@ async fn a_stopped_instance_s_claims_are_delivered_by_another() {
         .await;
     assert_eq!(answer_kind(&answer), ok());
 
-    let Harness {
-        conn, nudge, db, ..
-    } = h;
-    drop(conn);
-    nudge.stop().await;
+    drop(conn_a);
+    nudge_a.stop().await;
+    // Had A's sends timed out before it stopped, A would have released its
+    // claims itself (rightly), and B could deliver before `earliest_end`.
+    let stopped = now_ms();
     assert!(
-        now_ms() < earliest_end,
-        "A stopped within its claims (the test needs a longer push timeout)"
+        stopped + 2000 < earliest_end,
+        "A stopped at {stopped}, after its sends timed out ({earliest_end} - 2 s): too slow a machine for this test"
     );
     let outbox = nudge_b.store.outbox();
     assert!(

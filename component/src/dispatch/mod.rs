@@ -558,12 +558,15 @@ impl Dispatcher {
             }
         };
         bump(&self.stats.retries);
-        // A row that is there already holds publishes merged while this
-        // push was out, which are newer: it is rescheduled, not replaced.
+        // A row that is there already is merged into, not replaced: it
+        // holds publishes merged while this push was out (newer, and the
+        // merge keeps the newest), or, with several instances, another
+        // instance's row, whose send must then not count for this summary
+        // (the merge bumps its `seq`).
         if carried.is_none()
             && let Err(e) = self
                 .outbox
-                .insert_new(node, notification, received_us, due, self.expires_at())
+                .merge(node, notification, received_us, due, self.expires_at())
                 .await
         {
             error!(error = %e, "could not write the push to the outbox");

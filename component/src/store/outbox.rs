@@ -339,40 +339,31 @@ impl Outbox {
         until_ms: i64,
         limit: i64,
     ) -> Result<Vec<QueuedPush>, StoreError> {
-        let rows: Vec<Row_> = match &self.pool {
-            Pool::Sqlite(p) => {
-                let sql = concat!(
-                    "UPDATE outbox SET due_at_ms = $2, claimed_by = $4 WHERE node IN \
-                     (SELECT node FROM outbox WHERE due_at_ms <= $1 ORDER BY due_at_ms LIMIT $3) \
-                     RETURNING ",
-                    outbox_columns!()
-                );
-                sqlx::query_as(sql)
-                    .bind(now_ms)
-                    .bind(until_ms)
-                    .bind(limit)
-                    .bind(&*self.claimer)
-                    .fetch_all(p)
-                    .await?
-            }
-            Pool::Postgres(p) => {
-                let sql = concat!(
-                    "WITH picked AS MATERIALIZED \
-                     (SELECT node FROM outbox WHERE due_at_ms <= $1 ORDER BY due_at_ms LIMIT $3 \
-                      FOR UPDATE SKIP LOCKED) \
-                     UPDATE outbox SET due_at_ms = $2, claimed_by = $4 \
-                     WHERE node IN (SELECT node FROM picked) RETURNING ",
-                    outbox_columns!()
-                );
-                sqlx::query_as(sql)
-                    .bind(now_ms)
-                    .bind(until_ms)
-                    .bind(limit)
-                    .bind(&*self.claimer)
-                    .fetch_all(p)
-                    .await?
-            }
+        let sql = match &self.pool {
+            Pool::Sqlite(_) => concat!(
+                "UPDATE outbox SET due_at_ms = $2, claimed_by = $4 WHERE node IN \
+                 (SELECT node FROM outbox WHERE due_at_ms <= $1 ORDER BY due_at_ms LIMIT $3) \
+                 RETURNING ",
+                outbox_columns!()
+            ),
+            Pool::Postgres(_) => concat!(
+                "WITH picked AS MATERIALIZED \
+                 (SELECT node FROM outbox WHERE due_at_ms <= $1 ORDER BY due_at_ms LIMIT $3 \
+                  FOR UPDATE SKIP LOCKED) \
+                 UPDATE outbox SET due_at_ms = $2, claimed_by = $4 \
+                 WHERE node IN (SELECT node FROM picked) RETURNING ",
+                outbox_columns!()
+            ),
         };
+        let rows: Vec<Row_> = on_pool!(&self.pool, |p| {
+            sqlx::query_as(sql)
+                .bind(now_ms)
+                .bind(until_ms)
+                .bind(limit)
+                .bind(&*self.claimer)
+                .fetch_all(p)
+                .await?
+        });
         Ok(rows.into_iter().map(QueuedPush::from).collect())
     }
 

@@ -334,21 +334,12 @@ impl PushBackend for TestBackend {
 
 /// Polls `check` every 20 ms until it holds, for at most [`STEP`]; says
 /// whether it did.
-pub async fn eventually<F, Fut>(mut check: F) -> bool
+pub async fn eventually<F, Fut>(check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + STEP;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_within(STEP, check).await
 }
 
 /// Which database a test runs on.

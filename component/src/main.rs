@@ -326,6 +326,9 @@ async fn run(
     config_path: PathBuf,
     replace: Option<Option<u32>>,
 ) -> Result<(), BoxError> {
+    // First of all: a signal that comes while starting (SIGUSR1 from the
+    // command line, SIGHUP from a reload) must not end the process.
+    let mut signals = Signals::new()?;
     let lock_path = InstanceLock::path_for(&config.database_url());
     let mut predecessor = match replace {
         None => None,
@@ -401,7 +404,6 @@ async fn run(
         Ok::<_, LockError>(taken)
     });
     let mut waiting_for_predecessor = true;
-    let mut signals = Signals::new()?;
     let mut successor: Option<tokio::process::Child> = None;
     loop {
         tokio::select! {

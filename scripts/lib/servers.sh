@@ -60,11 +60,13 @@ stop_pid() {
 # Everything still running, in dependency order.
 stop_all() {
     stop_pid nudge
+    stop_pid nudge2
     stop_ejabberd
     stop_pid prosody
     stop_pid test-app
     local name
     for name in "${!PIDS[@]}"; do stop_pid "$name"; done
+    [ ${#PG_DBS[@]} = 0 ] || pg_drop_all
 }
 
 # --- installation ----------------------------------------------------------------
@@ -173,6 +175,8 @@ nudge_env() {
     export NUDGE_COMPONENT__PORT=$2
     export NUDGE_COMPONENT__SECRET=$SECRET
     export NUDGE_STORAGE__DATA_DIR=$WORK/$1/nudge-data
+    # Set for issue 16's part of the previous server (scripts/interop-test).
+    unset NUDGE_STORAGE__URL NUDGE_DISPATCH__COALESCE_MS
 }
 
 nudge_connections() { grep -c "component connected" "$WORK/$1/nudge.log" 2>/dev/null || true; }
@@ -185,6 +189,91 @@ start_nudge() {
     PIDS[nudge]=$!
     wait_until 20 grep -q "component connected" "$log" || { tail -n 20 "$log"; return 1; }
     grep "component connected" "$log" | head -n 1
+}
+
+# --- several Nudge instances (issue 16) --------------------------------------
+# An instance is a slot NAME in PIDS (`nudge`, `nudge2`) with its own log,
+# $WORK/SERVER/NAME.log, appended to by every process that holds the slot in
+# turn (a handover's successor writes to its predecessor's log).
+
+nudge_log() { echo "$WORK/$2/$1.log"; }
+
+# launch_nudge NAME SERVER [RUN_ARGS...]: starts `nudge run` in the
+# background, PIDS[NAME] = its PID; does not wait.
+launch_nudge() {
+    local name=$1 server=$2
+    shift 2
+    "$NUDGE" --config "$WORK/nudge.toml" run "$@" >>"$(nudge_log "$name" "$server")" 2>&1 &
+    PIDS[$name]=$!
+}
+
+# start_nudge_instance NAME SERVER: another instance with the same config
+# and environment; waits for its component handshake.
+start_nudge_instance() {
+    local name=$1 server=$2 log before
+    log=$(nudge_log "$name" "$server")
+    before=$(grep -c "component connected" "$log" 2>/dev/null || true)
+    launch_nudge "$name" "$server" || return 1
+    wait_until 20 log_count_above "$log" "component connected" "$before" ||
+        { tail -n 20 "$log"; return 1; }
+    echo "$name: PID ${PIDS[$name]}, $(grep "component connected" "$log" | tail -n 1)"
+}
+
+# log_count_above FILE NEEDLE N: FILE has more than N lines with NEEDLE.
+log_count_above() { [ "$(grep -c -- "$2" "$1" 2>/dev/null || true)" -gt "$3" ]; }
+
+# handover_nudge NAME SERVER replace|hup: the instance in slot NAME hands
+# over to a successor with the same config: `nudge run --replace OLD`
+# started here, or SIGHUP, with which the old one starts its successor
+# itself (systemd's ExecReload); then PIDS[NAME] is the successor, found
+# from its log line `handover: replacing the instance with PID OLD … pid=NEW`.
+# Waits for `handover: PID OLD has exited` and for OLD to be gone.
+handover_nudge() {
+    local name=$1 server=$2 how=$3 old=${PIDS[$1]:-} log new start line
+    log=$(nudge_log "$name" "$server")
+    [ -n "$old" ] && ! gone "$old" || { echo "$name is not running"; return 1; }
+    start=$(now)
+    case $how in
+        replace) launch_nudge "$name" "$server" --replace "$old" || return 1 ;;
+        hup) kill -HUP "$old" || return 1 ;;
+    esac
+    wait_until 20 grep -Eq "handover: replacing the instance with PID $old([^0-9]|$)" "$log" ||
+        { echo "no 'handover: replacing the instance with PID $old' line within 20 s"; tail -n 15 "$log"; return 1; }
+    line=$(grep -E "handover: replacing the instance with PID $old([^0-9]|$)" "$log" | tail -n 1)
+    if [ "$how" = hup ]; then
+        new=$(sed -n 's/.*[^A-Za-z_]pid=\([0-9][0-9]*\).*/\1/p' <<<"$line")
+        [ -n "$new" ] || new=$(pgrep -n -f -- "--replace $old" || true)
+        [ -n "$new" ] || { echo "cannot tell the successor's PID from: $line"; return 1; }
+        PIDS[$name]=$new
+    fi
+    new=${PIDS[$name]}
+    wait_until 20 grep -Eq "handover: PID $old has exited" "$log" ||
+        { echo "no 'handover: PID $old has exited' line within 20 s"; tail -n 15 "$log"; return 1; }
+    wait_until 10 gone "$old" || { echo "PID $old still running"; return 1; }
+    wait "$old" 2>/dev/null || true
+    gone "$new" && { echo "the successor (PID $new) is not running"; tail -n 15 "$log"; return 1; }
+    echo "$how: PID $old -> $new in $(since "$start") s"
+}
+
+# --- PostgreSQL (several instances share one database) ---------------------------
+# pg_create SERVER: a fresh database on the server of NUDGE_TEST_POSTGRES_URL
+# (the caller sets it); exports NUDGE_STORAGE__URL naming it. pg_drop drops
+# it (also on exit, from stop_all).
+PG_DBS=()
+pg_create() {
+    local base=${NUDGE_TEST_POSTGRES_URL:?} db
+    db="nudge_interop_$1_$$_$(date +%s)"
+    psql "$base" -v ON_ERROR_STOP=1 -qAtc "CREATE DATABASE $db" || return 1
+    PG_DBS+=("$db")
+    export NUDGE_STORAGE__URL="${base%/*}/$db"
+    echo "database $db on ${base%/*}"
+}
+pg_drop_all() {
+    local db
+    for db in "${PG_DBS[@]}"; do
+        psql "${NUDGE_TEST_POSTGRES_URL:?}" -qAtc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+    done
+    PG_DBS=()
 }
 
 # --- Prosody ---------------------------------------------------------------------
@@ -250,6 +339,17 @@ start_prosody() {
 }
 
 stop_prosody() { stop_pid prosody; }
+
+# prosody_conflict_resolve kick_new|kick_old: sets component_conflict_resolve
+# in the generated copy of deploy/prosody.cfg.lua (deploy/ says kick_old, for
+# handovers; a standby Nudge needs kick_new); takes effect at the next start.
+prosody_conflict_resolve() {
+    local file=$WORK/prosody/nudge.cfg.lua
+    sed -i "s/^\( *component_conflict_resolve = \)\"[a-z_]*\"/\1\"$1\"/" "$file" || return 1
+    grep -q "component_conflict_resolve = \"$1\"" "$file" ||
+        { echo "deploy/prosody.cfg.lua has no component_conflict_resolve line to set"; return 1; }
+    echo "component_conflict_resolve = \"$1\""
+}
 
 # --- ejabberd --------------------------------------------------------------------
 EJABBERDCTL=()

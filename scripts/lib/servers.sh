@@ -13,8 +13,9 @@
 PUSH_DOMAIN=push.localhost
 USER_DOMAIN=localhost
 # alice owns the phones, bob writes; carol, dave and erin own more phones
-# for the scenarios with several users (scripts/interop-test).
-USERS=(alice bob carol dave erin)
+# for the scenarios with several users (scripts/interop-test); frank, grace,
+# heidi and ivan join them for issue 16's stream of messages.
+USERS=(alice bob carol dave erin frank grace heidi ivan)
 NUDGE="$ROOT/target/debug/nudge"
 TEST_APP="$ROOT/target/debug/nudge-test-app"
 VENV="$ROOT/target/interop-venv"
@@ -212,15 +213,21 @@ launch_nudge() {
 start_nudge_instance() {
     local name=$1 server=$2 log before
     log=$(nudge_log "$name" "$server")
-    before=$(grep -c "component connected" "$log" 2>/dev/null || true)
+    before=$(count_in "$log" "component connected")
     launch_nudge "$name" "$server" || return 1
     wait_until 20 log_count_above "$log" "component connected" "$before" ||
         { tail -n 20 "$log"; return 1; }
     echo "$name: PID ${PIDS[$name]}, $(grep "component connected" "$log" | tail -n 1)"
 }
 
+# count_in FILE NEEDLE: how many lines of FILE have NEEDLE (0 without FILE).
+count_in() {
+    local n
+    n=$(grep -c -- "$2" "$1" 2>/dev/null) || true
+    echo "${n:-0}"
+}
 # log_count_above FILE NEEDLE N: FILE has more than N lines with NEEDLE.
-log_count_above() { [ "$(grep -c -- "$2" "$1" 2>/dev/null || true)" -gt "$3" ]; }
+log_count_above() { [ "$(count_in "$1" "$2")" -gt "$3" ]; }
 
 # handover_nudge NAME SERVER replace|hup: the instance in slot NAME hands
 # over to a successor with the same config: `nudge run --replace OLD`
@@ -237,8 +244,15 @@ handover_nudge() {
         replace) launch_nudge "$name" "$server" --replace "$old" || return 1 ;;
         hup) kill -HUP "$old" || return 1 ;;
     esac
-    wait_until 20 grep -Eq "handover: replacing the instance with PID $old([^0-9]|$)" "$log" ||
-        { echo "no 'handover: replacing the instance with PID $old' line within 20 s"; tail -n 15 "$log"; return 1; }
+    new=${PIDS[$name]}
+    if ! handover_begun "$log" "$old" "$new"; then
+        echo "no 'handover: replacing the instance with PID $old' line within 20 s"
+        tail -n 15 "$log"
+        # Whatever runs still stops on exit.
+        gone "$new" || PIDS[$name-failed-$new]=$new
+        PIDS[$name]=$old
+        return 1
+    fi
     line=$(grep -E "handover: replacing the instance with PID $old([^0-9]|$)" "$log" | tail -n 1)
     if [ "$how" = hup ]; then
         new=$(sed -n 's/.*[^A-Za-z_]pid=\([0-9][0-9]*\).*/\1/p' <<<"$line")
@@ -253,6 +267,23 @@ handover_nudge() {
     wait "$old" 2>/dev/null || true
     gone "$new" && { echo "the successor (PID $new) is not running"; tail -n 15 "$log"; return 1; }
     echo "$how: PID $old -> $new in $(since "$start") s"
+}
+
+# handover_begun LOG OLD NEW: waits up to 20 s for the successor's line
+# saying that it replaces OLD; fails at once when NEW (the successor, or OLD
+# itself after a SIGHUP) is gone without it.
+handover_begun() {
+    local line="handover: replacing the instance with PID $2([^0-9]|$)" end=$(($(date +%s) + 20))
+    until grep -Eq "$line" "$1"; do
+        if gone "$3"; then
+            sleep 0.3
+            grep -Eq "$line" "$1" && return 0
+            echo "PID $3 exited"
+            return 1
+        fi
+        [ "$(date +%s)" -lt "$end" ] || return 1
+        sleep 0.1
+    done
 }
 
 # --- PostgreSQL (several instances share one database) ---------------------------

@@ -111,6 +111,7 @@ pub async fn start(config: &Config, backends: Backends) -> Result<Running, Start
         dispatcher.clone(),
         outbound,
         config.dispatch.max_in_flight,
+        Duration::from_secs(config.dispatch.answer_deadline_secs),
     ));
     let shutdown = Shutdown::new();
     let task = tokio::spawn(link.run(service, shutdown.clone()));

@@ -129,6 +129,11 @@ pub struct DispatchConfig {
     /// Publishes and commands handled at once; the reader waits beyond.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Longest a publish waits for its answer whatever happens (a database
+    /// that hangs, a lock): then it is answered `wait`, well inside
+    /// ejabberd's 32 s iq timeout, after which a late answer is dropped.
+    #[serde(default = "default_answer_deadline_secs")]
+    pub answer_deadline_secs: u64,
 }
 
 /// `[outbox]`: how accepted pushes that failed for now are retried.
@@ -262,7 +267,7 @@ fn default_reconnect_max_delay_ms() -> u64 {
     1000
 }
 fn default_standby_retry_ms() -> u64 {
-    1000
+    250
 }
 fn default_drain_timeout_secs() -> u64 {
     5
@@ -321,6 +326,9 @@ fn default_brake_dead_tokens() -> u32 {
 fn default_brake_window_secs() -> u64 {
     600
 }
+fn default_answer_deadline_secs() -> u64 {
+    10
+}
 fn default_max_in_flight() -> usize {
     10_000
 }
@@ -345,6 +353,7 @@ impl Default for DispatchConfig {
             coalesce_ms: default_coalesce_ms(),
             push_timeout_secs: default_push_timeout_secs(),
             max_in_flight: default_max_in_flight(),
+            answer_deadline_secs: default_answer_deadline_secs(),
         }
     }
 }
@@ -507,6 +516,15 @@ impl Config {
             return bad(
                 "dispatch.answer_within_ms",
                 "must be between 10 and 20000 (ms)",
+            );
+        }
+        if !(1..=25).contains(&self.dispatch.answer_deadline_secs)
+            || self.dispatch.answer_deadline_secs.saturating_mul(1000)
+                < self.dispatch.answer_within_ms
+        {
+            return bad(
+                "dispatch.answer_deadline_secs",
+                "must be between 1 and 25 (s), and not below dispatch.answer_within_ms",
             );
         }
         if self.dispatch.coalesce_ms > 60_000 {

@@ -6,11 +6,13 @@
 //! registration lookup ([`store`]) → the device's backend and the answer
 //! ([`dispatch`]) → the provider (crate `nudge-plugins`). Registration
 //! commands ([`register`]) are the other way in. [`service`] routes each
-//! stanza; [`app`] wires it all together from the [`config`].
+//! stanza; [`app`] wires it all together from the [`config`]; [`instance`]
+//! is this process among others (the SQLite lock, the zero-gap handover).
 
 pub mod app;
 pub mod config;
 pub mod dispatch;
+pub mod instance;
 pub mod push;
 pub mod register;
 pub mod service;

@@ -3,10 +3,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use nudge::config::Config;
+use nudge::instance::{InstanceLock, LockError, OtherInstance};
 use nudge::store::RegistrationStore;
+use nudge::xmpp::stream::LinkState;
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc: the publish path allocates on the reader thread and frees on
@@ -37,8 +41,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Connect to the XMPP server and serve push requests until stopped (SIGINT/SIGTERM).
-    Run,
+    /// Connect to the XMPP server and serve push requests until stopped
+    /// (SIGINT/SIGTERM). SIGHUP starts a successor that replaces this
+    /// process without a gap (`run --replace`).
+    Run {
+        /// Replace the running instance with this PID (with SQLite, the PID
+        /// can be left out: it is read from the database's lock file). This
+        /// process connects first, then stops the other one, which answers
+        /// what it has read and exits: no publish bounces.
+        #[arg(long, value_name = "PID", num_args = 0..=1)]
+        replace: Option<Option<u32>>,
+    },
     /// Apply database migrations and exit.
     Migrate,
     /// Validate the configuration (and build the push backends) and exit.
@@ -96,8 +109,13 @@ enum RegistrationsCommand {
     Remove { node: String },
 }
 
+/// Exit status when another instance holds the SQLite database: a unit that
+/// restarts on failure must not retry it (`deploy/nudge.service`).
+const EXIT_REFUSED: u8 = 3;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let config_path = cli.config.clone();
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -122,20 +140,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute(cli.command, config)) {
+    match runtime.block_on(execute(cli.command, config, config_path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nudge: {e}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<LockError>()
+                .is_some_and(|e| matches!(e, LockError::Held { .. }))
+            {
+                ExitCode::from(EXIT_REFUSED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn execute(command: Command, config: Config) -> Result<(), BoxError> {
+async fn execute(command: Command, config: Config, config_path: PathBuf) -> Result<(), BoxError> {
     match command {
-        Command::Run => run(config).await,
+        Command::Run { replace } => run(config, config_path, replace).await,
         Command::Migrate => {
             let store = open_store(&config).await?;
             store.migrate().await?;
@@ -176,6 +200,7 @@ async fn execute(command: Command, config: Config) -> Result<(), BoxError> {
                     if !store.remove(&node).await? {
                         return Err(format!("no registration with node {node}").into());
                     }
+                    tell_running_instance(&config);
                     println!("removed {node}");
                 }
             }
@@ -202,12 +227,16 @@ async fn execute(command: Command, config: Config) -> Result<(), BoxError> {
         Command::Brake { command } => {
             let store = open_store(&config).await?;
             store.migrate().await?;
-            brake(&store, command).await
+            brake(&store, command, &config).await
         }
     }
 }
 
-async fn brake(store: &RegistrationStore, command: BrakeCommand) -> Result<(), BoxError> {
+async fn brake(
+    store: &RegistrationStore,
+    command: BrakeCommand,
+    config: &Config,
+) -> Result<(), BoxError> {
     let brakes = store.brake();
     match command {
         BrakeCommand::Status => {
@@ -241,6 +270,9 @@ async fn brake(store: &RegistrationStore, command: BrakeCommand) -> Result<(), B
                         removed += 1;
                     }
                 }
+                if removed > 0 {
+                    tell_running_instance(config);
+                }
                 println!(
                     "brake released for {app}; {removed} of {} held removals applied",
                     held.len()
@@ -256,37 +288,248 @@ async fn brake(store: &RegistrationStore, command: BrakeCommand) -> Result<(), B
     Ok(())
 }
 
+/// After the command line changed registrations in a SQLite database, the
+/// instance that runs on it is told to forget its cache (PostgreSQL tells
+/// every instance by itself, through a trigger and `LISTEN`).
+fn tell_running_instance(config: &Config) {
+    let holder = InstanceLock::path_for(&config.database_url())
+        .as_deref()
+        .and_then(InstanceLock::holder);
+    let Some(instance) = holder.map(OtherInstance::new) else {
+        return;
+    };
+    // A lock file outlives its holder: the PID may be another program's now.
+    if instance.is_running()
+        && instance.is_nudge()
+        && let Err(e) = instance.forget_cache()
+    {
+        eprintln!(
+            "nudge: the running instance (PID {}) was not told of the change: {e}; it sees it within storage.cache_max_age_secs",
+            instance.pid()
+        );
+    }
+}
+
 async fn open_store(config: &Config) -> Result<RegistrationStore, BoxError> {
     Ok(RegistrationStore::open(&config.database_url(), 16).await?)
 }
 
-async fn run(config: Config) -> Result<(), BoxError> {
+async fn run(
+    config: Config,
+    config_path: PathBuf,
+    replace: Option<Option<u32>>,
+) -> Result<(), BoxError> {
+    let lock_path = InstanceLock::path_for(&config.database_url());
+    let mut predecessor = match replace {
+        None => None,
+        Some(Some(pid)) => Some(OtherInstance::new(pid)),
+        Some(None) => match lock_path.as_deref().and_then(InstanceLock::holder) {
+            Some(pid) => Some(OtherInstance::new(pid)),
+            None => {
+                return Err(
+                    "--replace without a PID: no running instance is recorded in the \
+                            SQLite lock file; give the PID to replace (nudge run --replace PID)"
+                        .into(),
+                );
+            }
+        },
+    };
+    if predecessor.is_some_and(|p| p.pid() == std::process::id()) {
+        return Err("--replace names this very process".into());
+    }
+    // Held until this function returns, which ends the process.
+    let mut _lock = None;
+    if let Some(path) = &lock_path {
+        match InstanceLock::try_acquire(path) {
+            Ok(taken) => {
+                _lock = Some(taken);
+                // Nothing runs on this database: there is nothing to
+                // replace (a PID in a stale lock file may be another
+                // program's by now).
+                if let Some(p) = predecessor.take() {
+                    warn!(
+                        pid = p.pid(),
+                        "--replace: no instance runs on this SQLite database; starting without a handover"
+                    );
+                }
+            }
+            // The instance being replaced: the lock is taken once it exits.
+            Err(LockError::Held {
+                pid: Some(holder), ..
+            }) if predecessor.is_some_and(|p| p.pid() == holder) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let backends = nudge::app::build_backends(&config).await?;
-    let running = nudge::start(&config, backends).await?;
+    let mut running = nudge::start(&config, backends).await?;
+    match predecessor {
+        Some(p) => {
+            if let Err(e) = take_over(&mut running, p, &config).await {
+                running.stop().await;
+                return Err(e);
+            }
+        }
+        None => nudge::instance::notify_systemd(false),
+    }
     let stop = running.shutdown_handle();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("stop requested");
-        stop.trigger();
+    let store = running.store.clone();
+    let cache = store.clone();
+    let mut stopped = tokio::spawn(running.wait());
+    // Once the replaced instance has exited: take the lock it held, and
+    // forget what the cache learnt while the two ran side by side.
+    let need_lock = lock_path.is_some() && _lock.is_none();
+    let mut handed_over = tokio::spawn(async move {
+        let Some(p) = predecessor else {
+            return Ok(None);
+        };
+        p.exited(Duration::from_secs(30)).await;
+        info!(pid = p.pid(), "handover: PID {} has exited", p.pid());
+        let taken = match &lock_path {
+            Some(path) if need_lock => {
+                Some(InstanceLock::acquire_when_free(path, Duration::from_millis(20)).await?)
+            }
+            _ => None,
+        };
+        store.clear_cache();
+        Ok::<_, LockError>(taken)
     });
-    let reason = running.wait().await;
-    tracing::info!(?reason, "stopped");
+    let mut waiting_for_predecessor = true;
+    let mut signals = Signals::new()?;
+    let mut successor: Option<tokio::process::Child> = None;
+    loop {
+        tokio::select! {
+            reason = &mut stopped => {
+                tracing::info!(reason = ?reason.ok(), "stopped");
+                return Ok(());
+            }
+            taken = &mut handed_over, if waiting_for_predecessor => {
+                waiting_for_predecessor = false;
+                match taken {
+                    Ok(Ok(Some(taken))) => _lock = Some(taken),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => error!(error = %e, "handover: cannot take the instance lock"),
+                    Err(e) => error!(error = %e, "handover: waiting for the predecessor failed"),
+                }
+            }
+            signal = signals.next() => match signal {
+                Signal::Stop => {
+                    info!("stop requested");
+                    stop.trigger();
+                }
+                Signal::ForgetCache => {
+                    info!("forgetting the cached registrations (changed from the command line)");
+                    cache.clear_cache();
+                }
+                Signal::Replace if successor.is_some() => {
+                    info!("handover: a successor is starting already");
+                }
+                Signal::Replace => match nudge::instance::spawn_successor(&config_path) {
+                    Ok(child) => {
+                        info!(successor = child.id(), "handover: starting a successor, which stops this instance once it is connected");
+                        successor = Some(child);
+                    }
+                    Err(e) => error!(error = %e, "handover: cannot start a successor; this instance keeps running"),
+                },
+            },
+            status = wait_child(&mut successor), if successor.is_some() => {
+                successor = None;
+                if !stop.is_triggered() {
+                    warn!(?status, "handover: the successor exited without taking over; this instance keeps running");
+                }
+            }
+        }
+    }
+}
+
+/// Connects beside the instance being replaced, then stops it.
+async fn take_over(
+    running: &mut nudge::Running,
+    predecessor: OtherInstance,
+    config: &Config,
+) -> Result<(), BoxError> {
+    let pid = predecessor.pid();
+    info!(
+        pid = std::process::id(),
+        predecessor = pid,
+        "handover: replacing the instance with PID {pid}"
+    );
+    let limit = config.stream().handshake_timeout + Duration::from_secs(5);
+    let state = tokio::time::timeout(
+        limit,
+        running.state.wait_for(|s| {
+            matches!(
+                s,
+                LinkState::Connected | LinkState::Standby | LinkState::AuthFailed
+            )
+        }),
+    )
+    .await;
+    match state.as_ref().map(|s| s.as_ref().map(|s| (**s).clone())) {
+        Ok(Ok(LinkState::Connected)) => {
+            info!("handover: connected beside PID {pid}; stopping it");
+        }
+        Ok(Ok(LinkState::Standby)) => {
+            warn!(
+                "handover: the server refuses a second connection for the domain; stopping PID {pid} and \
+                 taking over at the next attempt (publishes in between bounce; Prosody: set \
+                 component_conflict_resolve = \"kick_old\" for a handover without a gap)"
+            );
+        }
+        _ => {
+            return Err(format!(
+                "handover aborted: this instance could not connect to the XMPP server within {limit:?}; \
+                 PID {pid} keeps running"
+            )
+            .into());
+        }
+    }
+    predecessor.stop()?;
+    nudge::instance::notify_systemd(true);
     Ok(())
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
+async fn wait_child(child: &mut Option<tokio::process::Child>) -> Option<std::process::ExitStatus> {
+    match child {
+        Some(c) => c.wait().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// The signals `nudge run` acts on.
+enum Signal {
+    /// SIGTERM or SIGINT: stop gracefully.
+    Stop,
+    /// SIGHUP: start a successor that replaces this process.
+    Replace,
+    /// SIGUSR1: forget the cached registrations (the command line changed
+    /// the SQLite database).
+    ForgetCache,
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop,
+            _ = tokio::signal::ctrl_c() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Replace,
+            _ = self.usr1.recv() => Signal::ForgetCache,
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Hides a password in a database URL for printing.

@@ -12,6 +12,7 @@
 //!   two entities can never loop on each other's errors.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tracing::{debug, error, warn};
@@ -35,6 +36,8 @@ pub struct Service {
     outbound: Outbound,
     in_flight: Arc<Semaphore>,
     max_in_flight: u32,
+    /// Longest a publish waits for its answer (`dispatch.answer_deadline_secs`).
+    answer_deadline: Duration,
 }
 
 impl Service {
@@ -44,6 +47,7 @@ impl Service {
         dispatcher: Arc<Dispatcher>,
         outbound: Outbound,
         max_in_flight: usize,
+        answer_deadline: Duration,
     ) -> Self {
         let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS) as u32;
         Service {
@@ -53,6 +57,7 @@ impl Service {
             outbound,
             in_flight: Arc::new(Semaphore::new(max_in_flight as usize)),
             max_in_flight,
+            answer_deadline,
         }
     }
 
@@ -199,7 +204,17 @@ impl Service {
                     admission,
                     oversize,
                 } => {
-                    let verdict = this.publish(&iq, request, admission).await;
+                    // Whatever hangs (a database, a lock), the publish is
+                    // answered before the server gives up on it.
+                    let verdict = tokio::time::timeout(
+                        this.answer_deadline,
+                        this.publish(&iq, request, admission),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        error!(deadline = ?this.answer_deadline, "no decision on a publish in time; answering wait");
+                        Verdict::Overdue
+                    });
                     // An oversize stanza whose publish does not check out
                     // gets `wait`: its content cannot be trusted to tell.
                     let verdict = match verdict {

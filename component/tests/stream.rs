@@ -691,3 +691,94 @@ async fn replaced_finishes_the_jobs_already_started() {
         assert_eq!(finished[0].last_message_body.as_deref(), Some("in flight"));
     }
 }
+
+/// During a handover ejabberd still routes publishes to the old connection
+/// until it has seen the old one's `</stream:stream>`: what arrives after
+/// the close is read until the server closes its side, and pushed.
+#[tokio::test]
+async fn publishes_that_arrive_after_our_close_are_still_pushed() {
+    let mut h = Harness::start(DbKind::Sqlite).await;
+    let (node, secret) = h.register("romeo@montague.lit", "phone", "tok-late").await;
+    let Harness {
+        mut conn,
+        nudge,
+        backend,
+        db,
+        ..
+    } = h;
+    let stopping = tokio::spawn(nudge.stop());
+    // Our side of the stream is closed first ...
+    assert_eq!(conn.expect_close().await, None);
+    // ... then the server delivers what it had routed meanwhile, and closes.
+    conn.send_lossy(
+        publish_iq("late", "montague.lit", &node, Some(&secret), "still here").as_bytes(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    conn.send_lossy(b"</stream:stream>").await;
+    conn.hang_up().await;
+    let reason = tokio::time::timeout(STEP, stopping)
+        .await
+        .expect("stopped in time")
+        .unwrap();
+    assert_eq!(reason, StopReason::Shutdown);
+    let pushed = backend.sent_to("tok-late");
+    assert_eq!(pushed.len(), 1, "{pushed:?}");
+    assert_eq!(pushed[0].last_message_body.as_deref(), Some("still here"));
+    db.drop_db().await;
+}
+
+/// A standby instance (Prosody refuses a second connection with
+/// "Component already connected") retries quietly and takes over at once
+/// when the active one goes away.
+#[tokio::test]
+async fn a_standby_retries_quietly_and_takes_over() {
+    let server = FakeServer::start().await;
+    let (mut nudge, _dir) = start_on(server.port, Backends::new(), |c| {
+        c.component.standby_retry_ms = 50;
+    })
+    .await;
+    for _ in 0..5 {
+        let (mut conn, _, _) = server.accept_until_handshake().await;
+        conn.send("<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Component already connected</text></stream:error></stream:stream>")
+            .await;
+        conn.hang_up().await;
+        assert!(nudge.wait_for_state(LinkState::Standby, STEP).await);
+    }
+    // After repeated refusals it still takes over as soon as it may.
+    let started = Instant::now();
+    let _conn = server.accept().await;
+    assert!(nudge.wait_for_state(LinkState::Connected, STEP).await);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    nudge.stop().await;
+}
+
+/// With several instances connected, ejabberd hands a ping and its answer
+/// to any of them: a ping that never comes back is not yet a dead link. The
+/// component pings again until `ping_timeout_secs`, and one that comes back
+/// keeps the connection.
+#[tokio::test]
+async fn pings_lost_to_other_connections_do_not_drop_the_link() {
+    let server = FakeServer::start().await;
+    let (nudge, _dir) = start_on(server.port, Backends::new(), |c| {
+        c.component.read_idle_secs = 1;
+        c.component.ping_timeout_secs = 2;
+    })
+    .await;
+    let mut conn = server.accept().await;
+    // The first three pings go "elsewhere"; the fourth is routed back.
+    for _ in 0..3 {
+        let ping = conn.recv().await;
+        assert!(ping.get_child("ping", "urn:xmpp:ping").is_some());
+    }
+    let ping = conn.recv().await;
+    conn.send(&ping.to_stanza_string()).await;
+    assert!(
+        server
+            .try_accept_tcp(Duration::from_millis(2500))
+            .await
+            .is_none(),
+        "reconnected although a ping came back"
+    );
+    nudge.stop().await;
+}

@@ -46,6 +46,10 @@ pub enum Verdict {
     /// (`README.md`, "Stanza limits"): its content cannot be trusted to
     /// tell, so no registration is disabled for it.
     Oversize,
+    /// No decision within `dispatch.answer_deadline_secs` (a database or
+    /// lock that hangs): answered before the user's server gives up on
+    /// the publish (ejabberd after 32 s), as a problem of ours.
+    Overdue,
 }
 
 impl Verdict {
@@ -74,6 +78,9 @@ impl Verdict {
                 "the App Server has no backend for this registration",
             )),
             Verdict::Oversize => Err(StanzaError::resource_constraint("stanza too large")),
+            Verdict::Overdue => Err(StanzaError::resource_constraint(
+                "no decision in time; try again",
+            )),
         }
     }
 
@@ -93,6 +100,7 @@ impl Verdict {
             Verdict::ProviderRejected => "provider_rejected",
             Verdict::NoBackend => "no_backend",
             Verdict::Oversize => "oversize",
+            Verdict::Overdue => "overdue",
         }
     }
 }
@@ -145,6 +153,8 @@ mod tests {
                 Some(Wait),
                 Some("internal-server-error"),
             ),
+            (Verdict::Oversize, Some(Wait), Some("resource-constraint")),
+            (Verdict::Overdue, Some(Wait), Some("resource-constraint")),
         ];
         for (verdict, kind, condition) in table {
             let answer = verdict.answer();

@@ -62,6 +62,12 @@ impl RegistrationCache {
         }
     }
 
+    /// Forgets every node (the database may have changed behind our back).
+    pub fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.entries.clear();
+    }
+
     /// Forgets a node after its row changed in the database.
     pub fn invalidate(&self, node: &str) {
         self.epoch.fetch_add(1, Ordering::SeqCst);

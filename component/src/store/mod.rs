@@ -153,12 +153,9 @@ impl RegistrationStore {
     /// Opens the database at `url` (`sqlite://path` or `postgres://…`);
     /// a SQLite file and its directory are created when missing.
     pub async fn open(url: &str, cache_capacity: usize) -> Result<Self, StoreError> {
-        let pool = if let Some(path) = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-        {
-            let file = path.split('?').next().unwrap_or(path);
-            if let Some(dir) = std::path::Path::new(file).parent()
+        let pool = if url.starts_with("sqlite:") {
+            if let Some(file) = sqlite_file(url)
+                && let Some(dir) = file.parent()
                 && !dir.as_os_str().is_empty()
             {
                 std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
@@ -413,10 +410,27 @@ impl RegistrationStore {
         Ok(rows)
     }
 
+    /// Forgets every cached registration: the next lookups read the
+    /// database (after a handover, the replaced instance may have changed
+    /// registrations while both ran).
+    pub fn clear_cache(&self) {
+        self.cache.clear();
+    }
+
     /// Closes the pool (waits for connections to be returned).
     pub async fn close(&self) {
         on_pool!(&self.pool, |p| p.close().await)
     }
+}
+
+/// The file of a SQLite database URL (`sqlite://PATH?options`); `None`
+/// for another database or an in-memory one.
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let file = rest.split('?').next().unwrap_or(rest);
+    (!file.is_empty() && file != ":memory:").then(|| std::path::PathBuf::from(file))
 }
 
 /// Now, in epoch seconds (the database's time unit).

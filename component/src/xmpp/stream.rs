@@ -17,8 +17,9 @@
 //!   configuration problem, retried slowly (5 s doubling to 5 min) with an
 //!   error in the log, never in a tight loop;
 //! - `conflict` "Component already connected" (Prosody, another instance
-//!   holds the domain): stand by, retrying every `standby_retry`, so this
-//!   instance takes over within a second when the other goes away;
+//!   holds the domain): stand by, retrying every `standby_retry` (250 ms
+//!   by default, logged once), so this instance takes over within a second
+//!   when the other goes away;
 //! - `conflict` "Replaced by a new connection" (Prosody `kick_old`: a newer
 //!   instance took over on purpose): stop, never reconnect to kick it back;
 //!   the jobs already handed to the handler still finish before
@@ -30,16 +31,21 @@
 //! half-open TCP connection would go unnoticed. After `read_idle` without a
 //! byte from the server, the component pings itself (XEP-0199 iq from and
 //! to its own domain: the server routes it back to us, through the whole
-//! path; Prosody 0.12 was seen doing so live, ejabberd's routing of a
-//! component's own domain was not tried); if no byte arrives within `ping_timeout`, the connection counts as
-//! lost. A write that does not finish within `write_timeout` (the server
+//! path; Prosody 0.12 and ejabberd 23.01 do so, the interop test checks
+//! it), and pings again every eighth of `ping_timeout` while nothing comes
+//! (with several instances connected, ejabberd hands the ping and its
+//! answer to any of them: [`PINGS_PER_TIMEOUT`]); if no byte arrives within
+//! `ping_timeout`, the connection counts as lost. A write that does not finish within `write_timeout` (the server
 //! stopped reading) counts as lost too.
 //!
 //! Graceful stop: reading goes on after the stop signal until the socket
 //! has been quiet for [`STOP_QUIET`] (bounded by `drain_timeout`), so that
 //! the stanzas the server already sent, in the kernel's buffer or ours, are
 //! answered; then the handler is drained, the answers flushed, and the
-//! stream closed with `</stream:stream>`.
+//! stream closed with `</stream:stream>`. What the server still routed to
+//! the connection before it saw the close is read until it closes its side
+//! and pushed, unanswered ([`Link::read_after_close`]): during a handover
+//! ejabberd balances publishes over the old and the new connection.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -105,7 +111,7 @@ impl StreamConfig {
             max_stanza_size: DEFAULT_MAX_STANZA,
             keepalive: Duration::from_secs(60),
             reconnect_max_delay: Duration::from_secs(1),
-            standby_retry: Duration::from_secs(1),
+            standby_retry: Duration::from_millis(250),
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
             read_idle: Duration::from_secs(10),
@@ -210,16 +216,22 @@ impl Link {
     ) -> StopReason {
         let mut failures: u32 = 0;
         let mut auth_failures: u32 = 0;
+        // Standing by since the last conflict "already connected": the
+        // retries are logged once, not each time.
+        let mut standing_by = false;
         loop {
             if shutdown.is_triggered() {
                 self.state.send_replace(LinkState::Stopped);
                 return StopReason::Shutdown;
             }
-            self.state.send_replace(LinkState::Connecting);
+            if !standing_by {
+                self.state.send_replace(LinkState::Connecting);
+            }
             let (end, was_connected) = self.connect_and_serve(&handler, &shutdown).await;
             if was_connected {
                 failures = 0;
                 auth_failures = 0;
+                standing_by = false;
             }
             let delay = match end {
                 SessionEnd::Stopped(reason) => {
@@ -263,8 +275,9 @@ impl Link {
                         return StopReason::Replaced;
                     }
                     "conflict" => {
-                        if *self.state.borrow() != LinkState::Standby {
-                            info!(error = %e, "another instance holds the component domain; standing by");
+                        if !standing_by {
+                            info!(error = %e, retry_every = ?self.config.standby_retry, "another instance holds the component domain; standing by");
+                            standing_by = true;
                         }
                         self.state.send_replace(LinkState::Standby);
                         self.config.standby_retry
@@ -361,6 +374,8 @@ impl Link {
         let drained = handler.drained();
         tokio::pin!(drained);
         let mut reader_done: Option<SessionEnd> = None;
+        // The reader, handed back at a graceful stop.
+        let mut after_close: Option<Box<StanzaReader<OwnedReadHalf>>> = None;
 
         let lost = |reading: &tokio::task::JoinHandle<ReadOutcome>, why: String| {
             reading.abort();
@@ -398,7 +413,10 @@ impl Link {
                             SessionEnd::Lost(e.to_string())
                         }
                         Ok(ReadOutcome::StreamError(e)) => SessionEnd::ServerError(e),
-                        Ok(ReadOutcome::Stopped) => SessionEnd::Stopped(StopReason::Shutdown),
+                        Ok(ReadOutcome::Stopped(reader)) => {
+                            after_close = Some(reader);
+                            SessionEnd::Stopped(StopReason::Shutdown)
+                        }
                         Err(e) => SessionEnd::Lost(format!("reader task: {e}")),
                     };
                     if draining {
@@ -451,7 +469,10 @@ impl Link {
                         batch.push_str(&more);
                     }
                     batch.push_str("</stream:stream>");
-                    let _ = write_within(&mut write, batch.as_bytes(), write_timeout).await;
+                    let closed = write_within(&mut write, batch.as_bytes(), write_timeout).await;
+                    if let (Ok(()), Some(reader)) = (closed, after_close.take()) {
+                        self.read_after_close(handler, *reader).await;
+                    }
                     let _ = timeout(write_timeout, write.shutdown()).await;
                     return SessionEnd::Stopped(StopReason::Shutdown);
                 }
@@ -468,6 +489,63 @@ impl Link {
                     return SessionEnd::Stopped(StopReason::Shutdown);
                 }
             }
+        }
+    }
+}
+
+impl Link {
+    /// After our `</stream:stream>`: the server may have routed stanzas to
+    /// this connection before it saw the close (ejabberd balances publishes
+    /// over every connection of the domain, so during a handover it still
+    /// sends some to the old one). They are read until the server closes
+    /// its side, or for at most half the drain timeout, and handled: a
+    /// publish is pushed (or put in the outbox), though its answer cannot
+    /// be sent any more; neither server counts a publish left unanswered
+    /// against the registration (`docs/answers.md`).
+    async fn read_after_close<H: StanzaHandler>(
+        &mut self,
+        handler: &Arc<H>,
+        mut reader: StanzaReader<OwnedReadHalf>,
+    ) {
+        let limit = self.config.drain_timeout / 2;
+        let deadline = Instant::now() + limit;
+        let mut late = 0u64;
+        loop {
+            match tokio::time::timeout_at(deadline, reader.next()).await {
+                Ok(Ok(StreamItem::Stanza(el))) => {
+                    if StreamError::from_element(&el).is_some() {
+                        break;
+                    }
+                    late += 1;
+                    handler.handle(el).await;
+                }
+                Ok(Ok(StreamItem::Oversize(el))) => {
+                    late += 1;
+                    handler.handle_oversize(el).await;
+                }
+                Ok(Ok(StreamItem::Keepalive | StreamItem::Header(_))) => {}
+                Ok(Err(_)) => break, // closed by the server (or broken): done
+                Err(_) => {
+                    debug!(
+                        ?limit,
+                        "the server did not close its side of the stream in time"
+                    );
+                    break;
+                }
+            }
+        }
+        if late > 0 {
+            let _ = timeout(limit, handler.drained()).await;
+            // Their answers have no stream to go to any more.
+            let mut unsent = 0u64;
+            while self.rx.try_recv().is_ok() {
+                unsent += 1;
+            }
+            info!(
+                stanzas = late,
+                unsent_answers = unsent,
+                "stanzas that arrived after this instance closed its stream were handled; their answers could not be sent"
+            );
         }
     }
 }
@@ -520,29 +598,43 @@ impl Activity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Health {
     Fine,
-    /// Silent for `read_idle`: send a ping now.
+    /// Silent for `read_idle` (or still silent after the last ping): send
+    /// a ping now.
     Idle,
-    /// The ping went unanswered for `ping_timeout`.
+    /// The pings went unanswered for `ping_timeout`.
     Dead,
 }
+
+/// Pings sent within one `ping_timeout` before the link counts as dead.
+/// With several connections for the domain ejabberd routes each stanza to
+/// one of them at random, the ping and its answer too (seen in the interop
+/// test): with two connections a single ping reaches neither way back with
+/// probability 1/4; with this many, (1/4)^8 ≈ 1.5e-5.
+const PINGS_PER_TIMEOUT: u32 = 8;
 
 /// Detects a silent server: see the module documentation.
 struct Watchdog {
     activity: Activity,
     read_idle: Duration,
     ping_timeout: Duration,
+    /// Between two pings while no answer came.
+    ping_every: Duration,
     /// How often the activity is looked at.
     every: Duration,
     next_check: Instant,
     last_progress: u64,
     last_active: Instant,
-    ping_sent: Option<Instant>,
+    /// When the first unanswered ping, and the latest, were sent.
+    first_ping: Option<Instant>,
+    last_ping: Instant,
     pings: u64,
 }
 
 impl Watchdog {
     fn new(config: &StreamConfig, activity: Activity) -> Self {
-        let every = (config.read_idle.min(config.ping_timeout) / 4)
+        let ping_every = (config.ping_timeout / PINGS_PER_TIMEOUT).max(Duration::from_millis(10));
+        let every = (config.read_idle / 4)
+            .min(ping_every)
             .clamp(Duration::from_millis(10), Duration::from_secs(1));
         let now = Instant::now();
         Watchdog {
@@ -550,10 +642,12 @@ impl Watchdog {
             activity,
             read_idle: config.read_idle,
             ping_timeout: config.ping_timeout,
+            ping_every,
             every,
             next_check: now + every,
             last_active: now,
-            ping_sent: None,
+            first_ping: None,
+            last_ping: now,
             pings: 0,
         }
     }
@@ -567,28 +661,32 @@ impl Watchdog {
         if progress != self.last_progress || self.activity.in_handler.load(Ordering::Relaxed) {
             self.last_progress = progress;
             self.last_active = now;
-            self.ping_sent = None;
+            self.first_ping = None;
             return Health::Fine;
         }
-        match self.ping_sent {
-            Some(sent) if now >= sent + self.ping_timeout => Health::Dead,
-            Some(_) => Health::Fine,
-            None if now >= self.last_active + self.read_idle => {
-                self.ping_sent = Some(now);
-                self.pings += 1;
-                Health::Idle
-            }
-            None => Health::Fine,
+        let ping_due = match self.first_ping {
+            Some(first) if now >= first + self.ping_timeout => return Health::Dead,
+            Some(_) => now >= self.last_ping + self.ping_every,
+            None => now >= self.last_active + self.read_idle,
+        };
+        if !ping_due {
+            return Health::Fine;
         }
+        self.first_ping.get_or_insert(now);
+        self.last_ping = now;
+        self.pings += 1;
+        Health::Idle
     }
 }
 
 /// How the reader task ended.
-#[derive(Debug)]
 enum ReadOutcome {
     Error(ReadError),
     StreamError(StreamError),
-    Stopped,
+    /// Stopped after the stop signal, the socket quiet; the reader is
+    /// handed back so that what the server sends after our close can
+    /// still be read ([`read_after_close`]).
+    Stopped(Box<StanzaReader<OwnedReadHalf>>),
 }
 
 /// Reads stanzas and hands them to the handler, in order. After `stop`,
@@ -613,22 +711,27 @@ async fn read_loop<H: StanzaHandler>(
             loop {
                 tokio::select! {
                     biased;
-                    item = &mut next => break item,
+                    item = &mut next => break Some(item),
                     () = stop.wait(), if !stopping => {
                         stopping = true;
                         read_until.as_mut().reset(Instant::now() + read_after_stop);
                     }
                     quiet = quiet_for(&activity.bytes, STOP_QUIET), if stopping => {
                         if quiet {
-                            return ReadOutcome::Stopped;
+                            break None;
                         }
                     }
                     () = &mut read_until, if stopping => {
                         warn!("the server kept sending after the stop; reading no more");
-                        return ReadOutcome::Stopped;
+                        break None;
                     }
                 }
             }
+        };
+        // Quiet: the server sends whole stanzas, so the read given up here
+        // was between two of them.
+        let Some(item) = item else {
+            return ReadOutcome::Stopped(Box::new(reader));
         };
         let (el, oversize) = match item {
             Ok(StreamItem::Stanza(el)) => (el, false),

@@ -206,6 +206,8 @@ launch_nudge() {
     shift 2
     "$NUDGE" --config "$WORK/nudge.toml" run "$@" >>"$(nudge_log "$name" "$server")" 2>&1 &
     PIDS[$name]=$!
+    # No "Killed" job notice when a scenario kills it.
+    disown "$!"
 }
 
 # start_nudge_instance NAME SERVER: another instance with the same config

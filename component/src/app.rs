@@ -14,7 +14,7 @@ use crate::dispatch::{Backends, Dispatcher};
 use crate::register::limits::RegisterLimits;
 use crate::service::Service;
 use crate::shutdown::Shutdown;
-use crate::store::{RegistrationStore, StoreError};
+use crate::store::{ChangeListener, RegistrationStore, StoreError};
 use crate::xmpp::stream::{Link, LinkState, StopReason};
 
 /// Why Nudge could not start.
@@ -50,6 +50,8 @@ pub struct Running {
     /// claimed is retried after the claim time by the next start).
     retrying: JoinHandle<()>,
     dispatcher: Arc<Dispatcher>,
+    /// Hears about other writers' registration changes (PostgreSQL).
+    changes: Option<ChangeListener>,
     /// How long a stop waits for pushes still out in the background.
     settle_within: Duration,
 }
@@ -76,6 +78,9 @@ impl Running {
         if !self.dispatcher.background_idle(self.settle_within).await {
             warn!("pushes still out at stop; the outbox sends them again after a restart");
         }
+        if let Some(changes) = self.changes {
+            changes.stop().await;
+        }
         self.store.close().await;
         reason
     }
@@ -99,8 +104,10 @@ pub async fn start(config: &Config, backends: Backends) -> Result<Running, Start
     let url = config.database_url();
     let store = RegistrationStore::open(&url, config.storage.cache_capacity)
         .await?
-        .with_register_limits(RegisterLimits::new(&config.register));
+        .with_register_limits(RegisterLimits::new(&config.register))
+        .with_cache_max_age(Duration::from_secs(config.storage.cache_max_age_secs));
     store.migrate().await?;
+    let changes = store.listen_for_changes();
     info!(database = store.kind(), apps = ?backends.apps(), "registration store ready");
     let (link, outbound, state) = Link::new(config.stream());
     let dispatcher = Dispatcher::new(backends, store.clone(), config);
@@ -122,6 +129,7 @@ pub async fn start(config: &Config, backends: Backends) -> Result<Running, Start
         task,
         retrying,
         dispatcher,
+        changes,
         settle_within: Duration::from_millis(config.dispatch.answer_within_ms),
     })
 }

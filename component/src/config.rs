@@ -106,6 +106,12 @@ pub struct StorageConfig {
     /// Registrations kept in memory for the publish path.
     #[serde(default = "default_cache_capacity")]
     pub cache_capacity: usize,
+    /// Longest time a cached registration is used before it is read again.
+    /// Changes reach every instance's cache at once (on PostgreSQL through
+    /// a trigger and LISTEN); this bounds what a change that was not heard
+    /// about (a connection that died silently) costs. 0 caches nothing.
+    #[serde(default = "default_cache_max_age_secs")]
+    pub cache_max_age_secs: u64,
 }
 
 /// `[dispatch]`: how pushes go out.
@@ -287,6 +293,9 @@ fn default_data_dir() -> PathBuf {
 fn default_cache_capacity() -> usize {
     100_000
 }
+fn default_cache_max_age_secs() -> u64 {
+    60
+}
 fn default_answer_within_ms() -> u64 {
     200
 }
@@ -342,6 +351,7 @@ impl Default for StorageConfig {
             data_dir: default_data_dir(),
             url: None,
             cache_capacity: default_cache_capacity(),
+            cache_max_age_secs: default_cache_max_age_secs(),
         }
     }
 }

@@ -104,9 +104,16 @@ enum RegistrationsCommand {
         limit: i64,
     },
     /// Show one registration.
-    Show { node: String },
+    Show {
+        /// Nodes are random base64url and may begin with `-`.
+        #[arg(allow_hyphen_values = true)]
+        node: String,
+    },
     /// Remove one registration.
-    Remove { node: String },
+    Remove {
+        #[arg(allow_hyphen_values = true)]
+        node: String,
+    },
 }
 
 /// Exit status when another instance holds the SQLite database: a unit that

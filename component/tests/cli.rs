@@ -148,6 +148,13 @@ async fn registrations_can_be_listed_shown_and_removed() {
     let again = run(&["show", &reg.node]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("no registration"));
+    // Nodes are base64url: one in 64 begins with '-', which is no option.
+    let dash = run(&["remove", "-Xy_9"]);
+    assert!(
+        String::from_utf8_lossy(&dash.stderr).contains("no registration with node -Xy_9"),
+        "{}",
+        String::from_utf8_lossy(&dash.stderr)
+    );
 }
 
 /// The operator's side of the removal brake and the outbox.

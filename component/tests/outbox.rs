@@ -1,14 +1,22 @@
 //! Nothing lost: the outbox, coalescing, rate limits, the removal brake and
 //! answers that match what happened, through the running service (fake
-//! XMPP server → Nudge → recording backend), on SQLite and PostgreSQL.
+//! XMPP server → Nudge → recording backend), on SQLite and PostgreSQL;
+//! and several instances sharing one PostgreSQL outbox.
 
 mod common;
 
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{DbKind, Harness, answer_kind, eventually, publish_iq, register_iq, test_config};
+use common::{
+    DbKind, Harness, TestBackend, TestDb, answer_kind, eventually, eventually_within, publish_iq,
+    register_iq, start_connected, test_config,
+};
 use nudge::dispatch::Backends;
+use nudge::store::{NewRegistration, Outbox, RegistrationStore, now, now_ms};
 use nudge::xmpp::stream::LinkState;
+use nudge_plugins::{BoxFuture, Device, Notification, Outcome, PushBackend};
 
 on_both_databases!(
     an_outage_is_bridged_and_each_device_gets_its_newest_message,
@@ -23,7 +31,34 @@ on_both_databases!(
     queued_pushes_expire_counted,
     the_brake_stops_mass_removal,
     a_new_token_gets_the_push_instead_of_item_not_found,
+    claims_are_exclusive_and_lapse,
 );
+
+/// Several instances on one database: PostgreSQL only (the deployment that
+/// runs more than one).
+mod shared_postgres {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_instances_deliver_every_row_once() {
+        super::two_instances_deliver_every_row_once().await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_instance_s_claims_are_delivered_by_another() {
+        super::a_stopped_instance_s_claims_are_delivered_by_another().await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_claims_get_disjoint_rows() {
+        super::concurrent_claims_get_disjoint_rows(super::DbKind::Postgres).await
+    }
+}
+
+mod sqlite_claims {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_claims_get_disjoint_rows() {
+        super::concurrent_claims_get_disjoint_rows(super::DbKind::Sqlite).await
+    }
+}
 
 /// The body of the last push in `sent`.
 fn last_body(sent: &[nudge_plugins::Notification]) -> Option<&str> {
@@ -507,4 +542,390 @@ async fn a_new_token_gets_the_push_instead_of_item_not_found(kind_: DbKind) {
         .expect("registration kept");
     assert_eq!(reg.token, "tok-new");
     h.finish().await;
+}
+
+/// A [`TestBackend`] that also notes, per token, each push the provider
+/// took, and when it was sent (epoch milliseconds).
+struct Counting {
+    inner: Arc<TestBackend>,
+    delivered: Mutex<Vec<(String, i64)>>,
+}
+
+impl Counting {
+    fn new() -> Arc<Counting> {
+        Arc::new(Counting {
+            inner: TestBackend::new("fcm"),
+            delivered: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn delivered(&self) -> Vec<(String, i64)> {
+        self.delivered.lock().unwrap().clone()
+    }
+
+    /// Backends with this one as app `conversations`.
+    fn backends(self: &Arc<Self>) -> Backends {
+        let mut backends = Backends::new();
+        backends.insert("conversations", self.clone());
+        backends
+    }
+}
+
+impl PushBackend for Counting {
+    fn provider(&self) -> &str {
+        self.inner.provider()
+    }
+
+    fn send<'a>(&'a self, device: &'a Device, n: &'a Notification) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let at = now_ms();
+            let outcome = self.inner.send(device, n).await;
+            if matches!(outcome, Outcome::Delivered) {
+                self.delivered
+                    .lock()
+                    .unwrap()
+                    .push((device.token.clone(), at));
+            }
+            outcome
+        })
+    }
+}
+
+/// Pushes taken per token, over several backends.
+fn deliveries_per_token(backends: &[&Counting]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for b in backends {
+        for (token, _) in b.delivered() {
+            *counts.entry(token).or_default() += 1;
+        }
+    }
+    counts
+}
+
+async fn open_store(url: &str) -> RegistrationStore {
+    let store = RegistrationStore::open(url, 1).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+/// Rows claimed (by anyone), and the earliest and latest due time.
+async fn claim_state(url: &str) -> (i64, Option<i64>, Option<i64>) {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let state = sqlx::query_as(
+        "SELECT COUNT(*) FILTER (WHERE claimed_by <> ''), MIN(due_at_ms), MAX(due_at_ms) FROM outbox",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    state
+}
+
+/// The store-level contract of claims: the most overdue first, within the
+/// limit; an early claim never takes another claimer's live claim but
+/// takes a row backing off; a reschedule by a non-claimer leaves the claim
+/// alone; a claim lapses when the row comes due again.
+async fn claims_are_exclusive_and_lapse(kind_: DbKind) {
+    let db = TestDb::new(kind_).await;
+    let store = open_store(&db.url()).await;
+    let (a, b) = (store.outbox(), store.outbox());
+    assert_ne!(a.claimer(), b.claimer(), "each handle is a claimer");
+    let t = now_ms();
+    let ttl = now() + 3600;
+    for i in 0..20 {
+        a.merge(
+            &format!("n{i:02}"),
+            &Notification::default(),
+            i,
+            t - 1000 + i,
+            ttl,
+        )
+        .await
+        .unwrap();
+    }
+    // Backing off: due in a minute, nobody's claim.
+    a.merge("later", &Notification::default(), 0, t + 60_000, ttl)
+        .await
+        .unwrap();
+
+    let first = a.claim_due(t, t + 5000, 5).await.unwrap();
+    let got: BTreeSet<_> = first.iter().map(|r| r.node.as_str()).collect();
+    assert_eq!(
+        got,
+        BTreeSet::from(["n00", "n01", "n02", "n03", "n04"]),
+        "the most overdue first, within the limit"
+    );
+    assert!(first.iter().all(|r| r.due_at_ms == t + 5000));
+    let rest = b.claim_due(t, t + 5000, 100).await.unwrap();
+    assert_eq!(
+        rest.len(),
+        15,
+        "the other claimer gets the rest, not 'later'"
+    );
+    assert!(b.claim_due(t, t + 5000, 100).await.unwrap().is_empty());
+
+    let seq = |node: &str| {
+        let node = node.to_owned();
+        let a = a.clone();
+        async move { a.get(&node).await.unwrap().unwrap().seq }
+    };
+    // An early try on another instance does not take a row that is out.
+    let s0 = seq("n00").await;
+    assert!(!b.claim("n00", s0, t, t + 5000).await.unwrap());
+    assert!(a.claim("n00", s0, t, t + 5000).await.unwrap(), "its own");
+    assert!(
+        !a.claim("n00", s0 + 1, t, t + 5000).await.unwrap(),
+        "merged into"
+    );
+    // A row backing off is not a claim.
+    let sl = seq("later").await;
+    assert!(b.claim("later", sl, t, t + 5000).await.unwrap());
+
+    // Another claimer's reschedule or failed attempt leaves the claim.
+    a.reschedule("n10", t).await.unwrap();
+    a.retry_at("n10", 7, t, "x").await.unwrap();
+    let row = a.get("n10").await.unwrap().unwrap();
+    assert_eq!((row.due_at_ms, row.attempts), (t + 5000, 0), "left to b");
+    b.retry_at("n10", 1, t + 100, "x").await.unwrap();
+    let row = a.get("n10").await.unwrap().unwrap();
+    assert_eq!((row.due_at_ms, row.attempts), (t + 100, 1), "b released it");
+    assert!(a.claim("n10", row.seq, t, t + 5000).await.unwrap());
+
+    // Claims lapse when their rows come due: a claimer that died leaves
+    // them to any other after the claim time.
+    let lapsed = b.claim_due(t + 10_000, t + 15_000, 100).await.unwrap();
+    assert_eq!(lapsed.len(), 21);
+    store.close().await;
+    db.drop_db().await;
+}
+
+/// Two claimers polling at once get disjoint rows, and every due row once.
+async fn concurrent_claims_get_disjoint_rows(kind_: DbKind) {
+    let db = TestDb::new(kind_).await;
+    let store = open_store(&db.url()).await;
+    let t = now_ms();
+    let ttl = now() + 3600;
+    let writer = store.outbox();
+    for i in 0..300 {
+        writer
+            .merge(
+                &format!("n{i:03}"),
+                &Notification::default(),
+                i,
+                t - 1000,
+                ttl,
+            )
+            .await
+            .unwrap();
+    }
+    let claim_all = |outbox: Outbox| async move {
+        let mut got = Vec::new();
+        let mut calls = 0;
+        loop {
+            let rows = outbox.claim_due(t, t + 60_000, 7).await.unwrap();
+            calls += 1;
+            assert!(rows.len() <= 7, "the limit holds: {}", rows.len());
+            if rows.is_empty() {
+                return (got, calls);
+            }
+            got.extend(rows.into_iter().map(|r| r.node));
+        }
+    };
+    let one = tokio::spawn(claim_all(store.outbox()));
+    let two = tokio::spawn(claim_all(store.outbox()));
+    let (one, two) = (one.await.unwrap(), two.await.unwrap());
+    eprintln!(
+        "claimer 1: {} rows in {} calls; claimer 2: {} rows in {} calls",
+        one.0.len(),
+        one.1,
+        two.0.len(),
+        two.1
+    );
+    let a: BTreeSet<_> = one.0.iter().cloned().collect();
+    let b: BTreeSet<_> = two.0.iter().cloned().collect();
+    assert_eq!(a.len(), one.0.len(), "no row twice to one claimer");
+    assert_eq!(b.len(), two.0.len(), "no row twice to one claimer");
+    assert!(
+        a.is_disjoint(&b),
+        "{:?}",
+        a.intersection(&b).collect::<Vec<_>>()
+    );
+    assert_eq!(a.len() + b.len(), 300, "every due row claimed");
+    store.close().await;
+    db.drop_db().await;
+}
+
+/// Two running instances on one PostgreSQL database, 200 pushes queued
+/// while the provider is down: when it is back, every push is delivered
+/// exactly once in total.
+async fn two_instances_deliver_every_row_once() {
+    const NODES: usize = 200;
+    let db = TestDb::new(DbKind::Postgres).await;
+    // Few deliveries at once, so that each instance takes several passes
+    // and the two interleave.
+    let adjust = |c: &mut nudge::Config| c.outbox.concurrency = 8;
+    let (count_a, count_b) = (Counting::new(), Counting::new());
+    let (server, conn, nudge) = start_connected(&db.url(), count_a.backends(), adjust).await;
+    let mut h = Harness {
+        server,
+        conn,
+        nudge,
+        backend: count_a.inner.clone(),
+        db,
+    };
+    let (_server_b, _conn_b, nudge_b) =
+        start_connected(&h.db.url(), count_b.backends(), adjust).await;
+
+    let mut publishes = Vec::new();
+    for i in 0..NODES {
+        let (node, secret) = h
+            .register(&format!("u{i}@localhost"), "phone", &format!("tok-{i}"))
+            .await;
+        publishes.push((format!("p{i}"), node, secret, format!("msg {i}")));
+    }
+    count_a.inner.set_down(true);
+    count_b.inner.set_down(true);
+    let answers = publish_all(&mut h, &publishes).await;
+    assert!(answers.iter().all(|(_, k)| *k == ok()), "{answers:?}");
+    let outbox = h.nudge.store.outbox();
+    assert_eq!(outbox.summary().await.unwrap().queued, NODES as i64);
+
+    // The provider comes back, a little slow.
+    for b in [&count_a, &count_b] {
+        b.inner.set_delay(Duration::from_millis(30));
+        b.inner.set_down(false);
+    }
+    assert!(
+        eventually_within(Duration::from_secs(60), || async {
+            outbox.summary().await.unwrap().queued == 0
+        })
+        .await,
+        "every row delivered: {:?} left",
+        outbox.summary().await.unwrap()
+    );
+    // Room for a second send of a row, if there were one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = deliveries_per_token(&[&count_a, &count_b]);
+    for i in 0..NODES {
+        let token = format!("tok-{i}");
+        assert_eq!(counts.get(&token), Some(&1), "{token}: delivered once");
+    }
+    let (by_a, by_b) = (count_a.delivered().len(), count_b.delivered().len());
+    eprintln!("delivered by instance A: {by_a}, by instance B: {by_b}");
+    assert_eq!(by_a + by_b, NODES);
+    assert!(by_a > 0 && by_b > 0, "both instances delivered");
+    nudge_b.stop().await;
+    h.finish().await;
+}
+
+/// An instance that stops with rows it claimed (their pushes out, never
+/// answered): another instance delivers them once their claim time is
+/// over, and not before, not even for an important publish that came to
+/// it meanwhile (an early try leaves another instance's claim alone).
+async fn a_stopped_instance_s_claims_are_delivered_by_another() {
+    const NODES: usize = 20;
+    let db = TestDb::new(DbKind::Postgres).await;
+    let url = db.url();
+    // Registrations with a due row each, written before any instance runs.
+    let store = open_store(&url).await;
+    let mut nodes = Vec::new();
+    for i in 0..NODES {
+        let reg = store
+            .register(&NewRegistration {
+                owner: format!("u{i}@localhost"),
+                device_id: "phone".into(),
+                muc: String::new(),
+                app: "conversations".into(),
+                token: format!("tok-{i}"),
+                with_secret: true,
+            })
+            .await
+            .unwrap();
+        let summary = Notification {
+            last_message_body: Some(format!("msg {i}")),
+            ..Default::default()
+        };
+        store
+            .outbox()
+            .merge(&reg.node, &summary, 1, now_ms(), now() + 3600)
+            .await
+            .unwrap();
+        nodes.push((reg.node.clone(), reg.secret.clone().unwrap_or_default()));
+    }
+    store.close().await;
+
+    // A claims them all and sends them to a provider that never answers,
+    // with a long push timeout: its claims (push timeout + 2 s) hold until
+    // well after it has stopped.
+    let count_a = Counting::new();
+    count_a.inner.set_delay(Duration::from_secs(3600));
+    let (_server_a, conn_a, nudge_a) = start_connected(&url, count_a.backends(), |c| {
+        c.dispatch.push_timeout_secs = 12
+    })
+    .await;
+    assert!(
+        eventually(|| async { count_a.inner.sent().len() == NODES }).await,
+        "A sent every row: {}",
+        count_a.inner.sent().len()
+    );
+    let (claimed, earliest_end, _) = claim_state(&url).await;
+    assert_eq!(claimed, NODES as i64, "every row out is claimed");
+    let earliest_end = earliest_end.unwrap();
+
+    // B starts while A's pushes are out. An important message for one of
+    // the nodes reaches B, which knows the node has a row (its worker reads
+    // the outbox's nodes at start-up; before that a publish would go out
+    // fresh, since coalescing is per instance) and tries the row early: it
+    // must not take the row A is sending.
+    let count_b = Counting::new();
+    let (_server_b, mut conn_b, nudge_b) = start_connected(&url, count_b.backends(), |_| {}).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (node0, secret0) = &nodes[0];
+    let answer = conn_b
+        .request(&publish_iq(
+            "late",
+            "localhost",
+            node0,
+            Some(secret0),
+            "newest",
+        ))
+        .await;
+    assert_eq!(answer_kind(&answer), ok());
+
+    drop(conn_a);
+    nudge_a.stop().await;
+    // Had A's sends timed out before it stopped, A would have released its
+    // claims itself (rightly), and B could deliver before `earliest_end`.
+    let stopped = now_ms();
+    assert!(
+        stopped + 2000 < earliest_end,
+        "A stopped at {stopped}, after its sends timed out ({earliest_end} - 2 s): too slow a machine for this test"
+    );
+    let outbox = nudge_b.store.outbox();
+    assert!(
+        eventually_within(Duration::from_secs(40), || async {
+            outbox.summary().await.unwrap().queued == 0
+        })
+        .await,
+        "B delivered A's claimed rows: {:?} left",
+        outbox.summary().await.unwrap()
+    );
+    let delivered = count_b.delivered();
+    let counts = deliveries_per_token(&[&count_b]);
+    for i in 0..NODES {
+        let token = format!("tok-{i}");
+        assert_eq!(counts.get(&token), Some(&1), "{token}: delivered once by B");
+    }
+    assert!(
+        delivered.iter().all(|(_, at)| *at >= earliest_end),
+        "B waited for A's claims to end ({earliest_end}): {delivered:?}"
+    );
+    assert_eq!(
+        last_body(&count_b.inner.sent_to("tok-0")),
+        Some("newest"),
+        "the row carries what B merged into it"
+    );
+    assert!(count_a.delivered().is_empty());
+    nudge_b.stop().await;
+    db.drop_db().await;
 }

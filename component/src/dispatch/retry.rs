@@ -97,12 +97,28 @@ pub async fn run(dispatcher: Arc<Dispatcher>) {
 }
 
 /// One pass over the due rows; true when there may be more due now.
+///
+/// Rows are claimed in the database first ([`crate::store::Outbox::claim_due`]:
+/// several instances may share it), then in memory ([`Slots::claim_row`],
+/// which keeps the pushes of one device in order on this instance). Only as
+/// many rows are claimed as there are free permits: a claimed row that
+/// waited behind slow sends could outlive its claim, and another instance
+/// would send it too.
+///
+/// [`Slots::claim_row`]: super::slots::Slots::claim_row
 async fn pass(
     dispatcher: &Arc<Dispatcher>,
     permits: &Arc<Semaphore>,
 ) -> Result<bool, crate::store::StoreError> {
-    let rows = dispatcher.outbox.due(now_ms(), BATCH).await?;
-    let full = rows.len() as i64 == BATCH;
+    // Wait for a free permit before claiming anything.
+    let Ok(first) = permits.clone().acquire_owned().await else {
+        return Ok(false);
+    };
+    let limit = BATCH.min(1 + i64::try_from(permits.available_permits()).unwrap_or(BATCH));
+    let until = now_ms() + millis(dispatcher.settings.claim_for());
+    let rows = dispatcher.outbox.claim_due(now_ms(), until, limit).await?;
+    let full = rows.len() as i64 == limit;
+    let mut first = Some(first);
     let mut claimed = 0;
     for row in rows {
         match dispatcher.slots.claim_row(
@@ -112,11 +128,10 @@ async fn pass(
         ) {
             RowClaim::Claimed => {}
             RowClaim::Busy => {
-                // Its device has a push out; the row goes right after it
-                // (the send's end makes it due again), or at the claim
-                // time if that send's instance dies.
-                let until = now_ms() + millis(dispatcher.settings.claim_for());
-                dispatcher.outbox.reschedule(&row.node, until).await?;
+                // Its device has a push out from this instance; the row
+                // stays claimed until that send ends and reschedules it
+                // (after the coalescing window), or until the claim time
+                // if this instance dies.
                 continue;
             }
             RowClaim::Stale => {
@@ -124,41 +139,37 @@ async fn pass(
                 continue;
             }
         }
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            dispatcher.slots.finish(&row.node);
-            break;
+        // Free already: only this pass takes permits.
+        let permit = match first.take() {
+            Some(permit) => permit,
+            None => match permits.clone().acquire_owned().await {
+                Ok(permit) => permit,
+                Err(_) => {
+                    // Never closed; the claims left lapse at the claim time.
+                    dispatcher.slots.finish(&row.node);
+                    break;
+                }
+            },
         };
-        let until = now_ms() + millis(dispatcher.settings.claim_for());
-        match dispatcher.outbox.claim(&row.node, row.seq, until).await {
-            Ok(true) => {
-                claimed += 1;
-                let span = info_span!("retry", node = %row.node, attempts = row.attempts);
-                let out = dispatcher.background.enter();
-                let delivery = deliver(dispatcher.clone(), row, Some(permit), false);
-                tokio::spawn(
-                    async move {
-                        let _out = out;
-                        delivery.await
-                    }
-                    .instrument(span),
-                );
+        claimed += 1;
+        let span = info_span!("retry", node = %row.node, attempts = row.attempts);
+        let out = dispatcher.background.enter();
+        let delivery = deliver(dispatcher.clone(), row, Some(permit), false);
+        tokio::spawn(
+            async move {
+                let _out = out;
+                delivery.await
             }
-            Ok(false) => {
-                // Merged into meanwhile: the next pass reads it again.
-                dispatcher.slots.finish(&row.node);
-            }
-            Err(e) => {
-                dispatcher.slots.finish(&row.node);
-                return Err(e);
-            }
-        }
+            .instrument(span),
+        );
     }
     Ok(full && claimed > 0)
 }
 
 /// Tries a node's row now, before its backoff ran out (an important
 /// publish came: the provider may be back). A failure leaves the backoff as
-/// it was; a row being sent already, or covered, is left alone.
+/// it was; a row being sent already (from this instance or another), or
+/// covered, is left alone.
 pub(super) async fn try_early(dispatcher: Arc<Dispatcher>, node: String) {
     let row = match dispatcher.outbox.get(&node).await {
         Ok(Some(row)) => row,
@@ -175,14 +186,16 @@ pub(super) async fn try_early(dispatcher: Arc<Dispatcher>, node: String) {
     {
         return;
     }
-    let until = now_ms() + millis(dispatcher.settings.claim_for());
-    match dispatcher.outbox.claim(&node, row.seq, until).await {
+    let now = now_ms();
+    let until = now + millis(dispatcher.settings.claim_for());
+    match dispatcher.outbox.claim(&node, row.seq, now, until).await {
         Ok(true) => {
             let _out = dispatcher.background.enter();
             deliver(dispatcher.clone(), row, None, true).await;
         }
         _ => {
-            // Merged into meanwhile (or unreadable): the worker takes it.
+            // Merged into meanwhile, out from another instance (which
+            // settles it), or unreadable: the worker takes it when due.
             dispatcher.slots.finish(&node);
             dispatcher.wake.notify_one();
         }

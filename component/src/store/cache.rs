@@ -1,8 +1,10 @@
 //! The read-through cache in front of the registration table. Publishes
 //! for a node come in bursts (one per message, neither server coalesces),
 //! so caching the row keeps all but the first of a burst off the database.
-//! Entries are removed on every change made through this instance
-//! (re-register, unregister, dead token); bounded by count so that RSS stays
+//! Entries are removed on every change: the ones made through this instance
+//! directly, and on PostgreSQL those of every writer (other instances, the
+//! CLI, an operator's SQL) through the change listener
+//! (`component/src/store/listen.rs`). Bounded by count so that RSS stays
 //! flat however many devices are registered.
 //!
 //! A miss reads the database and then fills the cache; a change that lands
@@ -14,58 +16,120 @@
 //! the fill's check comes after the advance and sees it, or the fill's
 //! insert comes before the removal and is removed by it: no order leaves
 //! the old row cached. A fill that loses costs one more database read.
+//! [`RegistrationCache::clear`] is an invalidation of every node, with the
+//! same order (advance, then remove).
+//!
+//! Two safety nets for changes the cache may not hear about:
+//! - While the cache is not *listening* (a PostgreSQL store whose change
+//!   listener is not subscribed, or lost its connection) it serves nothing
+//!   and keeps nothing: every lookup reads the database. Suspending clears
+//!   it; resuming advances the epoch before it lets fills in again, so a
+//!   row read while it could not hear about changes is never kept.
+//! - An entry older than the maximum age (counted from before the database
+//!   read that filled it) is a miss, whatever was heard.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use quick_cache::sync::Cache;
 
 use super::Registration;
 
+/// The cached registrations of one store.
 pub struct RegistrationCache {
-    entries: Cache<String, Arc<Registration>>,
+    entries: Cache<String, Entry>,
     /// Advanced by every invalidation; see the module documentation.
     epoch: AtomicU64,
+    /// Whether changes of other writers reach [`Self::invalidate`]; while
+    /// not, the cache serves and keeps nothing.
+    listening: AtomicBool,
+    /// Entries older than this are misses.
+    max_age: Duration,
 }
 
-/// The cache's epoch, read before a database read that may fill the cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Epoch(u64);
+/// A cached row and when the database read that returned it began.
+#[derive(Clone)]
+struct Entry {
+    reg: Arc<Registration>,
+    read_at: Instant,
+}
+
+/// The cache's epoch, read before a database read that may fill the cache;
+/// it also remembers when it was read, which is the age of the filled entry.
+#[derive(Debug, Clone, Copy)]
+pub struct Epoch {
+    n: u64,
+    at: Instant,
+}
 
 impl RegistrationCache {
-    pub fn new(capacity: usize) -> Self {
+    /// A cache of at most `capacity` rows (at least one), each kept at most
+    /// `max_age`; it serves rows only while `listening` (see
+    /// [`Self::set_listening`]).
+    pub fn new(capacity: usize, max_age: Duration, listening: bool) -> Self {
         RegistrationCache {
             entries: Cache::new(capacity.max(1)),
             epoch: AtomicU64::new(0),
+            listening: AtomicBool::new(listening),
+            max_age,
         }
     }
 
+    /// The same cache, empty, with another maximum age.
+    pub fn with_max_age(&self, max_age: Duration) -> Self {
+        let capacity = usize::try_from(self.entries.capacity()).unwrap_or(usize::MAX);
+        RegistrationCache::new(capacity, max_age, self.is_listening())
+    }
+
+    /// The cached row of a node, unless it is older than the maximum age or
+    /// the cache is not listening.
     pub fn get(&self, node: &str) -> Option<Arc<Registration>> {
-        self.entries.get(node)
+        if !self.is_listening() {
+            return None;
+        }
+        let entry = self.entries.get(node)?;
+        if entry.read_at.elapsed() >= self.max_age {
+            // Only an expired entry: a fresh fill may have replaced it.
+            self.entries
+                .remove_if(node, |e| e.read_at.elapsed() >= self.max_age);
+            return None;
+        }
+        Some(entry.reg)
     }
 
     /// The epoch to hand to [`RegistrationCache::fill`] after reading the
     /// database.
     pub fn epoch(&self) -> Epoch {
-        Epoch(self.epoch.load(Ordering::SeqCst))
+        Epoch {
+            n: self.epoch.load(Ordering::SeqCst),
+            at: Instant::now(),
+        }
     }
 
     /// Caches a row read from the database after `read_at` was taken,
-    /// unless the registrations changed meanwhile.
+    /// unless the registrations changed meanwhile or the cache is not
+    /// listening.
     pub fn fill(&self, reg: Arc<Registration>, read_at: Epoch) {
+        if !self.is_listening() {
+            return;
+        }
         let node = reg.node.clone();
-        self.entries.insert(node.clone(), reg);
-        if self.epoch() != read_at {
+        self.entries.insert(
+            node.clone(),
+            Entry {
+                reg,
+                read_at: read_at.at,
+            },
+        );
+        // A suspension that came after the check above clears after it
+        // stops listening, like an invalidation: either this sees it or the
+        // clear removes the entry.
+        if self.epoch.load(Ordering::SeqCst) != read_at.n || !self.is_listening() {
             // Possibly a fresher entry of a concurrent fill: losing it only
             // costs a database read.
             self.entries.remove(&node);
         }
-    }
-
-    /// Forgets every node (the database may have changed behind our back).
-    pub fn clear(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.entries.clear();
     }
 
     /// Forgets a node after its row changed in the database.
@@ -73,11 +137,38 @@ impl RegistrationCache {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.entries.remove(node);
     }
+
+    /// Forgets every node: changes may have been missed.
+    pub fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.entries.clear();
+    }
+
+    /// Whether the cache serves rows: changes of every writer reach it.
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::SeqCst)
+    }
+
+    /// Starts or stops serving rows. Stopping clears the cache (what it
+    /// holds will not be invalidated any more); starting advances the epoch
+    /// first, so that a fill whose read came before it is not kept (that
+    /// read may predate a change nobody heard about).
+    pub fn set_listening(&self, listening: bool) {
+        if listening {
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+            self.listening.store(true, Ordering::SeqCst);
+        } else {
+            self.listening.store(false, Ordering::SeqCst);
+            self.clear();
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
 
     fn reg(token: &str) -> Arc<Registration> {
         Arc::new(Registration {
@@ -94,9 +185,13 @@ mod tests {
         })
     }
 
+    fn token(cache: &RegistrationCache) -> Option<String> {
+        cache.get("n1").map(|r| r.token.clone())
+    }
+
     #[test]
     fn a_fill_from_before_an_invalidation_is_not_kept() {
-        let cache = RegistrationCache::new(10);
+        let cache = RegistrationCache::new(10, HOUR, true);
         // Read before the change, filled after it.
         let read_at = cache.epoch();
         cache.invalidate("n1");
@@ -110,6 +205,106 @@ mod tests {
         // Read after the change: kept.
         let read_at = cache.epoch();
         cache.fill(reg("new"), read_at);
-        assert_eq!(cache.get("n1").unwrap().token, "new");
+        assert_eq!(token(&cache).as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn clear_forgets_every_node_and_fills_from_before_it() {
+        let cache = RegistrationCache::new(10, HOUR, true);
+        let read_at = cache.epoch();
+        cache.fill(reg("old"), read_at);
+        assert_eq!(token(&cache).as_deref(), Some("old"));
+        cache.clear();
+        assert!(cache.get("n1").is_none());
+        // Read before the clear, filled after it.
+        let read_at = cache.epoch();
+        cache.clear();
+        cache.fill(reg("old"), read_at);
+        assert!(cache.get("n1").is_none());
+        let read_at = cache.epoch();
+        cache.fill(reg("new"), read_at);
+        assert_eq!(token(&cache).as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn an_entry_older_than_the_max_age_is_a_miss() {
+        let max_age = Duration::from_millis(200);
+        let cache = RegistrationCache::new(10, max_age, true);
+        let read_at = cache.epoch();
+        cache.fill(reg("old"), read_at);
+        let served = token(&cache);
+        // Only a machine slower than the age could see it expired already.
+        if read_at.at.elapsed() < max_age {
+            assert_eq!(served.as_deref(), Some("old"));
+        }
+        std::thread::sleep(max_age);
+        assert!(cache.get("n1").is_none());
+        // A new fill is served again.
+        let read_at = cache.epoch();
+        cache.fill(reg("new"), read_at);
+        let served = token(&cache);
+        if read_at.at.elapsed() < max_age {
+            assert_eq!(served.as_deref(), Some("new"));
+        }
+    }
+
+    #[test]
+    fn the_age_counts_from_before_the_read() {
+        let cache = RegistrationCache::new(10, Duration::from_millis(50), true);
+        let read_at = cache.epoch();
+        // A slow database read.
+        std::thread::sleep(Duration::from_millis(60));
+        cache.fill(reg("old"), read_at);
+        assert!(cache.get("n1").is_none());
+    }
+
+    #[test]
+    fn a_zero_max_age_caches_nothing() {
+        let cache = RegistrationCache::new(10, Duration::ZERO, true);
+        let read_at = cache.epoch();
+        cache.fill(reg("old"), read_at);
+        assert!(cache.get("n1").is_none());
+    }
+
+    #[test]
+    fn while_not_listening_nothing_is_served_or_kept() {
+        let cache = RegistrationCache::new(10, HOUR, false);
+        let read_at = cache.epoch();
+        cache.fill(reg("old"), read_at);
+        assert!(cache.get("n1").is_none());
+        cache.set_listening(true);
+        let read_at = cache.epoch();
+        cache.fill(reg("old"), read_at);
+        assert_eq!(token(&cache).as_deref(), Some("old"));
+        // Losing the listener clears what was cached ...
+        cache.set_listening(false);
+        assert!(cache.get("n1").is_none());
+        cache.set_listening(true);
+        assert!(cache.get("n1").is_none(), "suspending did not clear");
+    }
+
+    #[test]
+    fn a_read_from_before_listening_is_not_kept() {
+        let cache = RegistrationCache::new(10, HOUR, false);
+        // Read while the changes of others could not be heard ...
+        let read_at = cache.epoch();
+        cache.set_listening(true);
+        // ... filled once they can: it may miss a change made in between.
+        cache.fill(reg("old"), read_at);
+        assert!(cache.get("n1").is_none());
+        // A read while suspended, filled after resuming.
+        let read_at = cache.epoch();
+        cache.set_listening(false);
+        cache.set_listening(true);
+        cache.fill(reg("old"), read_at);
+        assert!(cache.get("n1").is_none());
+    }
+
+    #[test]
+    fn with_max_age_keeps_capacity_and_listening() {
+        let cache = RegistrationCache::new(7, HOUR, false).with_max_age(Duration::ZERO);
+        assert_eq!(cache.entries.capacity(), 7);
+        assert!(!cache.is_listening());
+        assert_eq!(cache.max_age, Duration::ZERO);
     }
 }

@@ -1,7 +1,9 @@
 //! The registration store: which device a pubsub node wakes, and with which
 //! secret. SQLite (one file, the zero-set-up default) or PostgreSQL (for
 //! several instances), through sqlx; a read-through cache in front keeps the
-//! publish path off the database for nodes in use.
+//! publish path off the database for nodes in use. On PostgreSQL every
+//! instance hears about every writer's changes (`listen.rs`), so the
+//! instances' caches agree.
 //!
 //! The secret is stored as it was handed out, not hashed: Conversations
 //! registers again on every start and expects the same node *and* secret
@@ -13,6 +15,7 @@
 //! its own migrations folder for where the dialects will differ.
 
 mod cache;
+mod listen;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -123,7 +126,12 @@ mod brake;
 mod outbox;
 
 pub use brake::{BrakeRecord, BrakeStore, HeldRemoval};
+pub use listen::ChangeListener;
 pub use outbox::{Outbox, OutboxSummary, QueuedPush};
+
+/// How long a cached row is used when nothing else says otherwise; see
+/// [`RegistrationStore::with_cache_max_age`].
+pub const DEFAULT_CACHE_MAX_AGE: Duration = Duration::from_secs(60);
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -185,9 +193,16 @@ impl RegistrationStore {
         } else {
             return Err(StoreError::UnsupportedUrl(url.into()));
         };
+        // A PostgreSQL database may have other writers: its cache serves
+        // rows only while a change listener hears about their changes.
+        let listening = matches!(pool, Pool::Sqlite(_));
         Ok(RegistrationStore {
             pool,
-            cache: Arc::new(RegistrationCache::new(cache_capacity)),
+            cache: Arc::new(RegistrationCache::new(
+                cache_capacity,
+                DEFAULT_CACHE_MAX_AGE,
+                listening,
+            )),
             limits: Arc::default(),
             #[cfg(test)]
             hooks: Default::default(),
@@ -203,6 +218,36 @@ impl RegistrationStore {
     /// The limits of registration commands.
     pub fn register_limits(&self) -> &RegisterLimits {
         &self.limits
+    }
+
+    /// Uses cached rows for at most `max_age` (default
+    /// [`DEFAULT_CACHE_MAX_AGE`]) from when they were read: the bound on
+    /// using a row changed by a writer this instance did not hear about.
+    /// Zero caches nothing. Call before the store is cloned or used; the
+    /// cache starts out empty.
+    pub fn with_cache_max_age(mut self, max_age: Duration) -> Self {
+        self.cache = Arc::new(self.cache.with_max_age(max_age));
+        self
+    }
+
+    /// Starts hearing about the registration changes of every writer of the
+    /// database (other instances, the CLI, an operator's SQL), which the
+    /// cache needs to serve rows on PostgreSQL: until the listener is
+    /// subscribed, and whenever it is not, every lookup reads the database.
+    /// `None` on SQLite, which has one writer (a second process is refused)
+    /// and whose cache serves from the start. Call once per store, within a
+    /// Tokio runtime; the listener holds one connection of the pool.
+    pub fn listen_for_changes(&self) -> Option<ChangeListener> {
+        match &self.pool {
+            Pool::Sqlite(_) => None,
+            Pool::Postgres(p) => Some(ChangeListener::spawn(p.clone(), self.cache.clone())),
+        }
+    }
+
+    /// Forgets every cached row, as after a handover: what the previous
+    /// process changed until it exited is read from the database again.
+    pub fn clear_cache(&self) {
+        self.cache.clear();
     }
 
     /// Applies the migrations that are not applied yet.
@@ -408,13 +453,6 @@ impl RegistrationStore {
                 .await?
         });
         Ok(rows)
-    }
-
-    /// Forgets every cached registration: the next lookups read the
-    /// database (after a handover, the replaced instance may have changed
-    /// registrations while both ran).
-    pub fn clear_cache(&self) {
-        self.cache.clear();
     }
 
     /// Closes the pool (waits for connections to be returned).

@@ -9,6 +9,35 @@
 //! one trailing push. Every merge bumps `seq`, so that a delivery removes
 //! the row only when nothing was merged into it while the push was out
 //! ([`Outbox::delivered`]).
+//!
+//! Several instances may share one database (PostgreSQL), and each row must
+//! be sent by one of them at a time. Taking a row for a send is a *claim*:
+//! it moves the row's due time to the end of the claim time (past the push
+//! timeout, `dispatch/mod.rs`) and writes the claimer into `claimed_by`
+//! (migration `0004_outbox_claims.sql`). Each [`Outbox`] handle is one
+//! claimer, with an id of its own; an instance's dispatcher holds one.
+//!
+//! - The retry pass takes due rows with [`Outbox::claim_due`], one
+//!   statement; on PostgreSQL with `FOR UPDATE SKIP LOCKED`, so that
+//!   instances polling at once get disjoint rows and never wait on each
+//!   other.
+//! - An early try takes one known row with [`Outbox::claim`]. A row claimed
+//!   for a send and a row backing off both have a due time in the future;
+//!   `claimed_by` tells them apart (a backoff or a reschedule clears it), so
+//!   an early try never takes a row another instance is sending right now.
+//! - The claimer settles the row when its send ends ([`Outbox::delivered`],
+//!   [`Outbox::retry_at`], [`Outbox::reschedule`]). The last two leave a
+//!   live claim of another claimer alone: a send that ends on one instance
+//!   does not hand out a row another instance has out.
+//! - A claim lapses when the row comes due again: the rows of an instance
+//!   that died are taken by any instance at the end of their claim time.
+//!
+//! A `claimed_by` rather than a claim end time: with only a time, an
+//! instance could not tell its own claim from another's, so a send ending
+//! would either release another instance's claim or need the caller to say
+//! whose claim it meant.
+
+use std::sync::Arc;
 
 use nudge_plugins::Notification;
 use serde::{Deserialize, Serialize};
@@ -33,7 +62,8 @@ pub struct QueuedPush {
     pub created_at: i64,
     /// When the push is given up (epoch seconds).
     pub expires_at: i64,
-    /// When the next attempt is due (epoch milliseconds).
+    /// When the next attempt is due (epoch milliseconds); for a row just
+    /// claimed, the end of the claim.
     pub due_at_ms: i64,
 }
 
@@ -114,38 +144,66 @@ pub struct OutboxSummary {
     pub oldest_created_at: Option<i64>,
 }
 
-/// The outbox table; cheap to clone.
+/// The outbox table; cheap to clone. A handle and its clones are one
+/// claimer (see the module documentation).
 #[derive(Debug, Clone)]
 pub struct Outbox {
     pool: Pool,
+    /// This claimer's id in `claimed_by`.
+    claimer: Arc<str>,
 }
 
 /// A row as written: the values both writes bind.
-struct NewRow {
+struct NewRow<'a> {
     json: String,
     important: i32,
     received_us: i64,
     due_at_ms: i64,
     expires_at: i64,
+    /// The claimer of a new row, or '' for none.
+    claimed_by: &'a str,
 }
 
-impl NewRow {
-    fn new(notification: &Notification, received_us: i64, due_at_ms: i64, expires_at: i64) -> Self {
+impl<'a> NewRow<'a> {
+    fn new(
+        notification: &Notification,
+        received_us: i64,
+        due_at_ms: i64,
+        expires_at: i64,
+        claimed_by: &'a str,
+    ) -> Self {
         NewRow {
             json: encode(notification),
             important: i32::from(notification.is_important()),
             received_us,
             due_at_ms,
             expires_at,
+            claimed_by,
         }
     }
 }
 
-/// The insert both writes start with (`$1` node … `$7` received_us).
+/// The insert both writes start with (`$1` node … `$7` received_us, `$8`
+/// claimed_by).
 macro_rules! insert_row {
     () => {
-        "INSERT INTO outbox (node, notification, important, created_at, expires_at, due_at_ms, received_us, attempts, seq, last_error) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 1, '')"
+        "INSERT INTO outbox (node, notification, important, created_at, expires_at, due_at_ms, received_us, attempts, seq, last_error, claimed_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 1, '', $8)"
+    };
+}
+
+/// The condition under which a row may be rescheduled or claimed by
+/// claimer `$me` at `$now` (epoch milliseconds): nobody holds it, `$me`
+/// does, or the claim has lapsed (the row is due).
+macro_rules! not_claimed_by_another {
+    ($me:literal, $now:literal) => {
+        concat!(
+            "(claimed_by = '' OR claimed_by = ",
+            $me,
+            " OR due_at_ms <= ",
+            $now,
+            ")"
+        )
     };
 }
 
@@ -157,7 +215,15 @@ macro_rules! outbox_columns {
 
 impl Outbox {
     pub(super) fn new(pool: Pool) -> Self {
-        Outbox { pool }
+        Outbox {
+            pool,
+            claimer: super::random_id(12).into(),
+        }
+    }
+
+    /// This handle's claimer id (as written in `claimed_by`).
+    pub fn claimer(&self) -> &str {
+        &self.claimer
     }
 
     /// Folds a publish (read from the stream at `received_us`) into the
@@ -188,7 +254,7 @@ impl Outbox {
                expires_at = excluded.expires_at \
              RETURNING seq"
         );
-        let row = NewRow::new(notification, received_us, due_at_ms, expires_at);
+        let row = NewRow::new(notification, received_us, due_at_ms, expires_at, "");
         let seq = self.write(sql, node, &row).await?;
         // The upsert returns a row either way.
         Ok(seq.unwrap_or_default())
@@ -196,7 +262,9 @@ impl Outbox {
 
     /// Writes a row only if the node has none; returns the new row's `seq`,
     /// or `None` when a row was there (it already holds newer publishes,
-    /// merged while this push was out).
+    /// merged while this push was out). The row is written claimed by this
+    /// handle: its push is out (due at the claim time) or is being settled
+    /// by the caller ([`Outbox::retry_at`] then releases it).
     pub async fn insert_new(
         &self,
         node: &str,
@@ -209,7 +277,13 @@ impl Outbox {
             insert_row!(),
             " ON CONFLICT (node) DO NOTHING RETURNING seq"
         );
-        let row = NewRow::new(notification, received_us, due_at_ms, expires_at);
+        let row = NewRow::new(
+            notification,
+            received_us,
+            due_at_ms,
+            expires_at,
+            &self.claimer,
+        );
         self.write(sql, node, &row).await
     }
 
@@ -217,7 +291,7 @@ impl Outbox {
         &self,
         sql: &'static str,
         node: &str,
-        row: &NewRow,
+        row: &NewRow<'_>,
     ) -> Result<Option<i64>, StoreError> {
         let now = super::now();
         let seq: Option<i64> = on_pool!(&self.pool, |p| {
@@ -229,6 +303,7 @@ impl Outbox {
                 .bind(row.expires_at)
                 .bind(row.due_at_ms)
                 .bind(row.received_us)
+                .bind(row.claimed_by)
                 .fetch_optional(p)
                 .await?
                 .map(|r| r.try_get(0))
@@ -246,33 +321,84 @@ impl Outbox {
         Ok(row.map(QueuedPush::from))
     }
 
-    /// Rows due at `now_ms`, the most overdue first.
-    pub async fn due(&self, now_ms: i64, limit: i64) -> Result<Vec<QueuedPush>, StoreError> {
-        let sql = concat!(
-            "SELECT ",
-            outbox_columns!(),
-            " FROM outbox WHERE due_at_ms <= $1 ORDER BY due_at_ms LIMIT $2"
-        );
-        let rows: Vec<Row_> = on_pool!(&self.pool, |p| {
-            sqlx::query_as(sql)
-                .bind(now_ms)
-                .bind(limit)
-                .fetch_all(p)
-                .await?
-        });
+    /// Claims up to `limit` rows due at `now_ms`, the most overdue first,
+    /// until `until_ms`: one statement moves their due time there and
+    /// writes this claimer into them, and returns them (with their current
+    /// `seq`, and `due_at_ms` = `until_ms`, in no particular order).
+    ///
+    /// On PostgreSQL the rows are picked `FOR UPDATE SKIP LOCKED` in a
+    /// materialized CTE: two instances claiming at once get disjoint rows
+    /// without waiting on each other (a row the other has claimed and
+    /// committed meanwhile is no longer due when it is re-checked), and
+    /// the limit holds (as a plain `IN (subquery)` it need not: the planner
+    /// may scan the subquery more than once, and each scan skips other
+    /// rows). SQLite has one writer, so the plain statement is atomic.
+    pub async fn claim_due(
+        &self,
+        now_ms: i64,
+        until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<QueuedPush>, StoreError> {
+        let rows: Vec<Row_> = match &self.pool {
+            Pool::Sqlite(p) => {
+                let sql = concat!(
+                    "UPDATE outbox SET due_at_ms = $2, claimed_by = $4 WHERE node IN \
+                     (SELECT node FROM outbox WHERE due_at_ms <= $1 ORDER BY due_at_ms LIMIT $3) \
+                     RETURNING ",
+                    outbox_columns!()
+                );
+                sqlx::query_as(sql)
+                    .bind(now_ms)
+                    .bind(until_ms)
+                    .bind(limit)
+                    .bind(&*self.claimer)
+                    .fetch_all(p)
+                    .await?
+            }
+            Pool::Postgres(p) => {
+                let sql = concat!(
+                    "WITH picked AS MATERIALIZED \
+                     (SELECT node FROM outbox WHERE due_at_ms <= $1 ORDER BY due_at_ms LIMIT $3 \
+                      FOR UPDATE SKIP LOCKED) \
+                     UPDATE outbox SET due_at_ms = $2, claimed_by = $4 \
+                     WHERE node IN (SELECT node FROM picked) RETURNING ",
+                    outbox_columns!()
+                );
+                sqlx::query_as(sql)
+                    .bind(now_ms)
+                    .bind(until_ms)
+                    .bind(limit)
+                    .bind(&*self.claimer)
+                    .fetch_all(p)
+                    .await?
+            }
+        };
         Ok(rows.into_iter().map(QueuedPush::from).collect())
     }
 
-    /// Takes a due row for delivery: moves its due time to `until_ms` (so
-    /// that no other pass picks it while the push is out, and a crash
-    /// leaves it to be retried then). False when the row changed or went.
-    pub async fn claim(&self, node: &str, seq: i64, until_ms: i64) -> Result<bool, StoreError> {
-        let sql = "UPDATE outbox SET due_at_ms = $3 WHERE node = $1 AND seq = $2";
+    /// Claims one known row until `until_ms`, before it is due (an early
+    /// try): false when a publish was merged into it since it was read
+    /// (`seq` changed), it went, or another claimer holds it at `now_ms`
+    /// (that instance is sending it right now; a row merely backing off is
+    /// taken).
+    pub async fn claim(
+        &self,
+        node: &str,
+        seq: i64,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let sql = concat!(
+            "UPDATE outbox SET due_at_ms = $3, claimed_by = $4 WHERE node = $1 AND seq = $2 AND ",
+            not_claimed_by_another!("$4", "$5")
+        );
         let n = on_pool!(&self.pool, |p| {
             sqlx::query(sql)
                 .bind(node)
                 .bind(seq)
                 .bind(until_ms)
+                .bind(&*self.claimer)
+                .bind(now_ms)
                 .execute(p)
                 .await?
                 .rows_affected()
@@ -296,7 +422,8 @@ impl Outbox {
         Ok(n > 0)
     }
 
-    /// An attempt failed: counts it and sets the next due time.
+    /// An attempt failed: counts it, sets the next due time and releases
+    /// this claimer's claim. A row another claimer holds is left to it.
     pub async fn retry_at(
         &self,
         node: &str,
@@ -304,27 +431,39 @@ impl Outbox {
         due_at_ms: i64,
         error: &str,
     ) -> Result<(), StoreError> {
-        let sql =
-            "UPDATE outbox SET attempts = $2, due_at_ms = $3, last_error = $4 WHERE node = $1";
+        let sql = concat!(
+            "UPDATE outbox SET attempts = $2, due_at_ms = $3, last_error = $4, claimed_by = '' \
+             WHERE node = $1 AND ",
+            not_claimed_by_another!("$5", "$6")
+        );
         on_pool!(&self.pool, |p| {
             sqlx::query(sql)
                 .bind(node)
                 .bind(i64::from(attempts))
                 .bind(due_at_ms)
                 .bind(error)
+                .bind(&*self.claimer)
+                .bind(super::now_ms())
                 .execute(p)
                 .await?;
         });
         Ok(())
     }
 
-    /// Moves the node's row to be due at `due_at_ms` (no attempt counted).
+    /// Moves the node's row to be due at `due_at_ms` (no attempt counted)
+    /// and releases this claimer's claim. A row another claimer holds is
+    /// left to it: its send's end reschedules it.
     pub async fn reschedule(&self, node: &str, due_at_ms: i64) -> Result<(), StoreError> {
-        let sql = "UPDATE outbox SET due_at_ms = $2 WHERE node = $1";
+        let sql = concat!(
+            "UPDATE outbox SET due_at_ms = $2, claimed_by = '' WHERE node = $1 AND ",
+            not_claimed_by_another!("$3", "$4")
+        );
         on_pool!(&self.pool, |p| {
             sqlx::query(sql)
                 .bind(node)
                 .bind(due_at_ms)
+                .bind(&*self.claimer)
+                .bind(super::now_ms())
                 .execute(p)
                 .await?;
         });

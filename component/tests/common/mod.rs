@@ -444,6 +444,42 @@ pub async fn start_on(
     (nudge::start(&config, backends).await.unwrap(), dir)
 }
 
+/// Starts Nudge on the database at `db_url` (which may be another
+/// instance's) with the given backends and its own fake server, and waits
+/// until it is connected.
+pub async fn start_connected(
+    db_url: &str,
+    backends: Backends,
+    adjust: impl FnOnce(&mut Config),
+) -> (FakeServer, ServerConn, Running) {
+    let server = FakeServer::start().await;
+    let mut config = test_config(server.port, db_url, "");
+    adjust(&mut config);
+    let mut nudge = nudge::start(&config, backends).await.unwrap();
+    let conn = server.accept().await;
+    assert!(nudge.wait_for_state(LinkState::Connected, STEP).await);
+    (server, conn, nudge)
+}
+
+/// Polls `check` every 20 ms until it holds, for at most `limit`; says
+/// whether it did (for waits longer than [`STEP`]).
+pub async fn eventually_within<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A running Nudge connected to a fake server, with a recording backend
 /// for app `conversations` (provider `fcm`).
 pub struct Harness {

@@ -1703,11 +1703,13 @@ class Phases:
     # shared PostgreSQL). The script sets dispatch.coalesce_ms = 0, so that
     # every message gets its own push, except a publish that comes while
     # the phone's previous push is still out (or that finds the phone's
-    # outbox row, e.g. one left by a killed instance): it is merged into the
-    # next push, which then carries the user's next message (400 ms later).
-    # So a message is lost unless a push carries its body, or its publish
-    # was accepted (ejabberd logs a result; Prosody logged no error for the
-    # phone during the load) and the user's next message was pushed.
+    # outbox row, e.g. one a stopped or killed instance left): it is merged
+    # into the next push, which then carries a later message of the user
+    # (the newest summary; the phone fetches the rest). So a message is lost
+    # unless a push carries its body, or its publish was accepted (ejabberd
+    # logs a result; Prosody logged no error for the phone during the load)
+    # and a push with a later message of the user reached the phone within
+    # PUSH_DEADLINE of it ("merged").
 
     def away_devices(self) -> dict[str, list[Device]]:
         raw = self.state.extra.get("away", {})
@@ -1856,25 +1858,37 @@ class Phases:
         def was_accepted(node: str, body: str) -> bool:
             return (node, body) in accepted if s.server == "ejabberd" else node not in erred
 
+        sent_at = {body: t for _, body, t in load["messages"]}
         lost: list[str] = []
         merged = duplicates = 0
         delivered: dict[str, dict[str, int]] = {}
+        first_at: dict[str, dict[str, float]] = {}  # token → body → first delivery (epoch s)
+
+        def later_push_in_time(token: str, bodies: list[str], i: int) -> bool:
+            """A push carrying one of the user's later messages reached the
+            phone within PUSH_DEADLINE of message i."""
+            at = first_at[token]
+            return any(at.get(b, float("inf")) <= sent_at[bodies[i]] + PUSH_DEADLINE for b in bodies[i + 1:])
+
         for user, ds in devices.items():
             bodies = per_user.get(user, [])
             for d in ds:
                 counts: dict[str, int] = {}
+                at: dict[str, float] = {}
                 for p in pushes:
                     if p["token"] == d.token and p["delivered"]:
                         b = push_body(p) or ""
                         counts[b] = counts.get(b, 0) + 1
+                        at.setdefault(b, p["received_at_ms"] / 1000)
                 delivered[d.token] = counts
+                first_at[d.token] = at
                 for i, body in enumerate(bodies):
                     if counts.get(body):
                         continue
                     # Coalescing: a publish that came while the phone's
-                    # previous push was still out (or merged into an outbox
-                    # row) goes with the next message's push.
-                    if i + 1 < len(bodies) and counts.get(bodies[i + 1]) and was_accepted(d.node, body):
+                    # previous push was still out, or that found the phone's
+                    # outbox row, goes with a later message's push.
+                    if was_accepted(d.node, body) and later_push_in_time(d.token, bodies, i):
                         merged += 1
                         continue
                     lost.append(f"{d.app_command} of {user}: {body!r}{neighbours(counts, bodies, i)}")
@@ -1897,7 +1911,7 @@ class Phases:
                 bodies = per_user.get(user, [])
                 counts = delivered[d.token]
                 i = bodies.index(p.body) if p.body in bodies else -1
-                if counts.get(p.body) or (0 <= i < len(bodies) - 1 and counts.get(bodies[i + 1])):
+                if counts.get(p.body) or (i >= 0 and later_push_in_time(d.token, bodies, i)):
                     continue
                 unpushed.append(f"{d.app_command} of {user}: {p.body!r} (answered by {p.conn}){neighbours(counts, bodies, i)}")
             fig["unpushed"] = unpushed
@@ -1934,7 +1948,7 @@ class Phases:
             summary = (
                 f"{label}: {f['messages']} messages, {len(f['bounced'])} publishes bounced, "
                 f"{len(f['disabled'])} registrations disabled, {len(f['lost'])} pushes lost, "
-                f"{f['duplicates']} duplicates ({f['merged']} merged into the next message's push); {f['publishes']}"
+                f"{f['duplicates']} duplicates ({f['merged']} merged into a later push); {f['publishes']}"
             )
             problems = []
             if expect == "clean":

@@ -2063,9 +2063,14 @@ class Phases:
                 results += sum(1 for p in answered if p.kind == "result")
                 pushed += sum(1 for p in self.app.pushes(after_id=mark) if p["token"] in tokens)
                 if cancels != all_nodes or results or pushed:
+                    text = self.log.since_mark()
+                    others = re.findall(r"rejected notification for [^\n]*", text)
                     raise StepFailed(
                         f"round {rounds}: {len(all_nodes - cancels)} of {len(all_nodes)} publishes not answered "
-                        f"item-not-found ({results} answered result); {pushed} pushes for removed registrations"
+                        f"item-not-found ({results} answered result); {pushed} pushes for removed registrations; "
+                        f"ejabberd log: {answer_figures(ejabberd_publishes(text, all_nodes))}; "
+                        f"other rejections: {others[:2] or 'none'}; still listed: "
+                        f"{len(all_nodes & nudge_nodes(s))}"
                     )
             note = (f"{len(all_nodes)} registrations removed; every next publish answered item-not-found "
                     f"over {len(conns)} connection(s) ({rounds} round(s) of {len(all_nodes)} publishes), no push")

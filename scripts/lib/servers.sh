@@ -27,7 +27,14 @@ declare -A PIDS=() # name -> PID of every background process started here
 
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
-gone() { ! kill -0 "$1" 2>/dev/null; }
+# gone PID: the process has exited (a zombie counts: a SIGHUP successor is
+# no child of ours, and whoever adopts it may reap it late).
+gone() {
+    ! kill -0 "$1" 2>/dev/null && return 0
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+    [ "$(cut -d ' ' -f 1 <<<"${stat##*) }")" = Z ]
+}
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 port_free() { ! port_open "$1"; }
 ports_open() { local p; for p in "$@"; do port_open "$p" || return 1; done; }

@@ -49,8 +49,18 @@ push_notification_with_sender = false
 -- the device token dead, so 16 costs nothing but a few useless publishes.
 push_max_errors = 16
 
--- The App Server. Prosody accepts one connection per component domain
--- (a second one gets stream error `conflict`, and Nudge stands by and
--- retries every second).
+-- The App Server. Prosody routes a component domain to one connection only.
 Component "push.localhost"
     component_secret = "change-me"
+    -- Restarts without a gap (`nudge run --replace <PID>`, or `systemctl
+    -- reload nudge`, i.e. SIGHUP): with "kick_old" a new connection replaces
+    -- the old one at once; the old one gets stream error `conflict`
+    -- ("Replaced by a new connection"), finishes what it read and exits
+    -- without reconnecting, so not a publish is bounced. With the default,
+    -- "kick_new", the new connection would be refused ("Component already
+    -- connected") and the new Nudge would stand by until the old one is gone,
+    -- and Prosody bounces every publish in between. Leave the default only
+    -- to run a standby Nudge beside the active one (it takes over within
+    -- component.standby_retry_ms when the active one dies): with "kick_old"
+    -- two instances started side by side replace each other and one stops.
+    component_conflict_resolve = "kick_old"

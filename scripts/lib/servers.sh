@@ -13,8 +13,9 @@
 PUSH_DOMAIN=push.localhost
 USER_DOMAIN=localhost
 # alice owns the phones, bob writes; carol, dave and erin own more phones
-# for the scenarios with several users (scripts/interop-test).
-USERS=(alice bob carol dave erin)
+# for the scenarios with several users (scripts/interop-test); frank, grace,
+# heidi and ivan join them for issue 16's stream of messages.
+USERS=(alice bob carol dave erin frank grace heidi ivan)
 NUDGE="$ROOT/target/debug/nudge"
 TEST_APP="$ROOT/target/debug/nudge-test-app"
 VENV="$ROOT/target/interop-venv"
@@ -26,7 +27,14 @@ declare -A PIDS=() # name -> PID of every background process started here
 
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
-gone() { ! kill -0 "$1" 2>/dev/null; }
+# gone PID: the process has exited (a zombie counts: a SIGHUP successor is
+# no child of ours, and whoever adopts it may reap it late).
+gone() {
+    ! kill -0 "$1" 2>/dev/null && return 0
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+    [ "$(cut -d ' ' -f 1 <<<"${stat##*) }")" = Z ]
+}
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 port_free() { ! port_open "$1"; }
 ports_open() { local p; for p in "$@"; do port_open "$p" || return 1; done; }
@@ -60,11 +68,13 @@ stop_pid() {
 # Everything still running, in dependency order.
 stop_all() {
     stop_pid nudge
+    stop_pid nudge2
     stop_ejabberd
     stop_pid prosody
     stop_pid test-app
     local name
     for name in "${!PIDS[@]}"; do stop_pid "$name"; done
+    [ ${#PG_DBS[@]} = 0 ] || pg_drop_all
 }
 
 # --- installation ----------------------------------------------------------------
@@ -173,6 +183,8 @@ nudge_env() {
     export NUDGE_COMPONENT__PORT=$2
     export NUDGE_COMPONENT__SECRET=$SECRET
     export NUDGE_STORAGE__DATA_DIR=$WORK/$1/nudge-data
+    # Set for issue 16's part of the previous server (scripts/interop-test).
+    unset NUDGE_STORAGE__URL NUDGE_DISPATCH__COALESCE_MS
 }
 
 nudge_connections() { grep -c "component connected" "$WORK/$1/nudge.log" 2>/dev/null || true; }
@@ -185,6 +197,123 @@ start_nudge() {
     PIDS[nudge]=$!
     wait_until 20 grep -q "component connected" "$log" || { tail -n 20 "$log"; return 1; }
     grep "component connected" "$log" | head -n 1
+}
+
+# --- several Nudge instances (issue 16) --------------------------------------
+# An instance is a slot NAME in PIDS (`nudge`, `nudge2`) with its own log,
+# $WORK/SERVER/NAME.log, appended to by every process that holds the slot in
+# turn (a handover's successor writes to its predecessor's log).
+
+nudge_log() { echo "$WORK/$2/$1.log"; }
+
+# launch_nudge NAME SERVER [RUN_ARGS...]: starts `nudge run` in the
+# background, PIDS[NAME] = its PID; does not wait.
+launch_nudge() {
+    local name=$1 server=$2
+    shift 2
+    "$NUDGE" --config "$WORK/nudge.toml" run "$@" >>"$(nudge_log "$name" "$server")" 2>&1 &
+    PIDS[$name]=$!
+    # No "Killed" job notice when a scenario kills it.
+    disown "$!"
+}
+
+# start_nudge_instance NAME SERVER: another instance with the same config
+# and environment; waits for its component handshake.
+start_nudge_instance() {
+    local name=$1 server=$2 log before
+    log=$(nudge_log "$name" "$server")
+    before=$(count_in "$log" "component connected")
+    launch_nudge "$name" "$server" || return 1
+    wait_until 20 log_count_above "$log" "component connected" "$before" ||
+        { tail -n 20 "$log"; return 1; }
+    echo "$name: PID ${PIDS[$name]}, $(grep "component connected" "$log" | tail -n 1)"
+}
+
+# count_in FILE NEEDLE: how many lines of FILE have NEEDLE (0 without FILE).
+count_in() {
+    local n
+    n=$(grep -c -- "$2" "$1" 2>/dev/null) || true
+    echo "${n:-0}"
+}
+# log_count_above FILE NEEDLE N: FILE has more than N lines with NEEDLE.
+log_count_above() { [ "$(count_in "$1" "$2")" -gt "$3" ]; }
+
+# handover_nudge NAME SERVER replace|hup: the instance in slot NAME hands
+# over to a successor with the same config: `nudge run --replace OLD`
+# started here, or SIGHUP, with which the old one starts its successor
+# itself (systemd's ExecReload); then PIDS[NAME] is the successor, found
+# from its log line `handover: replacing the instance with PID OLD … pid=NEW`.
+# Waits for `handover: PID OLD has exited` and for OLD to be gone.
+handover_nudge() {
+    local name=$1 server=$2 how=$3 old=${PIDS[$1]:-} log new start line
+    log=$(nudge_log "$name" "$server")
+    [ -n "$old" ] && ! gone "$old" || { echo "$name is not running"; return 1; }
+    start=$(now)
+    case $how in
+        replace) launch_nudge "$name" "$server" --replace "$old" || return 1 ;;
+        hup) kill -HUP "$old" || return 1 ;;
+    esac
+    new=${PIDS[$name]}
+    if ! handover_begun "$log" "$old" "$new"; then
+        echo "no 'handover: replacing the instance with PID $old' line within 20 s"
+        tail -n 15 "$log"
+        # Whatever runs still stops on exit.
+        gone "$new" || PIDS[$name-failed-$new]=$new
+        PIDS[$name]=$old
+        return 1
+    fi
+    line=$(grep -E "handover: replacing the instance with PID $old([^0-9]|$)" "$log" | tail -n 1)
+    if [ "$how" = hup ]; then
+        new=$(sed -n 's/.*[^A-Za-z_]pid=\([0-9][0-9]*\).*/\1/p' <<<"$line")
+        [ -n "$new" ] || new=$(pgrep -n -f -- "--replace $old" || true)
+        [ -n "$new" ] || { echo "cannot tell the successor's PID from: $line"; return 1; }
+        PIDS[$name]=$new
+    fi
+    new=${PIDS[$name]}
+    wait_until 20 grep -Eq "handover: PID $old has exited" "$log" ||
+        { echo "no 'handover: PID $old has exited' line within 20 s"; tail -n 15 "$log"; return 1; }
+    wait_until 10 gone "$old" || { echo "PID $old still running"; return 1; }
+    wait "$old" 2>/dev/null || true
+    gone "$new" && { echo "the successor (PID $new) is not running"; tail -n 15 "$log"; return 1; }
+    echo "$how: PID $old -> $new in $(since "$start") s"
+}
+
+# handover_begun LOG OLD NEW: waits up to 20 s for the successor's line
+# saying that it replaces OLD; fails at once when NEW (the successor, or OLD
+# itself after a SIGHUP) is gone without it.
+handover_begun() {
+    local line="handover: replacing the instance with PID $2([^0-9]|$)" end=$(($(date +%s) + 20))
+    until grep -Eq "$line" "$1"; do
+        if gone "$3"; then
+            sleep 0.3
+            grep -Eq "$line" "$1" && return 0
+            echo "PID $3 exited"
+            return 1
+        fi
+        [ "$(date +%s)" -lt "$end" ] || return 1
+        sleep 0.1
+    done
+}
+
+# --- PostgreSQL (several instances share one database) ---------------------------
+# pg_create SERVER: a fresh database on the server of NUDGE_TEST_POSTGRES_URL
+# (the caller sets it); exports NUDGE_STORAGE__URL naming it. pg_drop drops
+# it (also on exit, from stop_all).
+PG_DBS=()
+pg_create() {
+    local base=${NUDGE_TEST_POSTGRES_URL:?} db
+    db="nudge_interop_$1_$$_$(date +%s)"
+    psql "$base" -v ON_ERROR_STOP=1 -qAtc "CREATE DATABASE $db" || return 1
+    PG_DBS+=("$db")
+    export NUDGE_STORAGE__URL="${base%/*}/$db"
+    echo "database $db on ${base%/*}"
+}
+pg_drop_all() {
+    local db
+    for db in "${PG_DBS[@]}"; do
+        psql "${NUDGE_TEST_POSTGRES_URL:?}" -qAtc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+    done
+    PG_DBS=()
 }
 
 # --- Prosody ---------------------------------------------------------------------
@@ -250,6 +379,17 @@ start_prosody() {
 }
 
 stop_prosody() { stop_pid prosody; }
+
+# prosody_conflict_resolve kick_new|kick_old: sets component_conflict_resolve
+# in the generated copy of deploy/prosody.cfg.lua (deploy/ says kick_old, for
+# handovers; a standby Nudge needs kick_new); takes effect at the next start.
+prosody_conflict_resolve() {
+    local file=$WORK/prosody/nudge.cfg.lua
+    sed -i "s/^\( *component_conflict_resolve = \)\"[a-z_]*\"/\1\"$1\"/" "$file" || return 1
+    grep -q "component_conflict_resolve = \"$1\"" "$file" ||
+        { echo "deploy/prosody.cfg.lua has no component_conflict_resolve line to set"; return 1; }
+    echo "component_conflict_resolve = \"$1\""
+}
 
 # --- ejabberd --------------------------------------------------------------------
 EJABBERDCTL=()

@@ -37,6 +37,19 @@ phases of this driver; scripts/demo uses the `demo` phase. Two real clients
                   within dispatch.answer_within_ms, delivered after the restart
     brake         51 dead tokens of one app within a minute: removals stop at
                   the brake, the rest survive, `nudge brake release` removes them
+    away-setup    issue 16, on a shared PostgreSQL: alice, carol, dave and erin
+                  disable their old registrations and register an FCM and an
+                  APNs device each
+    away-load     bob writes to them round robin (--rate a second, at most
+                  --count, until --stop-file exists) while the script
+                  restarts, kills or adds Nudge instances
+    away-check    the load's figures: publishes bounced, registrations
+                  disabled, pushes lost, duplicates (--expect says which must
+                  be zero)
+    away-reregister
+                  two instances on ejabberd: a device registers a new token,
+                  the old one dies, pushes go to the new one through both;
+                  `nudge registrations remove` is seen by both at once
     demo          two demo users; bob writes to alice every few seconds
 
 Each step prints one line, `PASS`/`FAIL`, its name and its duration, and is
@@ -368,6 +381,19 @@ async def enable_push(client: Client, push_jid: str, device: Device) -> None:
     await iq.send(timeout=10)
 
 
+async def disable_push(client: Client, push_jid: str) -> None:
+    """XEP-0357 `<disable/>` without a node: every registration of the
+    account with `push_jid` is disabled on the user's server."""
+    iq = client.make_iq_set()
+    iq.append(ET.Element(f"{{{PUSH_NS}}}disable", {"jid": push_jid}))
+    try:
+        await iq.send(timeout=10)
+    except IqError as e:
+        # ejabberd: "Push record not found" when there was none to disable.
+        if e.iq["error"]["condition"] != "item-not-found":
+            raise
+
+
 async def unregister_room(client: Client, push_jid: str, app: str, device_id: str, room: str) -> None:
     """Conversations' `unregister-push-<app>` for a room: `channel` is
     hex(sha1(room_jid + "\\0" + device_id)), not the room's JID: the same
@@ -594,6 +620,63 @@ def ejabberd_publishes(log_text: str, nodes: set[str]) -> list[PublishAnswer]:
     return order
 
 
+EJABBERD_CONN = re.compile(r"\(tcp\|(<[0-9.]+>)\) ")
+EJABBERD_BODY = re.compile(r"<field var='last-message-body'[^>]*><value>([^<]*)</value>")
+
+
+@dataclass
+class Publish:
+    """One publish ejabberd sent to a component connection, and its answer
+    on that connection."""
+
+    node: str
+    body: str | None
+    conn: str  # the ejabberd process of the component connection, e.g. <0.497.0>
+    sent: float
+    answered: float | None = None
+    kind: str = ""  # "result" | "error"
+
+
+def ejabberd_traffic(log_text: str, nodes: set[str]) -> list[Publish]:
+    """Like ejabberd_publishes, with the component connection each publish
+    went to (ejabberd logs the connection's process with every stanza) and
+    the message body it carries; answers are matched per connection, so
+    that several Nudge instances' answers do not mix."""
+    by_id: dict[tuple[str, str], Publish] = {}
+    order: list[Publish] = []
+    received: dict[str, str] = {}
+    for line in log_text.splitlines():
+        t = EJABBERD_TIME.match(line)
+        conn = EJABBERD_CONN.search(line)
+        if not t or not conn:
+            continue
+        when = time.mktime(time.strptime(t.group(1).split(".")[0], "%Y-%m-%d %H:%M:%S")) + float(
+            "0." + t.group(1).split(".")[1]
+        )
+        c = conn.group(1)
+        sent = EJABBERD_SENT.search(line)
+        if sent:
+            if sent.group(2) in nodes:
+                body = EJABBERD_BODY.search(line)
+                p = Publish(sent.group(2), body.group(1) if body else None, c, when)
+                by_id[(c, sent.group(1))] = p
+                order.append(p)
+            continue
+        if EJABBERD_RECEIVED not in line:
+            continue
+        buf = received.get(c, "") + line.split(EJABBERD_RECEIVED, 1)[1].removeprefix('<<"').removesuffix('">>')
+        consumed = 0
+        for iq in EJABBERD_IQ.finditer(buf):
+            consumed = iq.end()
+            attrs = dict(ATTR.findall(iq.group(1)))
+            pending = by_id.get((c, attrs.get("id", "")))
+            if pending and pending.answered is None and attrs.get("type") in ("result", "error"):
+                pending.answered = when
+                pending.kind = attrs["type"]
+        received[c] = buf[consumed:][-4096:]
+    return order
+
+
 def answer_figures(answers: list[PublishAnswer]) -> str:
     done = [a for a in answers if a.answered is not None]
     if not done:
@@ -644,6 +727,18 @@ def publish_answer_seen(server: str, node: str) -> str:
 
 # --------------------------------------------------------------------------
 # Phases
+
+# Issue 16's away users (bob writes to them), one phone each (FCM and APNs
+# in turn); every one is registered on both servers by
+# scripts/lib/servers.sh. Eight users at 20 messages/s: 400 ms between two
+# messages to one phone, far longer than a push to the test-app takes.
+AWAY_USERS = ("alice", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan")
+
+
+def neighbours(delivered: dict[str, int], bodies: list[str], i: int) -> str:
+    """Which of the messages around the i-th a device got, for a report."""
+    around = [f"{'+' if delivered.get(b) else '-'}{j}" for j, b in enumerate(bodies) if abs(j - i) <= 3]
+    return f" [got(+)/not(-) messages by index around it: {' '.join(around)}]"
 
 
 class Phases:
@@ -1602,6 +1697,390 @@ class Phases:
         await self.r.step("nudge brake release testapp-fcm --apply removes the held ones", release)
         await bob.logout()
 
+    # -- issue 16: never away (several instances, handovers, standby) ---------------
+    # A steady stream of messages to users whose phones are away, while
+    # scripts/interop-test restarts, kills or adds Nudge instances (on a
+    # shared PostgreSQL). The script sets dispatch.coalesce_ms = 0, so that
+    # every message gets its own push, except a publish that comes while
+    # the phone's previous push is still out (or that finds the phone's
+    # outbox row, e.g. one a stopped or killed instance left): it is merged
+    # into the next push, which then carries a later message of the user
+    # (the newest summary; the phone fetches the rest). So a message is lost
+    # unless a push carries its body, or its publish was accepted (ejabberd
+    # logs a result; Prosody logged no error for the phone during the load)
+    # and a push with a later message of the user reached the phone within
+    # PUSH_DEADLINE of it ("merged").
+
+    def away_devices(self) -> dict[str, list[Device]]:
+        raw = self.state.extra.get("away", {})
+        return {user: [Device(**d) for d in devices] for user, devices in raw.items()}
+
+    def away_all(self) -> list[tuple[str, Device]]:
+        return [(u, d) for u, ds in self.away_devices().items() for d in ds]
+
+    async def away_reenable(self) -> None:
+        """Each away user's phone logs in and enables push again, as
+        Conversations does at every login: a registration the server
+        disabled in an earlier scenario does not spill into the next."""
+        for user, devices in self.away_devices().items():
+            client = await login(self.s, user, "phone")
+            for d in devices:
+                await enable_push(client, self.s.push_jid, d)
+            await client.logout()
+
+    async def away_setup(self) -> None:
+        s = self.s
+        suffix = uuid.uuid4().hex[:8]
+
+        async def setup() -> str:
+            away: dict[str, list[dict[str, Any]]] = {}
+            for user in AWAY_USERS:
+                client = await login(s, user, "phone")
+                # The earlier scenarios' registrations (in the SQLite
+                # database, unknown to this one) would be answered
+                # item-not-found and muddle the figures.
+                await disable_push(client, s.push_jid)
+                done = []
+                if len(away) % 2 == 0:
+                    phone = Device("fcm", f"{user}-away-phone-{suffix}", f"0fcm-{user}-away-{suffix}")
+                else:
+                    phone = Device("apns", f"{user}-away-iphone-{suffix}", "0" + uuid.uuid4().hex + uuid.uuid4().hex[:31])
+                for d in (phone,):
+                    reg = await register_device(client, s.push_jid, d, "android-id" if d.app_command == "fcm" else "device-id")
+                    await enable_push(client, s.push_jid, reg)
+                    done.append(asdict(reg))
+                away[user] = done
+                await client.logout()
+            self.state.extra["away"] = away
+            self.state.save(s.state)
+            return f"{', '.join(AWAY_USERS)}: old registrations disabled, one phone each (FCM, APNs in turn) registered and enabled, offline"
+
+        await self.r.step(f"{len(AWAY_USERS)} users register a phone each on PostgreSQL, go offline", setup)
+        bob = await login(s, "bob", "laptop")
+
+        async def pushed() -> str:
+            mark = self.app.last_id()
+            for user, devices in self.away_devices().items():
+                body = f"away check {user} {suffix}"
+                send_chat(bob, self.jid(user), body)
+                for d in devices:
+                    await self.app.wait_body(d.token, mark, body)
+            return f"all {len(AWAY_USERS)} phones pushed"
+
+        await self.r.step("a message to each away user reaches the phone", pushed)
+        await bob.logout()
+
+    async def away_load(self, count: int, rate: float, stop_file: Path | None, started_file: Path | None) -> None:
+        """Bob writes to the away users round robin, `rate` messages a
+        second, until `count` are sent or `stop_file` exists (bounded
+        either way); what was sent goes to the state for away-check."""
+        s = self.s
+        suffix = uuid.uuid4().hex[:8]
+        users = list(self.away_devices())
+        if not users:
+            raise StepFailed("no away devices: run away-setup first")
+        bob = await login(s, "bob", "laptop")
+
+        async def load() -> str:
+            await self.away_reenable()
+            self.log.mark()
+            mark = self.app.last_id()
+            messages: list[list[Any]] = []
+            start = time.time()
+            if started_file:
+                started_file.touch()
+            for i in range(count):
+                if stop_file and stop_file.exists():
+                    break
+                user = users[i % len(users)]
+                body = f"away {i} {user} {suffix}"
+                messages.append([user, body, send_chat(bob, self.jid(user), body)])
+                await asyncio.sleep(max(0.0, start + (i + 1) / rate - time.time()))
+            await asyncio.sleep(0.5)  # the last ones leave bob's connection
+            self.state.extra["load"] = {
+                "mark": mark, "log_offset": self.log.offset, "messages": messages,
+                "start": start, "end": time.time(),
+            }
+            self.state.save(s.state)
+            return (
+                f"{len(messages)} messages in {time.time() - start:.1f} s to {len(users)} users "
+                f"({rate:.0f}/s)"
+            )
+
+        await self.r.step(f"load: bob writes to {len(users)} away users, {rate:.0f} messages/s", load)
+        await bob.logout()
+
+    async def away_settle(self, load: dict[str, Any], deadline: float = RECOVERY_DEADLINE) -> None:
+        """Waits until every device has its user's last message, or no push
+        came for 3 s (a disabled registration never gets it), and the
+        outbox is empty, at most `deadline` seconds; then 1 s more for a
+        late duplicate."""
+        last: dict[str, str] = {}
+        for user, body, _ in load["messages"]:
+            last[user] = body
+        end = time.monotonic() + deadline
+        seen, quiet_since = -1, time.monotonic()
+        while time.monotonic() < end:
+            pushes = self.app.pushes(after_id=load["mark"])
+            got = {(p["token"], push_body(p)) for p in pushes if p["delivered"]}
+            if len(pushes) != seen:
+                seen, quiet_since = len(pushes), time.monotonic()
+            done = all((d.token, last.get(u)) in got for u, d in self.away_all() if u in last)
+            if (done or time.monotonic() - quiet_since > 3.0) and self.outbox_empty():
+                break
+            await asyncio.sleep(0.3)
+        await asyncio.sleep(1.0)
+
+    def outbox_empty(self) -> bool:
+        return "outbox empty" in nudge_cli(self.s, "outbox", "status")
+
+    def away_figures(self, load: dict[str, Any]) -> dict[str, Any]:
+        """Bounced, disabled, lost, duplicates (and the detail behind them)
+        for the load recorded in the state, from the server's log and the
+        test-app's record."""
+        s = self.s
+        devices = self.away_devices()
+        nodes = {d.node: (u, d) for u, d in self.away_all()}
+        pushes = self.app.pushes(after_id=load["mark"])
+        per_user: dict[str, list[str]] = {}
+        for user, body, _ in load["messages"]:
+            per_user.setdefault(user, []).append(body)
+        with s.server_log.open("rb") if s.server_log else open(os.devnull, "rb") as f:
+            f.seek(load["log_offset"])
+            text = f.read().decode("utf-8", "replace")
+        # Whether a publish for a message was accepted: ejabberd logs each
+        # answer; Prosody logs errors only, so there a node without any
+        # error logged during the load had every publish accepted.
+        traffic = ejabberd_traffic(text, set(nodes)) if s.server == "ejabberd" else []
+        accepted = {(p.node, p.body) for p in traffic if p.kind == "result"}
+        erred = {n for n in nodes if re.search(any_answer_seen(s.server, n), text)} if s.server == "prosody" else set()
+
+        def was_accepted(node: str, body: str) -> bool:
+            return (node, body) in accepted if s.server == "ejabberd" else node not in erred
+
+        sent_at = {body: t for _, body, t in load["messages"]}
+        lost: list[str] = []
+        merged = duplicates = 0
+        delivered: dict[str, dict[str, int]] = {}
+        first_at: dict[str, dict[str, float]] = {}  # token → body → first delivery (epoch s)
+
+        def later_push_in_time(token: str, bodies: list[str], i: int) -> bool:
+            """A push carrying one of the user's later messages reached the
+            phone within PUSH_DEADLINE of message i."""
+            at = first_at[token]
+            return any(at.get(b, float("inf")) <= sent_at[bodies[i]] + PUSH_DEADLINE for b in bodies[i + 1:])
+
+        for user, ds in devices.items():
+            bodies = per_user.get(user, [])
+            for d in ds:
+                counts: dict[str, int] = {}
+                at: dict[str, float] = {}
+                for p in pushes:
+                    if p["token"] == d.token and p["delivered"]:
+                        b = push_body(p) or ""
+                        counts[b] = counts.get(b, 0) + 1
+                        at.setdefault(b, p["received_at_ms"] / 1000)
+                delivered[d.token] = counts
+                first_at[d.token] = at
+                for i, body in enumerate(bodies):
+                    if counts.get(body):
+                        continue
+                    # Coalescing: a publish that came while the phone's
+                    # previous push was still out, or that found the phone's
+                    # outbox row, goes with a later message's push.
+                    if was_accepted(d.node, body) and later_push_in_time(d.token, bodies, i):
+                        merged += 1
+                        continue
+                    lost.append(f"{d.app_command} of {user}: {body!r}{neighbours(counts, bodies, i)}")
+                duplicates += sum(c - 1 for b, c in counts.items() if c > 1 and b in bodies)
+        fig: dict[str, Any] = {
+            "messages": len(load["messages"]), "lost": lost, "merged": merged, "duplicates": duplicates,
+            "disabled": self.server_disabled(text, set(nodes)), "delivered": delivered,
+        }
+        if s.server == "ejabberd":
+            rejected = [m.group(0) for m in re.finditer(r"rejected notification for \S+ \(([^)]+)\)[^\n]*", text)
+                        if m.group(1) in nodes]
+            fig["bounced"] = rejected
+            fig["traffic"] = traffic
+            # Every publish a Nudge answered `result` must be pushed.
+            unpushed = []
+            for p in traffic:
+                if p.kind != "result" or p.body is None:
+                    continue
+                user, d = nodes[p.node]
+                bodies = per_user.get(user, [])
+                counts = delivered[d.token]
+                i = bodies.index(p.body) if p.body in bodies else -1
+                if counts.get(p.body) or (i >= 0 and later_push_in_time(d.token, bodies, i)):
+                    continue
+                unpushed.append(f"{d.app_command} of {user}: {p.body!r} (answered by {p.conn}){neighbours(counts, bodies, i)}")
+            fig["unpushed"] = unpushed
+            fig["publishes"] = (
+                f"{len(traffic)} publishes reached a Nudge over {len({p.conn for p in traffic})} connection(s), "
+                f"{sum(1 for p in traffic if p.kind == 'result')} answered result, "
+                f"{sum(1 for p in traffic if p.kind == 'error')} error, "
+                f"{sum(1 for p in traffic if not p.kind)} unanswered"
+            )
+        else:
+            bounces = re.findall(r"Component not connected, bouncing error for: <iq[^\n]*", text)
+            waits = [m for n in nodes for m in re.findall(wait_seen(s.server, n), text)]
+            fig["bounced"] = bounces
+            fig["unpushed"] = []
+            fig["publishes"] = (
+                f"prosody log: {len(bounces)} bounced (as wait/remote-server-timeout), "
+                f"{len(waits)} wait errors in all (not counted), {len(fig['disabled'])} counted errors"
+            )
+        return fig
+
+    async def away_check(self, expect: str, label: str) -> None:
+        """Figures of the last load; `expect` says which must be zero:
+        `clean` (handovers: nothing bounced, disabled, lost or doubled),
+        `killed` (every publish answered result is pushed; the rest
+        reported), `standby` (no error the server counts; the rest reported)."""
+        s = self.s
+        load = self.state.extra.get("load")
+        if not load:
+            raise StepFailed("no load recorded")
+
+        async def check() -> str:
+            await self.away_settle(load)
+            f = self.away_figures(load)
+            summary = (
+                f"{label}: {f['messages']} messages, {len(f['bounced'])} publishes bounced, "
+                f"{len(f['disabled'])} registrations disabled, {len(f['lost'])} pushes lost, "
+                f"{f['duplicates']} duplicates ({f['merged']} merged into a later push); {f['publishes']}"
+            )
+            problems = []
+            if expect == "clean":
+                for key in ("bounced", "disabled", "lost"):
+                    if f[key]:
+                        problems.append(f"{key}: {f[key][0]}")
+                if f["duplicates"]:
+                    problems.append(f"{f['duplicates']} duplicates")
+            if expect in ("clean", "killed") and f["unpushed"]:
+                problems.append(f"{len(f['unpushed'])} publishes answered result never pushed, e.g. {f['unpushed'][0]}")
+            if expect == "standby":
+                counted = [b for b in f["disabled"]]
+                if counted:
+                    problems.append(f"{s.server} counted an error: {counted[0]}")
+            self.state.extra.setdefault("figures", {})[label] = summary
+            self.state.save(s.state)
+            if problems:
+                raise StepFailed(summary + " — " + "; ".join(problems))
+            return summary
+
+        await self.r.step(f"{label}: figures", check)
+
+    async def away_reregister(self) -> None:
+        """Two instances on ejabberd: a device registers again with a new
+        token (through whichever instance ejabberd picks) and its old token
+        dies; publishes go through both; then `nudge registrations remove`
+        must be seen by both at once."""
+        s = self.s
+        suffix = uuid.uuid4().hex[:8]
+        devices = self.away_devices()
+        user, old = next((u, d) for u, d in self.away_all() if d.app_command == "fcm")
+        new = Device(old.app_command, old.device_id, f"0fcm-{user}-new-{suffix}", old.node, old.secret)
+        all_nodes = {d.node for _, d in self.away_all()}
+
+        async def reregister() -> str:
+            await self.away_reenable()
+            self.app.set_fault(old.token, {"kind": "dead"})
+            client = await login(s, user, "phone")
+            again = await register_device(client, s.push_jid, new, "android-id")
+            await client.logout()
+            if (again.node, again.secret) != (old.node, old.secret):
+                raise StepFailed(f"registering again gave node {again.node}, expected {old.node}")
+            return f"same node {old.node}; the old token {old.token[:24]}… is dead at the test-app"
+
+        await self.r.step(f"{user}'s phone registers again with a new token; the old token dies", reregister)
+        bob = await login(s, "bob", "laptop")
+
+        async def pushes_go_new() -> str:
+            self.log.mark()
+            mark = self.app.last_id()
+            bodies = []
+            for i in range(12):
+                bodies.append(f"new token {i} {suffix}")
+                send_chat(bob, self.jid(user), bodies[-1])
+                await asyncio.sleep(0.25)
+            await self.app.wait_body(new.token, mark, bodies[-1])
+            await asyncio.sleep(1.0)
+            to_old = self.app.pushes(old.token, mark)
+            got = {push_body(p) for p in self.app.pushes(new.token, mark) if p["delivered"]}
+            missing = [b for i, b in enumerate(bodies) if b not in got and (i + 1 == len(bodies) or bodies[i + 1] not in got)]
+            text = self.log.since_mark()
+            conns = {p.conn for p in ejabberd_traffic(text, {old.node}) if p.kind}
+            problems = []
+            if to_old:
+                problems.append(f"{len(to_old)} pushes went to the old token (statuses {[p['status'] for p in to_old][:5]})")
+            if missing:
+                problems.append(f"{len(missing)} of {len(bodies)} messages not pushed to the new token: {missing[:3]}")
+            if old.node not in nudge_nodes(s):
+                problems.append("the registration was removed")
+            bad = self.server_disabled(text, {old.node})
+            if bad:
+                problems.append(f"{s.server} disabled it: {bad[0]}")
+            note = f"{len(bodies)} messages: all pushed to the new token, none to the old; answered over {len(conns)} connection(s); registration kept, push enabled"
+            if problems:
+                raise StepFailed("; ".join(problems) + f" (answered over {len(conns)} connection(s))")
+            if len(conns) < 2:
+                raise StepFailed(note + ": expected publishes through both instances")
+            return note
+
+        try:
+            await self.r.step("messages through both instances: every push to the new token, the device stays enabled", pushes_go_new)
+        except StepFailed:
+            pass  # reported; the removal below does not depend on it
+
+        async def removed() -> str:
+            for node in sorted(all_nodes):
+                nudge_cli(s, "registrations", "remove", node)
+            tokens = {d.token for _, d in self.away_all()} | {new.token}
+            conns: set[str] = set()
+            rounds = results = pushed = 0
+            # ejabberd picks a connection at random for each publish: up to
+            # three rounds (push enabled again on the server, which does not
+            # ask Nudge) until both instances have answered.
+            while rounds < 3 and len(conns) < 2:
+                rounds += 1
+                if rounds > 1:
+                    await self.away_reenable()
+                self.log.mark()
+                mark = self.app.last_id()
+                for u in devices:
+                    send_chat(bob, self.jid(u), f"after the removal {u} {rounds} {suffix}")
+                end = time.monotonic() + 5
+                while True:
+                    text = self.log.since_mark()
+                    cancels = {n for n in all_nodes if re.search(cancel_seen(s.server, n), text)}
+                    if cancels == all_nodes or time.monotonic() > end:
+                        break
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(0.3)
+                answered = [p for p in ejabberd_traffic(self.log.since_mark(), all_nodes) if p.kind]
+                conns |= {p.conn for p in answered if p.kind == "error"}
+                results += sum(1 for p in answered if p.kind == "result")
+                pushed += sum(1 for p in self.app.pushes(after_id=mark) if p["token"] in tokens)
+                if cancels != all_nodes or results or pushed:
+                    text = self.log.since_mark()
+                    others = re.findall(r"rejected notification for [^\n]*", text)
+                    raise StepFailed(
+                        f"round {rounds}: {len(all_nodes - cancels)} of {len(all_nodes)} publishes not answered "
+                        f"item-not-found ({results} answered result); {pushed} pushes for removed registrations; "
+                        f"ejabberd log: {answer_figures(ejabberd_publishes(text, all_nodes))}; "
+                        f"other rejections: {others[:2] or 'none'}; still listed: "
+                        f"{len(all_nodes & nudge_nodes(s))}"
+                    )
+            note = (f"{len(all_nodes)} registrations removed; every next publish answered item-not-found "
+                    f"over {len(conns)} connection(s) ({rounds} round(s) of {len(all_nodes)} publishes), no push")
+            if len(conns) < 2:
+                raise StepFailed(note + ": expected answers from both instances (ejabberd picks one at random per publish)")
+            return note
+
+        await self.r.step("nudge registrations remove → both instances answer item-not-found at once", removed)
+        await bob.logout()
+
     # -- demo ----------------------------------------------------------------
     async def demo(self, seconds: float, every: float) -> None:
         """Not a test: shows the system working, in the terminal and on the
@@ -1675,12 +2154,14 @@ PHASES = {
     "drain": "drain",
     "drain-after": "drain_after",
     "brake": "brake",
+    "away-setup": "away_setup",
+    "away-reregister": "away_reregister",
 }
 
 
 def parse_args(argv: list[str]) -> tuple[str, Settings, argparse.Namespace]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=[*PHASES, "demo"])
+    p.add_argument("phase", choices=[*PHASES, "demo", "away-load", "away-check"])
     p.add_argument("--server", required=True, choices=["prosody", "ejabberd"])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True, help="the server's c2s port")
@@ -1696,6 +2177,12 @@ def parse_args(argv: list[str]) -> tuple[str, Settings, argparse.Namespace]:
     p.add_argument("--nudge-pid", type=int, help="Nudge's process id (drain sends it SIGTERM)")
     p.add_argument("--seconds", type=float, default=300, help="demo: how long to send")
     p.add_argument("--every", type=float, default=4, help="demo: seconds between messages")
+    p.add_argument("--count", type=int, default=400, help="away-load: most messages to send")
+    p.add_argument("--rate", type=float, default=20, help="away-load: messages a second")
+    p.add_argument("--stop-file", type=Path, help="away-load: stop sending once this file exists")
+    p.add_argument("--started-file", type=Path, help="away-load: created when the load begins")
+    p.add_argument("--expect", default="clean", choices=["clean", "killed", "standby"], help="away-check")
+    p.add_argument("--label", default="load", help="away-check: the scenario's name in its step line")
     a = p.parse_args(argv)
     settings = Settings(
         server=a.server, host=a.host, port=a.port, domain=a.domain, push_jid=a.push_jid,
@@ -1711,6 +2198,10 @@ async def run(phase: str, settings: Settings, args: argparse.Namespace) -> int:
     try:
         if phase == "demo":
             await phases.demo(args.seconds, args.every)
+        elif phase == "away-load":
+            await phases.away_load(args.count, args.rate, args.stop_file, args.started_file)
+        elif phase == "away-check":
+            await phases.away_check(args.expect, args.label)
         else:
             await getattr(phases, PHASES[phase])()
     except StepFailed:

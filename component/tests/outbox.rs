@@ -53,6 +53,16 @@ mod shared_postgres {
     }
 }
 
+/// A database that hangs (a lock held elsewhere): the publish is still
+/// answered, `wait`, by `dispatch.answer_deadline_secs`. PostgreSQL, where
+/// a lock can be held open from another connection.
+mod deadline {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hanging_database_is_answered_wait_by_the_deadline() {
+        super::a_hanging_database_is_answered_wait_by_the_deadline().await
+    }
+}
+
 mod sqlite_claims {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_claims_get_disjoint_rows() {
@@ -379,6 +389,43 @@ async fn database_down_is_wait(kind_: DbKind) {
         ("wait".into(), "internal-server-error".into())
     );
     sql(&h.db.url(), "ALTER TABLE outbox_away RENAME TO outbox").await;
+    assert_eq!(
+        h.publish("p2", "localhost", &node, Some(&secret), "y")
+            .await,
+        ok()
+    );
+    h.finish().await;
+}
+
+async fn a_hanging_database_is_answered_wait_by_the_deadline() {
+    use sqlx::Connection;
+    let mut h = Harness::start_adjusted(DbKind::Postgres, "", |c| {
+        c.dispatch.answer_deadline_secs = 1;
+    })
+    .await;
+    let (node, secret) = h.register("alice@localhost", "phone", "tok-h").await;
+    h.backend.set_down(true);
+    // The outbox is locked by another session: writing the failed push
+    // waits (PostgreSQL would wait for ever).
+    let mut locker = sqlx::PgConnection::connect(&h.db.url()).await.unwrap();
+    let mut tx = locker.begin().await.unwrap();
+    sqlx::query("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        h.publish("p1", "localhost", &node, Some(&secret), "x")
+            .await,
+        ("wait".into(), "resource-constraint".into())
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "answered after {took:?}"
+    );
+    tx.rollback().await.unwrap();
+    h.backend.set_down(false);
     assert_eq!(
         h.publish("p2", "localhost", &node, Some(&secret), "y")
             .await,

@@ -406,6 +406,9 @@ configure_ejabberd() {
 # deploy/ejabberd.yml, included below (port and secret substituted).
 hosts: [$USER_DOMAIN]
 loglevel: debug          # mod_push logs every answer to a publish at debug
+# The steps read the log from a byte offset on; a rotation (10 MB by
+# default, reached during the never-away phase) would hide what they look for.
+log_rotate_size: infinity
 certfiles: []
 auth_method: internal
 default_db: mnesia

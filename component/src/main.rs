@@ -383,11 +383,11 @@ async fn run(
     }
     let stop = running.shutdown_handle();
     let store = running.store.clone();
-    let cache = store.clone();
     let mut stopped = tokio::spawn(running.wait());
     // Once the replaced instance has exited: take the lock it held, and
     // forget what the cache learnt while the two ran side by side.
     let need_lock = lock_path.is_some() && _lock.is_none();
+    let after_handover = store.clone();
     let mut handed_over = tokio::spawn(async move {
         let Some(p) = predecessor else {
             return Ok(None);
@@ -400,7 +400,7 @@ async fn run(
             }
             _ => None,
         };
-        store.clear_cache();
+        after_handover.clear_cache();
         Ok::<_, LockError>(taken)
     });
     let mut waiting_for_predecessor = true;
@@ -427,7 +427,7 @@ async fn run(
                 }
                 Signal::ForgetCache => {
                     info!("forgetting the cached registrations (changed from the command line)");
-                    cache.clear_cache();
+                    store.clear_cache();
                 }
                 Signal::Replace if successor.is_some() => {
                     info!("handover: a successor is starting already");

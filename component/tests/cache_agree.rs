@@ -44,14 +44,7 @@ async fn database() -> TestDb {
 }
 
 fn device(device_id: &str, token: &str) -> NewRegistration {
-    NewRegistration {
-        owner: "alice@localhost".into(),
-        device_id: device_id.into(),
-        muc: String::new(),
-        app: "app".into(),
-        token: token.into(),
-        with_secret: true,
-    }
+    common::registration("alice@localhost", "app", device_id, token)
 }
 
 /// The token `store` finds for `node`.

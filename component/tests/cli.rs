@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use nudge::store::{HeldRemoval, NewRegistration, RegistrationStore};
+use nudge::store::{HeldRemoval, RegistrationStore};
 
 fn nudge() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_nudge"));
@@ -18,18 +18,11 @@ fn nudge() -> Command {
     c
 }
 
-fn example_config() -> String {
-    format!(
-        "{}/../deploy/nudge.example.toml",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
 #[test]
 fn the_example_config_is_valid() {
     let dir = tempfile::tempdir().unwrap();
     let out = nudge()
-        .args(["--config", &example_config(), "check-config"])
+        .args(["--config", &common::example_config(), "check-config"])
         .env("NUDGE_STORAGE__DATA_DIR", dir.path())
         .output()
         .unwrap();
@@ -48,7 +41,7 @@ fn the_example_config_is_valid() {
 #[test]
 fn environment_overrides_the_file_and_errors_name_the_key() {
     let out = nudge()
-        .args(["--config", &example_config(), "check-config"])
+        .args(["--config", &common::example_config(), "check-config"])
         .env("NUDGE_COMPONENT__PORT", "15347")
         .env("NUDGE_COMPONENT__DOMAIN", "push.example.org")
         .output()
@@ -63,7 +56,7 @@ fn environment_overrides_the_file_and_errors_name_the_key() {
     // are not configuration keys.
     let out = nudge()
         .arg("check-config")
-        .env("NUDGE_CONFIG", example_config())
+        .env("NUDGE_CONFIG", common::example_config())
         .env("NUDGE_SOMETHING_ELSE", "1")
         .output()
         .unwrap();
@@ -74,7 +67,7 @@ fn environment_overrides_the_file_and_errors_name_the_key() {
     );
 
     let out = nudge()
-        .args(["--config", &example_config(), "check-config"])
+        .args(["--config", &common::example_config(), "check-config"])
         .env("NUDGE_COMPONENT__PORT", "not-a-port")
         .output()
         .unwrap();
@@ -106,7 +99,7 @@ async fn registrations_can_be_listed_shown_and_removed() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/nudge.db", dir.path().display());
     let out = nudge()
-        .args(["--config", &example_config(), "migrate"])
+        .args(["--config", &common::example_config(), "migrate"])
         .env("NUDGE_STORAGE__URL", &url)
         .output()
         .unwrap();
@@ -117,20 +110,22 @@ async fn registrations_can_be_listed_shown_and_removed() {
     );
     let store = RegistrationStore::open(&url, 10).await.unwrap();
     let reg = store
-        .register(&NewRegistration {
-            owner: "alice@localhost".into(),
-            device_id: "dev1".into(),
-            muc: String::new(),
-            app: "conversations".into(),
-            token: "tok".into(),
-            with_secret: true,
-        })
+        .register(&common::registration(
+            "alice@localhost",
+            "conversations",
+            "dev1",
+            "tok",
+        ))
         .await
         .unwrap();
     store.close().await;
 
     let run = |args: &[&str]| {
-        let mut full = vec!["--config", example_config().leak() as &str, "registrations"];
+        let mut full = vec![
+            "--config",
+            common::example_config().leak() as &str,
+            "registrations",
+        ];
         full.extend_from_slice(args);
         nudge()
             .args(full)
@@ -167,14 +162,12 @@ async fn brake_status_and_release_apply_held_removals() {
     let mut nodes = Vec::new();
     for (device, token) in [("d1", "tok1"), ("d2", "tok2"), ("d3", "tok3")] {
         let reg = store
-            .register(&NewRegistration {
-                owner: "alice@localhost".into(),
-                device_id: device.into(),
-                muc: String::new(),
-                app: "ios".into(),
-                token: token.into(),
-                with_secret: true,
-            })
+            .register(&common::registration(
+                "alice@localhost",
+                "ios",
+                device,
+                token,
+            ))
             .await
             .unwrap();
         nodes.push(reg.node);
@@ -195,14 +188,12 @@ async fn brake_status_and_release_apply_held_removals() {
     }
     // A held device registered a new token meanwhile: not removed.
     store
-        .register(&NewRegistration {
-            owner: "alice@localhost".into(),
-            device_id: "d2".into(),
-            muc: String::new(),
-            app: "ios".into(),
-            token: "tok2-new".into(),
-            with_secret: true,
-        })
+        .register(&common::registration(
+            "alice@localhost",
+            "ios",
+            "d2",
+            "tok2-new",
+        ))
         .await
         .unwrap();
     store
@@ -213,7 +204,7 @@ async fn brake_status_and_release_apply_held_removals() {
     store.close().await;
 
     let run = |args: &[&str]| {
-        let mut full = vec!["--config", example_config().leak() as &str];
+        let mut full = vec!["--config", common::example_config().leak() as &str];
         full.extend_from_slice(args);
         let out = nudge()
             .args(full)
@@ -253,7 +244,7 @@ async fn run_connects_and_stops_cleanly_on_sigterm() {
     let server = common::FakeServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nudge"))
-        .args(["--config", &example_config(), "run"])
+        .args(["--config", &common::example_config(), "run"])
         .env("NUDGE_COMPONENT__PORT", server.port.to_string())
         .env("NUDGE_COMPONENT__SECRET", common::SECRET)
         .env("NUDGE_STORAGE__DATA_DIR", dir.path())

@@ -14,13 +14,6 @@ use std::time::Duration;
 use common::{FakeServer, STEP, ServerConn, answer_kind};
 use tokio::process::{Child, Command};
 
-fn example_config() -> String {
-    format!(
-        "{}/../deploy/nudge.example.toml",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
 /// `nudge run` (plus `extra` arguments) on the example config, against the
 /// fake server, with its SQLite database in `data`.
 fn nudge_run(server: &FakeServer, data: &Path, extra: &[&str]) -> Command {
@@ -30,7 +23,7 @@ fn nudge_run(server: &FakeServer, data: &Path, extra: &[&str]) -> Command {
             c.env_remove(k);
         }
     }
-    c.args(["--config", &example_config(), "run"])
+    c.args(["--config", &common::example_config(), "run"])
         .args(extra)
         .env("NUDGE_COMPONENT__PORT", server.port.to_string())
         .env("NUDGE_COMPONENT__SECRET", common::SECRET)
@@ -269,12 +262,8 @@ async fn registrations_remove_reaches_the_running_sqlite_instance() {
         .unwrap();
     let reg = store
         .register(&nudge::store::NewRegistration {
-            owner: "juliet@capulet.lit".into(),
-            device_id: "phone".into(),
-            muc: String::new(),
-            app: "not-configured".into(),
-            token: "tok".into(),
             with_secret: false,
+            ..common::registration("juliet@capulet.lit", "not-configured", "phone", "tok")
         })
         .await
         .unwrap();
@@ -287,7 +276,7 @@ async fn registrations_remove_reaches_the_running_sqlite_instance() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_nudge"))
         .args([
             "--config",
-            &example_config(),
+            &common::example_config(),
             "registrations",
             "remove",
             &reg.node,

@@ -14,7 +14,7 @@ use common::{
     register_iq, start_connected, test_config,
 };
 use nudge::dispatch::Backends;
-use nudge::store::{NewRegistration, Outbox, RegistrationStore, now, now_ms};
+use nudge::store::{Outbox, RegistrationStore, now, now_ms};
 use nudge::xmpp::stream::LinkState;
 use nudge_plugins::{BoxFuture, Device, Notification, Outcome, PushBackend};
 
@@ -878,14 +878,12 @@ async fn a_stopped_instance_s_claims_are_delivered_by_another() {
     let mut nodes = Vec::new();
     for i in 0..NODES {
         let reg = store
-            .register(&NewRegistration {
-                owner: format!("u{i}@localhost"),
-                device_id: "phone".into(),
-                muc: String::new(),
-                app: "conversations".into(),
-                token: format!("tok-{i}"),
-                with_secret: true,
-            })
+            .register(&common::registration(
+                &format!("u{i}@localhost"),
+                "conversations",
+                "phone",
+                &format!("tok-{i}"),
+            ))
             .await
             .unwrap();
         let summary = Notification {

@@ -110,15 +110,21 @@ async fn pass(
     dispatcher: &Arc<Dispatcher>,
     permits: &Arc<Semaphore>,
 ) -> Result<bool, crate::store::StoreError> {
-    // Wait for a free permit before claiming anything.
-    let Ok(first) = permits.clone().acquire_owned().await else {
-        return Ok(false);
+    // Wait for a free permit, then take every free one (up to a batch):
+    // only this pass takes permits, and each claimed row gets one.
+    let Ok(mut free) = permits.clone().acquire_owned().await else {
+        return Ok(false); // never closed
     };
-    let limit = BATCH.min(1 + i64::try_from(permits.available_permits()).unwrap_or(BATCH));
+    let more = u32::try_from(permits.available_permits())
+        .unwrap_or(u32::MAX)
+        .min(BATCH as u32 - 1);
+    if let Ok(extra) = permits.clone().try_acquire_many_owned(more) {
+        free.merge(extra);
+    }
+    let limit = free.num_permits() as i64;
     let until = now_ms() + millis(dispatcher.settings.claim_for());
     let rows = dispatcher.outbox.claim_due(now_ms(), until, limit).await?;
     let full = rows.len() as i64 == limit;
-    let mut first = Some(first);
     let mut claimed = 0;
     for row in rows {
         match dispatcher.slots.claim_row(
@@ -139,17 +145,11 @@ async fn pass(
                 continue;
             }
         }
-        // Free already: only this pass takes permits.
-        let permit = match first.take() {
-            Some(permit) => permit,
-            None => match permits.clone().acquire_owned().await {
-                Ok(permit) => permit,
-                Err(_) => {
-                    // Never closed; the claims left lapse at the claim time.
-                    dispatcher.slots.finish(&row.node);
-                    break;
-                }
-            },
+        // One of the permits taken above (the claim's limit was their
+        // number, so there is one per row).
+        let Some(permit) = free.split(1) else {
+            dispatcher.slots.finish(&row.node);
+            break;
         };
         claimed += 1;
         let span = info_span!("retry", node = %row.node, attempts = row.attempts);

@@ -35,8 +35,9 @@
 //! it), and pings again every eighth of `ping_timeout` while nothing comes
 //! (with several instances connected, ejabberd hands the ping and its
 //! answer to any of them: [`PINGS_PER_TIMEOUT`]); if no byte arrives within
-//! `ping_timeout`, the connection counts as lost. A write that does not finish within `write_timeout` (the server
-//! stopped reading) counts as lost too.
+//! `ping_timeout`, the connection counts as lost. A write that does not
+//! finish within `write_timeout` (the server stopped reading) counts as lost
+//! too.
 //!
 //! Graceful stop: reading goes on after the stop signal until the socket
 //! has been quiet for [`STOP_QUIET`] (bounded by `drain_timeout`), so that
@@ -491,9 +492,7 @@ impl Link {
             }
         }
     }
-}
 
-impl Link {
     /// After our `</stream:stream>`: the server may have routed stanzas to
     /// this connection before it saw the close (ejabberd balances publishes
     /// over every connection of the domain, so during a handover it still

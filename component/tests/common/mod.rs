@@ -553,6 +553,32 @@ impl Harness {
     }
 }
 
+/// The configuration file the binary tests run with: the documented example.
+pub fn example_config() -> String {
+    format!(
+        "{}/../deploy/nudge.example.toml",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// A registration of `owner`'s device `device_id` for `app` (no room,
+/// with a secret), to write into a store directly.
+pub fn registration(
+    owner: &str,
+    app: &str,
+    device_id: &str,
+    token: &str,
+) -> nudge::store::NewRegistration {
+    nudge::store::NewRegistration {
+        owner: owner.into(),
+        device_id: device_id.into(),
+        muc: String::new(),
+        app: app.into(),
+        token: token.into(),
+        with_secret: true,
+    }
+}
+
 /// `(jid, node, secret)` from a completed registration command.
 pub fn registration_form(answer: &Element) -> Option<(String, String, String)> {
     let form = answer

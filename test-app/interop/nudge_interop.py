@@ -37,9 +37,9 @@ phases of this driver; scripts/demo uses the `demo` phase. Two real clients
                   within dispatch.answer_within_ms, delivered after the restart
     brake         51 dead tokens of one app within a minute: removals stop at
                   the brake, the rest survive, `nudge brake release` removes them
-    away-setup    issue 16, on a shared PostgreSQL: alice, carol, dave and erin
-                  disable their old registrations and register an FCM and an
-                  APNs device each
+    away-setup    issue 16, on a shared PostgreSQL: eight users (AWAY_USERS)
+                  disable their old registrations and register one phone
+                  each, FCM and APNs in turn
     away-load     bob writes to them round robin (--rate a second, at most
                   --count, until --stop-file exists) while the script
                   restarts, kills or adds Nudge instances

@@ -119,6 +119,7 @@ pub async fn start(config: &Config, backends: Backends) -> Result<Running, Start
         outbound,
         config.dispatch.max_in_flight,
         Duration::from_secs(config.dispatch.answer_deadline_secs),
+        config.dialects.clone(),
     ));
     let shutdown = Shutdown::new();
     let task = tokio::spawn(link.run(service, shutdown.clone()));

@@ -43,6 +43,10 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub register: RegisterConfig,
+    /// `[dialects]`: the registration dialects besides Conversations', and
+    /// the stateless modes (`component/src/register/`).
+    #[serde(default)]
+    pub dialects: DialectsConfig,
     /// The push apps: `[apps.NAME]` with `provider = "apns" | "fcm"` and
     /// that provider's keys. `register-push-NAME` registers with the app
     /// NAME; `register-push-PROVIDER` with the one app of that provider.
@@ -246,6 +250,349 @@ impl RegisterConfig {
         }
         Ok(())
     }
+}
+
+/// `[dialects]`: which clients' dialects this instance speaks besides
+/// Conversations' (which needs no settings), and with which apps. Each
+/// dialect's table is its own (`[dialects.NAME]`); one absent is off.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialectsConfig {
+    /// `[dialects.siskin]`: Siskin's and other Tigase clients'
+    /// `register-device` / `unregister-device` (`register/siskin.rs`).
+    #[serde(default)]
+    pub siskin: Option<SiskinConfig>,
+    /// `[dialects.push_appserver]`: mod_push_appserver's
+    /// `v1-register-push` / `v1-unregister-push`, as older Monal builds
+    /// send them (`register/push_appserver.rs`).
+    #[serde(default)]
+    pub push_appserver: Option<PushAppserverConfig>,
+    /// `[dialects.fpush]`: Monal's stateless mode (`push/stateless/fpush.rs`);
+    /// off when absent.
+    #[serde(default)]
+    pub fpush: Option<FpushConfig>,
+    /// `[dialects.mongooseim]`: MongooseIM's stateless mode
+    /// (`push/stateless/mongooseim.rs`); off when absent.
+    #[serde(default)]
+    pub mongooseim: Option<MongooseImConfig>,
+}
+
+impl DialectsConfig {
+    fn validate(&self, apps: &BTreeMap<String, ProviderConfig>) -> Result<(), ConfigError> {
+        if let Some(siskin) = &self.siskin {
+            validate_targets("dialects.siskin.providers", &siskin.providers, apps)?;
+            // The register answer's max-payload-size counts on this.
+            for target in siskin.providers.values() {
+                if let Some(ProviderConfig::Apns(apns)) = apps.get(target.app())
+                    && apns.alert_body.len() + apns.sound.len()
+                        > crate::register::siskin::ALERT_RESERVE
+                {
+                    return Err(ConfigError::Value {
+                        key: "dialects.siskin.providers",
+                        message: format!(
+                            "app {:?}: alert_body and sound take more than {} bytes together, \
+                             which the max-payload-size Siskin is told leaves for them",
+                            target.app(),
+                            crate::register::siskin::ALERT_RESERVE
+                        ),
+                    });
+                }
+            }
+        }
+        if let Some(v1) = &self.push_appserver {
+            for name in v1.types.keys() {
+                if crate::register::push_appserver::PushType::try_from(name.as_str()).is_err() {
+                    return Err(ConfigError::Value {
+                        key: "dialects.push_appserver.types",
+                        message: format!("unknown type {name:?} (apns or fcm)"),
+                    });
+                }
+            }
+            validate_targets("dialects.push_appserver.types", &v1.types, apps)?;
+        }
+        if let Some(fpush) = &self.fpush {
+            fpush.validate(apps)?;
+        }
+        if let Some(mongooseim) = &self.mongooseim {
+            mongooseim.validate(apps)?;
+        }
+        Ok(())
+    }
+}
+
+/// `[dialects.fpush]`: publishes whose node is a device token and whose
+/// publish-options name a `pushModule` (Monal), pushed without any
+/// registration. Only the apps listed here take such pushes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FpushConfig {
+    /// `[dialects.fpush.modules]`: for each app, the `pushModule` names
+    /// that mean it (e.g. `monal = ["monalProdiOS", "monalAlpha"]`). Each
+    /// name also matches with `-sandbox` appended (a sandbox APNs token).
+    pub modules: BTreeMap<String, Vec<String>>,
+    /// The module of a publish without `pushModule` and without a secret,
+    /// if any; such publishes are not stateless when unset.
+    #[serde(default)]
+    pub default_module: Option<String>,
+    /// `[dialects.….limits]`: the rate limits of these pushes.
+    #[serde(default)]
+    pub limits: StatelessLimitsConfig,
+}
+
+impl FpushConfig {
+    /// The app a module name (without its `-sandbox`) means.
+    pub fn app_of(&self, module: &str) -> Option<&str> {
+        self.modules
+            .iter()
+            .find(|(_, names)| names.iter().any(|n| n == module))
+            .map(|(app, _)| app.as_str())
+    }
+
+    fn validate(&self, apps: &BTreeMap<String, ProviderConfig>) -> Result<(), ConfigError> {
+        let bad = |key, message: String| Err(ConfigError::Value { key, message });
+        if self.modules.is_empty() {
+            return bad(
+                "dialects.fpush.modules",
+                "names no app; remove [dialects.fpush] to turn the mode off".into(),
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (app, names) in &self.modules {
+            if !apps.contains_key(app) {
+                return bad(
+                    "dialects.fpush.modules",
+                    format!("{app:?} is not a configured app ([apps.{app}])"),
+                );
+            }
+            for name in names {
+                if name.is_empty() || name.ends_with(SANDBOX_SUFFIX) {
+                    return bad(
+                        "dialects.fpush.modules",
+                        format!(
+                            "{name:?}: module names are not empty and do not end in \
+                             {SANDBOX_SUFFIX:?} (that suffix is understood by itself)"
+                        ),
+                    );
+                }
+                if !seen.insert(name.as_str()) {
+                    return bad(
+                        "dialects.fpush.modules",
+                        format!("{name:?} is named for more than one app"),
+                    );
+                }
+            }
+        }
+        if let Some(default) = &self.default_module {
+            let name = default.strip_suffix(SANDBOX_SUFFIX).unwrap_or(default);
+            if self.app_of(name).is_none() {
+                return bad(
+                    "dialects.fpush.default_module",
+                    format!("{default:?} is not one of dialects.fpush.modules"),
+                );
+            }
+        }
+        self.limits.validate("dialects.fpush.limits")
+    }
+}
+
+/// The suffix of a Monal `pushModule` whose tokens are sandbox tokens.
+pub const SANDBOX_SUFFIX: &str = "-sandbox";
+
+/// `[dialects.mongooseim]`: publishes whose publish-options carry
+/// `device_id` and `service` (MongooseIM), pushed without any
+/// registration. Each service is off unless it names an app.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongooseImConfig {
+    /// The app of `service = apns`.
+    #[serde(default)]
+    pub apns: Option<String>,
+    /// The app of `service = fcm`.
+    #[serde(default)]
+    pub fcm: Option<String>,
+    /// `[dialects.….limits]`: the rate limits of these pushes.
+    #[serde(default)]
+    pub limits: StatelessLimitsConfig,
+}
+
+impl MongooseImConfig {
+    fn validate(&self, apps: &BTreeMap<String, ProviderConfig>) -> Result<(), ConfigError> {
+        let bad = |key, message: String| Err(ConfigError::Value { key, message });
+        if self.apns.is_none() && self.fcm.is_none() {
+            return bad(
+                "dialects.mongooseim",
+                "names no app (apns, fcm); remove the table to turn the mode off".into(),
+            );
+        }
+        for (key, app) in [
+            ("dialects.mongooseim.apns", &self.apns),
+            ("dialects.mongooseim.fcm", &self.fcm),
+        ] {
+            if let Some(app) = app
+                && !apps.contains_key(app)
+            {
+                return bad(
+                    key,
+                    format!("{app:?} is not a configured app ([apps.{app}])"),
+                );
+            }
+        }
+        self.limits.validate("dialects.mongooseim.limits")
+    }
+}
+
+/// The rate limits of a stateless mode, stricter than `[limits]` (which
+/// apply too): anyone who can make a server publish to us can name any
+/// token. Over a limit a push is deferred through the outbox and merged
+/// with the next ones, never dropped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatelessLimitsConfig {
+    /// One push per token per this many seconds (fpush's default: 20).
+    #[serde(default = "default_stateless_token_interval_secs")]
+    pub token_interval_secs: u64,
+    /// Sustained pushes per publishing domain and minute.
+    #[serde(default = "default_stateless_per_domain_per_minute")]
+    pub per_domain_per_minute: u32,
+    /// Pushes a publishing domain may cause at once.
+    #[serde(default = "default_stateless_per_domain_burst")]
+    pub per_domain_burst: u32,
+}
+
+fn default_stateless_token_interval_secs() -> u64 {
+    20
+}
+fn default_stateless_per_domain_per_minute() -> u32 {
+    600
+}
+fn default_stateless_per_domain_burst() -> u32 {
+    60
+}
+
+impl Default for StatelessLimitsConfig {
+    fn default() -> Self {
+        StatelessLimitsConfig {
+            token_interval_secs: default_stateless_token_interval_secs(),
+            per_domain_per_minute: default_stateless_per_domain_per_minute(),
+            per_domain_burst: default_stateless_per_domain_burst(),
+        }
+    }
+}
+
+impl StatelessLimitsConfig {
+    fn validate(&self, table: &'static str) -> Result<(), ConfigError> {
+        if !(1..=86_400).contains(&self.token_interval_secs)
+            || self.per_domain_per_minute == 0
+            || self.per_domain_burst == 0
+        {
+            return Err(ConfigError::Value {
+                key: table,
+                message: "token_interval_secs must be 1 to 86400, per_domain_per_minute and \
+                          per_domain_burst at least 1"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `[dialects.siskin]`: which app each `provider` string of a
+/// `register-device` form means. Siskin always sends
+/// `tigase:messenger:apns:1`, whether its build's tokens are sandbox or
+/// production ones, so a target may name the APNs environment:
+///
+/// ```toml
+/// [dialects.siskin.providers]
+/// "tigase:messenger:apns:1" = { app = "siskin", environment = "production" }
+/// "tigase:messenger:fcm:1" = "android"
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiskinConfig {
+    /// Provider string → app (and APNs environment).
+    pub providers: BTreeMap<String, DialectTarget>,
+}
+
+/// `[dialects.push_appserver]`: which app each `type` of a
+/// `v1-register-push` form (`apns`, `fcm`) means.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushAppserverConfig {
+    /// `apns` / `fcm` → app (and APNs environment).
+    pub types: BTreeMap<String, DialectTarget>,
+}
+
+/// What a dialect's provider name stands for: an app, written as its name,
+/// or a table with the app and the APNs environment of its tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum DialectTarget {
+    /// `"app"`: the app's configured endpoint.
+    App(String),
+    /// `{ app = "app", environment = "sandbox" }`.
+    Table {
+        app: String,
+        /// `production` or `sandbox`; absent: the app's configured endpoint.
+        #[serde(default)]
+        environment: Option<String>,
+    },
+}
+
+impl DialectTarget {
+    /// The app's name.
+    pub fn app(&self) -> &str {
+        match self {
+            DialectTarget::App(app) | DialectTarget::Table { app, .. } => app,
+        }
+    }
+
+    /// The APNs environment the tokens are in, when configured. Checked at
+    /// load time ([`Config::load`] refuses an unknown name).
+    pub fn environment(&self) -> Option<nudge_plugins::Environment> {
+        match self {
+            DialectTarget::App(_) => None,
+            DialectTarget::Table { environment, .. } => {
+                environment.as_deref().and_then(|e| e.parse().ok())
+            }
+        }
+    }
+}
+
+/// Every target names a configured app, and an environment only an APNs
+/// app can use.
+fn validate_targets(
+    key: &'static str,
+    targets: &BTreeMap<String, DialectTarget>,
+    apps: &BTreeMap<String, ProviderConfig>,
+) -> Result<(), ConfigError> {
+    let bad = |message: String| Err(ConfigError::Value { key, message });
+    if targets.is_empty() {
+        return bad("must map at least one name to an app".into());
+    }
+    for (name, target) in targets {
+        let Some(app) = apps.get(target.app()) else {
+            return bad(format!(
+                "{name:?} names app {:?}, which is not configured",
+                target.app()
+            ));
+        };
+        if let DialectTarget::Table {
+            environment: Some(env),
+            ..
+        } = target
+        {
+            if let Err(e) = env.parse::<nudge_plugins::Environment>() {
+                return bad(format!("{name:?}: {e}"));
+            }
+            if !matches!(app, ProviderConfig::Apns(_)) {
+                return bad(format!(
+                    "{name:?}: an environment is for APNs apps; {:?} is not one",
+                    target.app()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `[log]`.
@@ -566,6 +913,7 @@ impl Config {
             return bad("brake", "dead_tokens and window_secs must be at least 1");
         }
         self.register.validate()?;
+        self.dialects.validate(&self.apps)?;
         for name in self.apps.keys() {
             if name.is_empty()
                 || !name.chars().all(|c| {
@@ -611,6 +959,91 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The apps the dialect tests name.
+    const DIALECT_APPS: &str = "[component]\ndomain = 'push.example.org'\nsecret = 's'\n\
+        [apps.monal]\nprovider = 'apns'\ntopic = 'org.example.monal'\nendpoint = 'sandbox'\n\
+        token = { key_path = '/dev/null', key_id = 'K', team_id = 'T' }\n\
+        [apps.conversations]\nprovider = 'fcm'\nservice_account_path = '/dev/null'\n";
+
+    #[test]
+    fn the_example_stateless_tables_parse() {
+        // deploy/nudge.example.toml's dialect tables, uncommented.
+        let example = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/nudge.example.toml"
+        ))
+        .expect("example config");
+        let start = example.find("# [dialects.fpush]").expect("fpush table");
+        let tables: String = example[start..]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.starts_with('[')
+                    || l.split_once(" = ").is_some_and(|(key, _)| {
+                        key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    })
+            })
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            .replace("\"myapp\"", "\"monal\"")
+            .replace("quicksy = ", "conversations = ");
+        let c = Config::from_toml(&format!("{DIALECT_APPS}{tables}")).expect("valid");
+        let fpush = c.dialects.fpush.expect("fpush");
+        assert_eq!(fpush.app_of("monalAlpha"), Some("monal"));
+        assert_eq!(fpush.default_module.as_deref(), Some("monalProdiOS"));
+        assert_eq!(fpush.limits.token_interval_secs, 20);
+        let mongooseim = c.dialects.mongooseim.expect("mongooseim");
+        assert_eq!(mongooseim.apns.as_deref(), Some("monal"));
+        assert_eq!(mongooseim.limits.per_domain_per_minute, 600);
+    }
+
+    #[test]
+    fn stateless_modes_are_off_unless_configured_and_checked() {
+        let c = Config::from_toml(DIALECT_APPS).expect("valid");
+        assert!(c.dialects.fpush.is_none() && c.dialects.mongooseim.is_none());
+        for (toml, key) in [
+            (
+                "[dialects.fpush.modules]\nnope = ['monalProdiOS']\n",
+                "dialects.fpush.modules",
+            ),
+            (
+                "[dialects.fpush.modules]\nmonal = ['monalProdiOS-sandbox']\n",
+                "dialects.fpush.modules",
+            ),
+            (
+                "[dialects.fpush.modules]\nmonal = ['a']\nconversations = ['a']\n",
+                "dialects.fpush.modules",
+            ),
+            (
+                "[dialects.fpush]\ndefault_module = 'b'\n[dialects.fpush.modules]\nmonal = ['a']\n",
+                "dialects.fpush.default_module",
+            ),
+            (
+                "[dialects.fpush.modules]\nmonal = ['a']\n[dialects.fpush.limits]\ntoken_interval_secs = 0\n",
+                "dialects.fpush.limits",
+            ),
+            ("[dialects.mongooseim]\n", "dialects.mongooseim"),
+            (
+                "[dialects.mongooseim]\nfcm = 'nope'\n",
+                "dialects.mongooseim.fcm",
+            ),
+        ] {
+            match Config::from_toml(&format!("{DIALECT_APPS}{toml}")) {
+                Err(ConfigError::Value { key: k, .. }) => assert_eq!(k, key, "{toml}"),
+                other => panic!("{toml}: {other:?}"),
+            }
+        }
+        // A default module may name the sandbox variant.
+        let c = Config::from_toml(&format!(
+            "{DIALECT_APPS}[dialects.fpush]\ndefault_module = 'a-sandbox'\n[dialects.fpush.modules]\nmonal = ['a']\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            c.dialects.fpush.map(|f| f.limits.token_interval_secs),
+            Some(20)
+        );
+    }
 
     #[test]
     fn minimal_config_gets_defaults() {
@@ -665,6 +1098,101 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("1h"), "{e}");
+    }
+
+    const SISKIN_APPS: &str = "[component]\ndomain = 'push.example.org'\nsecret = 's'\n\
+        [apps.siskin]\nprovider = 'apns'\ntopic = 'org.tigase.messenger.mobile'\n\
+        token = { key_path = '/k.p8', key_id = 'ABCDE12345', team_id = 'TEAM123456' }\n\
+        [apps.android]\nprovider = 'fcm'\nservice_account_path = '/sa.json'\n";
+
+    #[test]
+    fn dialect_tables_map_provider_names_to_apps() {
+        let c = Config::from_toml(&format!(
+            "{SISKIN_APPS}[dialects.siskin]\nproviders = {{ \"tigase:messenger:apns:1\" = \
+             {{ app = 'siskin', environment = 'sandbox' }}, \"tigase:messenger:fcm:1\" = 'android' }}\n\
+             [dialects.push_appserver]\ntypes = {{ apns = 'siskin', fcm = 'android' }}\n"
+        ))
+        .unwrap();
+        let siskin = c.dialects.siskin.unwrap();
+        let apns = &siskin.providers["tigase:messenger:apns:1"];
+        assert_eq!(apns.app(), "siskin");
+        assert_eq!(
+            apns.environment(),
+            Some(nudge_plugins::Environment::Sandbox)
+        );
+        let fcm = &siskin.providers["tigase:messenger:fcm:1"];
+        assert_eq!((fcm.app(), fcm.environment()), ("android", None));
+        let v1 = c.dialects.push_appserver.unwrap();
+        assert_eq!(v1.types["fcm"].app(), "android");
+
+        // The same as sub-tables, as deploy/nudge.example.toml writes them.
+        let c = Config::from_toml(&format!(
+            "{SISKIN_APPS}[dialects.siskin.providers]\n\
+             \"tigase:messenger:apns:1\" = {{ app = 'siskin', environment = 'production' }}\n\
+             \"tigase:messenger:fcm:1\" = 'android'\n\
+             [dialects.push_appserver.types]\napns = 'siskin'\n"
+        ))
+        .unwrap();
+        let siskin = c.dialects.siskin.unwrap();
+        assert_eq!(
+            siskin.providers["tigase:messenger:apns:1"].environment(),
+            Some(nudge_plugins::Environment::Production)
+        );
+        assert_eq!(siskin.providers["tigase:messenger:fcm:1"].app(), "android");
+        assert_eq!(
+            c.dialects.push_appserver.unwrap().types["apns"].app(),
+            "siskin"
+        );
+
+        // Absent tables: the dialects are off.
+        let c = Config::from_toml(SISKIN_APPS).unwrap();
+        assert!(c.dialects.siskin.is_none() && c.dialects.push_appserver.is_none());
+    }
+
+    #[test]
+    fn dialect_tables_are_checked() {
+        for (table, key) in [
+            (
+                "[dialects.siskin]\nproviders = { p = 'nosuchapp' }\n",
+                "dialects.siskin.providers",
+            ),
+            (
+                "[dialects.siskin]\nproviders = {}\n",
+                "dialects.siskin.providers",
+            ),
+            (
+                "[dialects.siskin]\nproviders = { p = { app = 'siskin', environment = 'staging' } }\n",
+                "dialects.siskin.providers",
+            ),
+            (
+                "[dialects.siskin]\nproviders = { p = { app = 'android', environment = 'sandbox' } }\n",
+                "dialects.siskin.providers",
+            ),
+            (
+                "[dialects.push_appserver]\ntypes = { webpush = 'android' }\n",
+                "dialects.push_appserver.types",
+            ),
+            (
+                "[dialects.push_appserver]\ntypes = { fcm = 'nosuchapp' }\n",
+                "dialects.push_appserver.types",
+            ),
+        ] {
+            let e = Config::from_toml(&format!("{SISKIN_APPS}{table}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{table}: {e}");
+        }
+        // An alert text too long for the size Siskin is told.
+        let long = SISKIN_APPS.replace(
+            "provider = 'apns'",
+            &format!("provider = 'apns'\nalert_body = '{}'", "x".repeat(300)),
+        );
+        let e = Config::from_toml(&format!(
+            "{long}[dialects.siskin]\nproviders = {{ p = 'siskin' }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("alert_body"), "{e}");
     }
 
     #[test]

@@ -331,7 +331,14 @@ mod tests {
         assert!(message.contains("another Nudge instance"), "{message}");
         assert!(message.contains("--replace"), "{message}");
         drop(held);
-        InstanceLock::try_acquire(&path).unwrap();
+        // Released at once, unless a child another test forks right now
+        // holds a copy of the descriptor until its exec closes it (close on
+        // exec): then a moment later.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while let Err(e) = InstanceLock::try_acquire(&path) {
+            assert!(std::time::Instant::now() < deadline, "still held: {e}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]

@@ -17,11 +17,13 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tracing::{debug, error, warn};
 
+use crate::config::DialectsConfig;
 use crate::dispatch::{Admission, Dispatcher, Verdict};
+use crate::push::stateless::StatelessPublish;
 use crate::push::{self, PublishRequest};
 use crate::register::adhoc::CommandRequest;
-use crate::register::conversations;
-use crate::store::RegistrationStore;
+use crate::register::{self, Command};
+use crate::store::{NodeForLog, Registration, RegistrationStore};
 use crate::xmpp::disco::{self, DiscoInfo, DiscoItem, Identity};
 use crate::xmpp::jid::Jid;
 use crate::xmpp::stanza::{Iq, IqParseError, IqType, StanzaError};
@@ -38,6 +40,8 @@ pub struct Service {
     max_in_flight: u32,
     /// Longest a publish waits for its answer (`dispatch.answer_deadline_secs`).
     answer_deadline: Duration,
+    /// The registration dialects' settings.
+    dialects: DialectsConfig,
 }
 
 impl Service {
@@ -48,6 +52,7 @@ impl Service {
         outbound: Outbound,
         max_in_flight: usize,
         answer_deadline: Duration,
+        dialects: DialectsConfig,
     ) -> Self {
         let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS) as u32;
         Service {
@@ -58,6 +63,7 @@ impl Service {
             in_flight: Arc::new(Semaphore::new(max_in_flight as usize)),
             max_in_flight,
             answer_deadline,
+            dialects,
         }
     }
 
@@ -177,11 +183,12 @@ impl Service {
                         .await
                 }
             },
-            (IqType::Set, "command", ns::COMMANDS) => match CommandRequest::from_element(payload) {
-                Ok(cmd) if conversations::handles(&cmd.node) => {
-                    self.spawn(iq, Job::Command(cmd)).await
-                }
-                Ok(_) => self.answer(iq.error(&StanzaError::item_not_found())).await,
+            (IqType::Set, "command", ns::COMMANDS) => match CommandRequest::from_element(payload)
+                .map(|request| {
+                    Command::from_request(request, self.dispatcher.backends(), &self.dialects)
+                }) {
+                Ok(Ok(cmd)) => self.spawn(iq, Job::Command(cmd)).await,
+                Ok(Err(_)) => self.answer(iq.error(&StanzaError::item_not_found())).await,
                 Err(e) => self.answer(iq.error(&StanzaError::bad_request(e))).await,
             },
             _ => {
@@ -224,7 +231,7 @@ impl Service {
                     };
                     iq.reply(verdict.answer(), None)
                 }
-                Job::Command(cmd) => match this.command(&iq, &cmd).await {
+                Job::Command(cmd) => match this.command(&iq, cmd).await {
                     Ok(payload) => iq.result(Some(payload)),
                     Err(e) => iq.error(&e),
                 },
@@ -235,14 +242,19 @@ impl Service {
     }
 
     /// What becomes of a publish: the registration is looked up and
-    /// checked, then the dispatcher pushes.
+    /// checked, then the dispatcher pushes. A node without a registration
+    /// may be a stateless mode's (`push/stateless/`), when enabled: then
+    /// the publish itself names the device.
     async fn publish(&self, iq: &Iq, request: PublishRequest, admission: Admission) -> Verdict {
         let Ok(from) = Jid::parse(&iq.from) else {
             return Verdict::Malformed("invalid from".into());
         };
         let reg = match self.store.find(&request.node).await {
             Ok(Some(reg)) => reg,
-            Ok(None) => return Verdict::UnknownNode,
+            Ok(None) => match self.stateless(&request, from.domain()) {
+                Ok(reg) => reg,
+                Err(verdict) => return verdict,
+            },
             Err(e) => {
                 error!(error = %e, "registration lookup failed");
                 return Verdict::StorageDown;
@@ -256,72 +268,90 @@ impl Service {
             .await
     }
 
-    async fn command(&self, iq: &Iq, cmd: &CommandRequest) -> Result<Element, StanzaError> {
+    /// The device a publish for an unregistered node names, if it is in a
+    /// stateless mode's shape and that mode is enabled for its app;
+    /// otherwise what the publish comes to (`item-not-found` for an
+    /// unknown node).
+    fn stateless(
+        &self,
+        request: &PublishRequest,
+        domain: &str,
+    ) -> Result<Arc<Registration>, Verdict> {
+        let backends = self.dispatcher.backends();
+        let built = StatelessPublish::from_request(request, &self.dialects).and_then(|publish| {
+            publish
+                .map(|p| p.registration(&request.node, domain, &self.dialects, backends))
+                .transpose()
+        });
+        match built {
+            Ok(Some(reg)) => Ok(Arc::new(reg)),
+            Ok(None) => Err(Verdict::UnknownNode),
+            Err(e) => {
+                let node = NodeForLog {
+                    node: &request.node,
+                    short: true,
+                };
+                debug!(%node, %domain, error = %e, "stateless publish refused");
+                Err(e.verdict())
+            }
+        }
+    }
+
+    async fn command(&self, iq: &Iq, cmd: Command) -> Result<Element, StanzaError> {
         let from = Jid::parse(&iq.from).map_err(|_| StanzaError::bad_request("invalid from"))?;
-        conversations::execute(
-            cmd,
-            &from,
-            &self.domain,
-            self.dispatcher.backends(),
-            &self.store,
-        )
-        .await
+        let ctx = register::Context {
+            from: &from,
+            component_jid: &self.domain,
+            backends: self.dispatcher.backends(),
+            store: &self.store,
+            dialects: &self.dialects,
+        };
+        cmd.apply(&ctx).await
     }
 
     async fn answer(&self, reply: Element) {
         self.outbound.send(&reply).await;
     }
 
-    /// The registration command names this instance offers: one per app,
-    /// plus the provider's name where exactly one app uses that provider
-    /// (Conversations asks for `register-push-fcm`).
-    fn command_names(&self) -> Vec<String> {
-        let backends = self.dispatcher.backends();
-        let mut names: Vec<String> = backends.apps().iter().map(|a| a.to_string()).collect();
-        for app in backends.apps() {
-            if let Some(b) = backends.get(app) {
-                let provider = b.provider().to_ascii_lowercase();
-                if !names.contains(&provider) && backends.resolve(&provider).is_ok() {
-                    names.push(provider);
-                }
-            }
-        }
-        names
-    }
-
     fn command_items(&self) -> Vec<DiscoItem> {
-        let mut items = Vec::new();
-        for name in self.command_names() {
-            for (prefix, what) in [
-                (conversations::REGISTER_PREFIX, "Register a device"),
-                (conversations::UNREGISTER_PREFIX, "Unregister a device"),
-            ] {
-                items.push(DiscoItem {
-                    jid: self.domain.clone(),
-                    node: Some(format!("{prefix}{name}")),
-                    name: Some(format!("{what} ({name})")),
-                });
-            }
-        }
-        items
+        register::command_items(self.dispatcher.backends(), &self.dialects)
+            .into_iter()
+            .map(|item| DiscoItem {
+                jid: self.domain.clone(),
+                node: Some(item.node),
+                name: Some(item.name),
+            })
+            .collect()
     }
 
     fn disco_info(&self, node: Option<&str>) -> Option<DiscoInfo> {
         match node {
             None => Some(DiscoInfo {
                 node: None,
+                // Siskin finds the App Server by this identity (`interop.md`).
                 identities: vec![Identity {
                     category: "pubsub",
                     kind: "push",
                     name: "Nudge push notifications".into(),
                 }],
-                features: vec![
+                features: [
                     ns::DISCO_INFO,
                     ns::DISCO_ITEMS,
                     ns::COMMANDS,
                     ns::PUSH,
                     ns::PING,
-                ],
+                ]
+                .into_iter()
+                // The Tigase extensions forwarded, while their dialect is on.
+                .chain(
+                    self.dialects
+                        .siskin
+                        .is_some()
+                        .then_some(register::siskin::FEATURES)
+                        .into_iter()
+                        .flatten(),
+                )
+                .collect(),
             }),
             Some(ns::COMMANDS) => Some(DiscoInfo {
                 node: Some(ns::COMMANDS.into()),
@@ -362,7 +392,7 @@ enum Job {
         admission: Admission,
         oversize: bool,
     },
-    Command(CommandRequest),
+    Command(Command),
 }
 
 impl StanzaHandler for Service {

@@ -198,7 +198,7 @@ async fn brake_status_and_release_apply_held_removals() {
         .unwrap();
     store
         .outbox()
-        .merge(&nodes[2], &Default::default(), 1, 0, i64::MAX / 4)
+        .merge(&nodes[2], &Default::default(), None, 1, 0, i64::MAX / 4)
         .await
         .unwrap();
     store.close().await;

@@ -28,6 +28,7 @@ on_both_databases!(
     early_tries_during_an_outage_do_not_stretch_the_backoff,
     database_down_is_wait,
     rate_limited_pushes_are_deferred_not_dropped,
+    an_important_publish_does_not_jump_a_rate_limit,
     queued_pushes_expire_counted,
     the_brake_stops_mass_removal,
     a_new_token_gets_the_push_instead_of_item_not_found,
@@ -483,13 +484,52 @@ async fn rate_limited_pushes_are_deferred_not_dropped(kind_: DbKind) {
     h.finish().await;
 }
 
+/// A row deferred by the per-registration limit is not flushed by the next
+/// important publish (as a row backing off from a provider failure is):
+/// the limit bounds what reaches the device whatever the publish says.
+async fn an_important_publish_does_not_jump_a_rate_limit(kind_: DbKind) {
+    // One push every 3 s after the first.
+    let mut h = Harness::start_adjusted(
+        kind_,
+        "[limits]\nper_registration_burst = 1\nper_registration_per_minute = 20\n",
+        |c| c.dispatch.coalesce_ms = 0,
+    )
+    .await;
+    let (node, secret) = h.register("alice@localhost", "phone", "tok-j").await;
+    assert_eq!(
+        h.publish("j1", "localhost", &node, Some(&secret), "one")
+            .await,
+        ok()
+    );
+    assert!(h.backend.sent_until("tok-j", |s| s.len() == 1).await);
+    for (id, body) in [("j2", "two"), ("j3", "three")] {
+        assert_eq!(
+            h.publish(id, "localhost", &node, Some(&secret), body).await,
+            ok()
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        h.backend.sent_to("tok-j").len(),
+        1,
+        "the important publish waited for the limit"
+    );
+    assert!(h.backend.sent_until("tok-j", |s| s.len() == 2).await);
+    assert_eq!(
+        h.backend.sent_to("tok-j")[1].last_message_body.as_deref(),
+        Some("three"),
+        "one trailing push with the newest message"
+    );
+    h.finish().await;
+}
+
 async fn queued_pushes_expire_counted(kind_: DbKind) {
     let mut h = Harness::start_with(kind_, "").await;
     let (node, secret) = h.register("alice@localhost", "phone", "down-forever").await;
     // Written already expired: the housekeeping drops and counts it.
     let outbox = h.nudge.store.outbox();
     outbox
-        .merge(&node, &Default::default(), 0, i64::MAX / 4, 1)
+        .merge(&node, &Default::default(), None, 0, i64::MAX / 4, 1)
         .await
         .unwrap();
     let _ = secret;
@@ -683,6 +723,7 @@ async fn claims_are_exclusive_and_lapse(kind_: DbKind) {
         a.merge(
             &format!("n{i:02}"),
             &Notification::default(),
+            None,
             i,
             t - 1000 + i,
             ttl,
@@ -691,7 +732,7 @@ async fn claims_are_exclusive_and_lapse(kind_: DbKind) {
         .unwrap();
     }
     // Backing off: due in a minute, nobody's claim.
-    a.merge("later", &Notification::default(), 0, t + 60_000, ttl)
+    a.merge("later", &Notification::default(), None, 0, t + 60_000, ttl)
         .await
         .unwrap();
 
@@ -758,6 +799,7 @@ async fn concurrent_claims_get_disjoint_rows(kind_: DbKind) {
             .merge(
                 &format!("n{i:03}"),
                 &Notification::default(),
+                None,
                 i,
                 t - 1000,
                 ttl,
@@ -892,7 +934,7 @@ async fn a_stopped_instance_s_claims_are_delivered_by_another() {
         };
         store
             .outbox()
-            .merge(&reg.node, &summary, 1, now_ms(), now() + 3600)
+            .merge(&reg.node, &summary, None, 1, now_ms(), now() + 3600)
             .await
             .unwrap();
         nodes.push((reg.node.clone(), reg.secret.clone().unwrap_or_default()));

@@ -3,14 +3,18 @@
 //! TLS HTTP/2. Proves registration through the commands with each
 //! provider's token check, the alert/silent choice, and that a token the
 //! provider declares dead removes the registration and reaches the XMPP
-//! side as `item-not-found`.
+//! side as `item-not-found`; that one APNs app serves sandbox and
+//! production registrations, each at its own endpoint; and the Tigase
+//! extensions end to end: a Siskin registration's call rings its VoIP token,
+//! ciphertext passes through (or, too large, becomes the plain wake-up),
+//! and a Monal (fpush) publish with nothing registered reaches its token.
 
 mod common;
 
 use common::{DbKind, FakeServer, STEP, ServerConn, TestDb, answer_kind, fixture, publish_iq};
 use nudge::Config;
 use nudge::xmpp::stream::LinkState;
-use nudge_test_app::{Fault, PushFilter, TestApp, TestAppConfig};
+use nudge_test_app::{ApnsEnvironment, Fault, PushFilter, TestApp, TestAppConfig};
 
 struct Setup {
     app: TestApp,
@@ -45,6 +49,8 @@ retry_max_secs = 2
 provider = "apns"
 topic = "org.example.app"
 endpoint = "{apns}"
+sandbox_endpoint = "{apns_sandbox}"
+production_endpoint = "{apns_production}"
 ca_file = "{ca}"
 token = {{ key_path = "{key}", key_id = "{key_id}", team_id = "{team_id}" }}
 [apps.conversations]
@@ -52,12 +58,18 @@ provider = "fcm"
 service_account_path = "{sa}"
 endpoint = "{fcm}"
 ca_file = "{ca}"
+[dialects.siskin.providers]
+"tigase:messenger:apns:1" = "ios"
+[dialects.fpush.modules]
+ios = ["monalProdiOS"]
 "#,
         domain = common::DOMAIN,
         secret = common::SECRET,
         port = server.port,
         db = db.url(),
         apns = app.apns_url(),
+        apns_sandbox = app.apns_sandbox_url(),
+        apns_production = app.apns_production_url(),
         ca = exported.ca_cert.display(),
         key = exported.apns_key.display(),
         key_id = creds.key_id,
@@ -315,4 +327,201 @@ async fn the_test_apps_exported_config_snippet_is_accepted() {
     let backends = nudge::app::build_backends(&config).await.unwrap();
     assert_eq!(backends.apps(), vec!["testapp-apns", "testapp-fcm"]);
     app.shutdown().await;
+}
+
+/// Conversations' register command with the `environment` field an iOS
+/// client adds to name its token's APNs environment.
+fn register_with_environment_iq(device: &str, token: &str, environment: &str) -> String {
+    format!(
+        "<iq id='reg-{device}' type='set' from='alice@localhost/phone' to='{domain}' xml:lang='en'>\
+         <command node='register-push-apns' action='execute' xmlns='http://jabber.org/protocol/commands'>\
+         <x xmlns='jabber:x:data' type='submit'><field var='token'><value>{token}</value></field>\
+         <field var='device-id'><value>{device}</value></field>\
+         <field var='environment'><value>{environment}</value></field></x></command></iq>",
+        domain = common::DOMAIN,
+    )
+}
+
+/// One APNs app, a development build (sandbox token) and a store build
+/// (production token, once named, once not): each publish reaches the
+/// matching endpoint of the mock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_and_production_registrations_of_one_app_reach_their_endpoints() {
+    let mut s = setup().await;
+    let mut registered = Vec::new();
+    for (device, tag, environment) in [
+        ("xcode-build", 0x51, Some("sandbox")),
+        ("store", 0x52, Some("production")),
+        ("unnamed", 0x53, None),
+    ] {
+        let token = apns_token(tag);
+        let (node, secret) = match environment {
+            Some(environment) => {
+                let a = s
+                    .conn
+                    .request(&register_with_environment_iq(device, &token, environment))
+                    .await;
+                assert_eq!(answer_kind(&a).0, "result", "{a:?}");
+                let (_, node, secret) = common::registration_form(&a).unwrap();
+                (node, secret)
+            }
+            None => s.register("apns", device, &token).await.unwrap(),
+        };
+        registered.push((token, node, secret));
+    }
+    for (i, (token, node, secret)) in registered.iter().enumerate() {
+        let a = s
+            .conn
+            .request(&publish_iq(
+                &format!("e{i}"),
+                "localhost",
+                node,
+                Some(secret),
+                "hi",
+            ))
+            .await;
+        assert_eq!(answer_kind(&a).0, "result", "{a:?}");
+        let push = s.app.wait_for_push(token, STEP).await.expect("a push");
+        assert_eq!(push.status, 200, "{push:?}");
+    }
+    let reached = |token: &str| {
+        s.app
+            .pushes(PushFilter::token(token))
+            .iter()
+            .map(|p| p.environment)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(reached(&registered[0].0), [Some(ApnsEnvironment::Sandbox)]);
+    assert_eq!(
+        reached(&registered[1].0),
+        [Some(ApnsEnvironment::Production)]
+    );
+    assert_eq!(
+        reached(&registered[2].0),
+        [Some(ApnsEnvironment::Production)],
+        "no environment: the app's endpoint"
+    );
+    s.finish().await;
+}
+
+/// Siskin's `register-device` for alice, with a PushKit token; the node.
+async fn register_siskin_device(s: &mut Setup, token: &str, voip_token: &str) -> String {
+    let a = s
+        .conn
+        .request(&format!(
+            "<iq id='sis-1' type='set' from='alice@localhost/iphone' to='{}' xml:lang='en'>\
+             <command node='register-device' action='execute' xmlns='http://jabber.org/protocol/commands'>\
+             <x xmlns='jabber:x:data' type='submit'>\
+             <field var='provider'><value>tigase:messenger:apns:1</value></field>\
+             <field var='device-token'><value>{token}</value></field>\
+             <field var='device-second-token'><value>{voip_token}</value></field>\
+             </x></command></iq>",
+            common::DOMAIN
+        ))
+        .await;
+    assert_eq!(answer_kind(&a).0, "result", "{a:?}");
+    let command = a
+        .get_child("command", "http://jabber.org/protocol/commands")
+        .expect("command");
+    let form = command
+        .children
+        .iter()
+        .find_map(nudge::xmpp::dataform::DataForm::from_element)
+        .expect("a result form");
+    form.value("node").expect("node").to_owned()
+}
+
+fn header<'a>(push: &'a nudge_test_app::RecordedPush, name: &str) -> Option<&'a str> {
+    push.headers.get(name).map(String::as_str)
+}
+
+/// A Tigase server's call proposal (`tigase:push:jingle:0`) for a Siskin
+/// registration with a second token rings the VoIP token (`voip`, topic
+/// `<bundle>.voip`); its ciphertext (`tigase:push:encrypt:0`) reaches the
+/// normal token untouched; ciphertext too large for APNs becomes the plain
+/// alert without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn siskin_calls_ring_the_voip_token_and_ciphertext_passes_through() {
+    let mut s = setup().await;
+    let token = apns_token(0x61);
+    let voip_token = apns_token(0x62);
+    let node = register_siskin_device(&mut s, &token, &voip_token).await;
+
+    let a = s
+        .conn
+        .request(&fixture("tigase-jingle.xml", &node, ""))
+        .await;
+    assert_eq!(answer_kind(&a).0, "result", "{a:?}");
+    let call = s
+        .app
+        .wait_for_push(&voip_token, STEP)
+        .await
+        .expect("a call");
+    assert_eq!(call.status, 200, "{call:?}");
+    assert_eq!(header(&call, "apns-push-type"), Some("voip"));
+    assert_eq!(header(&call, "apns-topic"), Some("org.example.app.voip"));
+    assert_eq!(header(&call, "apns-priority"), Some("10"));
+    assert!(
+        s.app.pushes(PushFilter::token(&token)).is_empty(),
+        "a call goes to the VoIP token only"
+    );
+
+    let encrypted = fixture("tigase-encrypted.xml", &node, "");
+    let a = s.conn.request(&encrypted).await;
+    assert_eq!(answer_kind(&a).0, "result", "{a:?}");
+    let push = s.app.wait_for_push(&token, STEP).await.expect("a push");
+    assert_eq!(push.status, 200, "{push:?}");
+    assert_eq!(header(&push, "apns-push-type"), Some("alert"));
+    assert_eq!(header(&push, "apns-topic"), Some("org.example.app"));
+    assert_eq!(push.payload["iv"], "q6Z0mXc3bNQ9y0lh");
+    assert_eq!(
+        push.payload["encrypted"],
+        "3q2+7wG5x0hJm0w8M2sL0p9Q0bq3m5XJ7Y1k0Z4m3Q6vCk1r0+o2M5yT4uQ8cA=="
+    );
+    assert_eq!(push.payload["aps"]["mutable-content"], 1);
+
+    // 6000 base64 characters cannot fit a 4096-byte payload: the plain
+    // alert goes instead, never a cut ciphertext.
+    let big = encrypted
+        .replace(
+            "3q2+7wG5x0hJm0w8M2sL0p9Q0bq3m5XJ7Y1k0Z4m3Q6vCk1r0+o2M5yT4uQ8cA==",
+            &"QUJD".repeat(1500),
+        )
+        .replace("id='tig-1'", "id='tig-big'");
+    let before = s.app.pushes(PushFilter::token(&token)).len();
+    let a = s.conn.request(&big).await;
+    assert_eq!(answer_kind(&a).0, "result", "{a:?}");
+    assert!(
+        common::eventually(|| async { s.app.pushes(PushFilter::token(&token)).len() > before })
+            .await,
+        "the plain wake-up"
+    );
+    let pushes = s.app.pushes(PushFilter::token(&token));
+    let plain = pushes.last().expect("a push");
+    assert_eq!(plain.status, 200, "{plain:?}");
+    assert_eq!(header(plain, "apns-push-type"), Some("alert"));
+    assert!(plain.payload.get("encrypted").is_none(), "{plain:?}");
+    assert!(plain.payload.get("iv").is_none(), "{plain:?}");
+    s.finish().await;
+}
+
+/// Monal's stateless mode through the real APNs backend: nothing
+/// registered, the node is the token, `pushModule` names the app and its
+/// `-sandbox` suffix the environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monal_publish_with_nothing_registered_reaches_its_token() {
+    let mut s = setup().await;
+    let token = apns_token(0x71);
+    let publish = fixture("monal-publish-fpush.xml", &token, "")
+        .replace("{ID}", "monal-1")
+        .replace("{DOMAIN}", "localhost")
+        .replace("{BODY}", "hi")
+        .replace("{MODULE}", "monalProdiOS-sandbox");
+    let a = s.conn.request(&publish).await;
+    assert_eq!(answer_kind(&a).0, "result", "{a:?}");
+    let push = s.app.wait_for_push(&token, STEP).await.expect("a push");
+    assert_eq!(push.status, 200, "{push:?}");
+    assert_eq!(push.environment, Some(ApnsEnvironment::Sandbox));
+    assert_eq!(header(&push, "apns-topic"), Some("org.example.app"));
+    s.finish().await;
 }

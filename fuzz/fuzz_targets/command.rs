@@ -6,13 +6,19 @@
 //! the iq's payload. Nothing may panic; every data form anywhere in the
 //! stanza must survive being written and read again unchanged; the sender's
 //! JID is read as the registration code reads it and must print back to
-//! itself; and every answer the command code can build (`completed`,
-//! `executing`, `canceled`) must be well-formed.
+//! itself; each dialect (`component/src/register/`, all of them enabled
+//! here) is offered the command and its forms; and every answer the
+//! command code can build (`completed`, `executing`, `canceled`) must be
+//! well-formed.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use std::collections::BTreeMap;
+
+use nudge::config::{DialectTarget, DialectsConfig, PushAppserverConfig, SiskinConfig};
+use nudge::dispatch::Backends;
 use nudge::register::adhoc::CommandRequest;
-use nudge::register::conversations;
+use nudge::register::{Command, push_appserver, siskin};
 use nudge::xmpp::dataform::DataForm;
 use nudge::xmpp::jid::Jid;
 use nudge::xmpp::ns;
@@ -45,8 +51,12 @@ fuzz_target!(|data: &[u8]| {
         match CommandRequest::from_element(payload) {
             Ok(cmd) => {
                 assert!(!cmd.node.is_empty(), "accepted a command without a node");
-                let _ = conversations::handles(&cmd.node);
+                let _ = Command::from_request(cmd.clone(), &Backends::new(), &dialects());
                 if let Some(form) = &cmd.form {
+                    let _ = siskin::RegisterForm::try_from(form);
+                    let _ = siskin::UnregisterForm::try_from(form);
+                    let _ = push_appserver::RegisterForm::try_from(form);
+                    let _ = push_appserver::UnregisterForm::try_from(form);
                     for var in ["muc", "channel"] {
                         if let Some(room) = form.non_empty(var) {
                             check_jid(room);
@@ -66,6 +76,20 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// Every dialect on, as an operator would configure them.
+fn dialects() -> DialectsConfig {
+    let app = |name: &str| DialectTarget::App(name.into());
+    DialectsConfig {
+        siskin: Some(SiskinConfig {
+            providers: BTreeMap::from([("tigase:messenger:apns:1".into(), app("ios"))]),
+        }),
+        push_appserver: Some(PushAppserverConfig {
+            types: BTreeMap::from([("apns".into(), app("ios")), ("fcm".into(), app("android"))]),
+        }),
+        ..DialectsConfig::default()
+    }
+}
 
 fn check_form(form: &DataForm) {
     let again = DataForm::from_element(&form.to_element());

@@ -5,12 +5,18 @@
 //! inside of `<pubsub/>`. The parser must not panic, and what it accepts
 //! must be what the service can use: a non-empty node, no form bookkeeping
 //! (`FORM_TYPE`, the secret) among the forwarded fields, and the summary's
-//! interpreted fields non-blank. The replies the service would send are
-//! checked to be well-formed.
+//! interpreted fields non-blank. Each stateless mode
+//! (`component/src/push/stateless/`, both enabled here) reads the publish
+//! without panicking. The replies the service would send are checked to be
+//! well-formed.
 #![no_main]
 
+use std::collections::BTreeMap;
+
 use libfuzzer_sys::fuzz_target;
+use nudge::config::{DialectsConfig, FpushConfig, MongooseImConfig};
 use nudge::push::PublishRequest;
+use nudge::push::stateless::StatelessPublish;
 use nudge::xmpp::ns;
 use nudge::xmpp::stanza::{Iq, StanzaError};
 use nudge_fuzz::{STREAM_HEADER, check_writes_back, read_all};
@@ -34,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
         let reply = match PublishRequest::from_pubsub(payload) {
             Some(Ok(request)) => {
                 check_request(&request);
+                let _ = StatelessPublish::from_request(&request, &dialects());
                 iq.result(None)
             }
             Some(Err(e)) => iq.error(&StanzaError::bad_request(e.to_string())),
@@ -42,6 +49,23 @@ fuzz_target!(|data: &[u8]| {
         check_writes_back(&reply);
     }
 });
+
+/// Both stateless modes on, as an operator would configure them.
+fn dialects() -> DialectsConfig {
+    DialectsConfig {
+        fpush: Some(FpushConfig {
+            modules: BTreeMap::from([("ios".into(), vec!["monalProdiOS".into()])]),
+            default_module: Some("monalProdiOS".into()),
+            limits: Default::default(),
+        }),
+        mongooseim: Some(MongooseImConfig {
+            apns: Some("ios".into()),
+            fcm: Some("android".into()),
+            limits: Default::default(),
+        }),
+        ..DialectsConfig::default()
+    }
+}
 
 fn check_request(request: &PublishRequest) {
     assert!(

@@ -4,7 +4,9 @@
 //! cost the user their push: the phone still has to wake up, and its app
 //! fetches the full message over XMPP anyway. So a body that does not fit is
 //! cut on a character boundary and marked with `…`; only a payload that is
-//! too large with no body at all is refused.
+//! too large with no body at all is refused. Ciphertext (a Tigase server's
+//! `tigase:push:encrypt:0`, fixture `tests/fixtures/tigase-encrypted.xml` in
+//! the component) is never cut: it goes whole or not at all.
 
 /// `s` cut to at most `max` bytes on a character boundary, ending in `…`
 /// when anything was cut.
@@ -55,9 +57,82 @@ pub(crate) fn longest_fitting(
     Ok(best)
 }
 
+/// A rendering that fits, and whether ciphertext had to be left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fitted {
+    pub bytes: Vec<u8>,
+    /// The size of the smallest rendering with the ciphertext, when even
+    /// that was too large and the ciphertext was left out.
+    pub ciphertext_dropped: Option<usize>,
+}
+
+/// Renders with the ciphertext (`render(true, body)`) when it fits with
+/// some prefix of the body, else without it (`render(false, body)`).
+/// Ciphertext is never cut: a cut ciphertext cannot be decrypted, while the
+/// plain wake-up still makes the app fetch the message. The error is the
+/// size of the smallest rendering without ciphertext.
+pub(crate) fn with_optional_ciphertext(
+    has_ciphertext: bool,
+    body: Option<&str>,
+    render: impl Fn(bool, Option<&str>) -> Result<Vec<u8>, usize>,
+) -> Result<Fitted, usize> {
+    let mut ciphertext_dropped = None;
+    if has_ciphertext {
+        match longest_fitting(body, |b| render(true, b)) {
+            Ok(bytes) => {
+                return Ok(Fitted {
+                    bytes,
+                    ciphertext_dropped: None,
+                });
+            }
+            Err(size) => ciphertext_dropped = Some(size),
+        }
+    }
+    let bytes = longest_fitting(body, |b| render(false, b))?;
+    Ok(Fitted {
+        bytes,
+        ciphertext_dropped,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ciphertext_is_kept_whole_or_left_out() {
+        let render = |ciphertext: String, limit: usize| {
+            move |with: bool, b: Option<&str>| {
+                let c = with.then_some(ciphertext.as_str());
+                let out = serde_json::json!({ "b": b, "c": c })
+                    .to_string()
+                    .into_bytes();
+                if out.len() <= limit {
+                    Ok(out)
+                } else {
+                    Err(out.len())
+                }
+            }
+        };
+        // Fits: kept, the body cut around it.
+        let fitted =
+            with_optional_ciphertext(true, Some(&"x".repeat(100)), render("abc".into(), 50))
+                .unwrap();
+        assert_eq!(fitted.ciphertext_dropped, None);
+        let v: serde_json::Value = serde_json::from_slice(&fitted.bytes).unwrap();
+        assert_eq!(v["c"], "abc");
+        assert!(v["b"].as_str().unwrap().ends_with('…'));
+        // Too large: left out whole, never cut.
+        let long = "z".repeat(60);
+        let fitted = with_optional_ciphertext(true, Some("hi"), render(long.clone(), 50)).unwrap();
+        assert!(fitted.ciphertext_dropped.is_some_and(|size| size > 50));
+        let v: serde_json::Value = serde_json::from_slice(&fitted.bytes).unwrap();
+        assert_eq!(v["c"], serde_json::Value::Null);
+        assert_eq!(v["b"], "hi");
+        // None to begin with: nothing dropped.
+        let fitted = with_optional_ciphertext(false, None, render(long, 50)).unwrap();
+        assert_eq!(fitted.ciphertext_dropped, None);
+    }
 
     #[test]
     fn truncate_respects_char_boundaries() {

@@ -19,6 +19,7 @@ mod config;
 pub mod fcm;
 mod fit;
 mod http;
+pub use apns::ClientKind;
 pub use config::{BackendConfigError, ProviderConfig, build_backend};
 pub use http::SetupError;
 
@@ -29,8 +30,9 @@ use std::time::Duration;
 /// A future returned by a backend, boxed so that the trait stays dyn-compatible.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The device a push is sent to, as the registration store knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The device a push is sent to, as the registration store knows it (or,
+/// for the stateless dialects, as the publish names it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Device {
     /// The provider's handle for the app instance (APNs device token, FCM
     /// registration token, Web Push subscription).
@@ -53,6 +55,79 @@ pub struct Device {
     /// two accounts or rooms keeps one per registration. At most 64 bytes
     /// (APNs' limit); the app's configured key is used when absent.
     pub collapse_id: Option<String>,
+    /// A second token for calls: Siskin's PushKit (VoIP) token
+    /// (`device-second-token`). A notification that is a call goes to it as
+    /// a VoIP push; everything else goes to `token`.
+    pub voip_token: Option<String>,
+    /// The APNs environment the token belongs to, when the registration says
+    /// (a development build's tokens are sandbox tokens, a TestFlight or App
+    /// Store build's production ones); `None`: the app's configured endpoint.
+    pub environment: Option<Environment>,
+    /// Per-push choices the publish carried (MongooseIM's publish-options);
+    /// empty for registered devices.
+    pub options: PushOptions,
+}
+
+/// Which APNs environment a device token was issued by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Environment {
+    /// `api.push.apple.com`: App Store and TestFlight-distributed production
+    /// builds.
+    Production,
+    /// `api.sandbox.push.apple.com`: development builds.
+    Sandbox,
+}
+
+impl Environment {
+    /// The name as stored and configured (`production`, `sandbox`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Production => "production",
+            Environment::Sandbox => "sandbox",
+        }
+    }
+}
+
+impl std::str::FromStr for Environment {
+    type Err = UnknownEnvironment;
+
+    /// `production` (or `prod`), `sandbox` (or `development`, `dev`),
+    /// case-insensitive.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "production" | "prod" => Ok(Environment::Production),
+            "sandbox" | "development" | "dev" => Ok(Environment::Sandbox),
+            _ => Err(UnknownEnvironment(s.to_owned())),
+        }
+    }
+}
+
+/// A name that is neither production nor sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown APNs environment {0:?} (production or sandbox)")]
+pub struct UnknownEnvironment(pub String);
+
+/// Per-push choices from a stateless publish (MongooseIM's
+/// publish-options). Each is `None` when the publish did not say. Stored
+/// with a queued push (the component's outbox), hence serde.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct PushOptions {
+    /// `topic`: the APNs topic to use; honoured only when it is the app's
+    /// own topic or its `.voip` variant.
+    pub topic: Option<String>,
+    /// `silent`: a background wake-up even for a message.
+    pub silent: Option<bool>,
+    /// `priority`: `high` or `normal`.
+    pub high_priority: Option<bool>,
+    /// `sound`: the alert's sound.
+    pub sound: Option<String>,
+    /// `mutable_content`: whether an alert may be changed by the app's
+    /// extension.
+    pub mutable_content: Option<bool>,
+    /// `time_to_live`: how long the provider keeps the push for an offline
+    /// device, in seconds.
+    pub ttl_secs: Option<u64>,
 }
 
 /// What the user's XMPP server told us about the event, taken from the
@@ -72,16 +147,54 @@ pub struct Notification {
     /// above and ones this crate does not interpret, so that a backend can
     /// forward what it needs.
     pub fields: Vec<(String, String)>,
+    /// Ciphertext a Tigase server put in the notification
+    /// (`tigase:push:encrypt:0`), forwarded as it is: only the app holds the
+    /// key.
+    pub encrypted: Option<EncryptedPayload>,
+    /// A call the server signalled (`tigase:push:jingle:0` with a
+    /// `propose`, or an encrypted payload of type `voip`).
+    pub call: Option<Call>,
+}
+
+/// An encrypted notification payload (`<encrypted xmlns='tigase:push:encrypt:0'
+/// iv='…'>…</encrypted>`, fixture `tests/fixtures/tigase-encrypted.xml`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncryptedPayload {
+    /// The ciphertext, base64 as the server sent it.
+    pub data: String,
+    /// The initialisation vector, base64.
+    pub iv: String,
+}
+
+/// A call proposal (`<jingle xmlns='tigase:push:jingle:0' action='propose'
+/// sid='…'><media>audio</media></jingle>`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Call {
+    /// The Jingle session id, when the server sent one.
+    pub sid: Option<String>,
+    /// The media proposed (`audio`, `video`).
+    pub media: Vec<String>,
 }
 
 impl Notification {
     /// An important notification (a message a person should see) as opposed
     /// to a silent wake-up. The live captures decide the rule: Prosody always
-    /// sends `last-message-body`, empty for unimportant events (chat states,
-    /// presence), and ejabberd sends no summary for those at all, so a push
-    /// is important exactly when `last-message-body` has a non-empty value.
+    /// sends the `last-message-body` field, empty for unimportant events
+    /// (chat states, presence); ejabberd sends no summary for those at all,
+    /// and with `include_body: false, include_sender: true` a summary with
+    /// the sender and no body field, only for real messages. So: important
+    /// when the body is non-empty, or when the body field is absent and the
+    /// sender is non-empty; and always for a call or encrypted content
+    /// (a Tigase server sends those only for messages).
     pub fn is_important(&self) -> bool {
         self.last_message_body.is_some()
+            || (self.last_message_sender.is_some()
+                && !self
+                    .fields
+                    .iter()
+                    .any(|(var, _)| var == "last-message-body"))
+            || self.encrypted.is_some()
+            || self.call.is_some()
     }
 }
 
@@ -185,6 +298,46 @@ mod tests {
         assert!(!n.is_important());
         n.last_message_body = Some("New Message!".into());
         assert!(n.is_important());
+    }
+
+    #[test]
+    fn a_sender_without_a_body_field_is_important() {
+        // ejabberd, include_body: false, include_sender: true.
+        let sender_only = Notification {
+            last_message_sender: Some("juliet@capulet.example/balcony".into()),
+            fields: vec![(
+                "last-message-sender".into(),
+                "juliet@capulet.example/balcony".into(),
+            )],
+            ..Notification::default()
+        };
+        assert!(sender_only.is_important());
+        // Prosody: the body field is there, empty; the sender alone says
+        // nothing (a chat state with push_notification_with_sender).
+        let mut prosody = sender_only.clone();
+        prosody
+            .fields
+            .push(("last-message-body".into(), String::new()));
+        assert!(!prosody.is_important());
+        // Encrypted content and calls come only for messages.
+        let encrypted = Notification {
+            encrypted: Some(EncryptedPayload::default()),
+            ..Notification::default()
+        };
+        assert!(encrypted.is_important());
+        let call = Notification {
+            call: Some(Call::default()),
+            ..Notification::default()
+        };
+        assert!(call.is_important());
+    }
+
+    #[test]
+    fn environments_parse() {
+        assert_eq!("Sandbox".parse(), Ok(Environment::Sandbox));
+        assert_eq!("development".parse(), Ok(Environment::Sandbox));
+        assert_eq!("production".parse(), Ok(Environment::Production));
+        assert!("staging".parse::<Environment>().is_err());
     }
 
     #[test]

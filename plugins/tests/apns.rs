@@ -1,6 +1,7 @@
 //! The APNs backend against the test-app's mock APNs (TLS, HTTP/2) on
-//! 127.0.0.1: authentication, payload choice, every error mapping, and
-//! connection sharing.
+//! 127.0.0.1: authentication, payload choice, every error mapping,
+//! connection sharing; calls to the VoIP token, the sandbox and production
+//! endpoints of one app, encrypted pass-through, publish options.
 
 mod common;
 
@@ -8,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{apns_token, assert_timeout_is_transient, bounded, device, important, push, silent};
-use nudge_plugins::apns::{ApnsBackend, ApnsCertificateAuth};
+use nudge_plugins::apns::{ApnsBackend, ApnsCertificateAuth, ApnsEndpoint, ClientKind};
 use nudge_plugins::clock::ManualClock;
-use nudge_plugins::{Outcome, PushBackend};
-use nudge_test_app::{AuthMethod, Fault, PushFilter, TestAppConfig};
+use nudge_plugins::{Device, Environment, Outcome, PushBackend, PushOptions};
+use nudge_test_app::{ApnsEnvironment, AuthMethod, Fault, PushFilter, TestAppConfig};
 
 fn strict() -> TestAppConfig {
     TestAppConfig {
@@ -506,6 +507,264 @@ async fn the_registration_collapse_id_wins_over_the_app_one() {
         let pushes = mock.app.pushes(PushFilter::token(&token));
         assert_eq!(pushes[0].headers["apns-collapse-id"], "3f2a9c0d1e7b6a54");
         assert!(!pushes[1].headers.contains_key("apns-collapse-id"));
+        mock.app.shutdown().await;
+    })
+    .await
+}
+
+/// A message and a call from juliet; the call carries Tigase's Jingle
+/// proposal (fixture `component/tests/fixtures/tigase-jingle.xml`).
+fn call() -> nudge_plugins::Notification {
+    nudge_plugins::Notification {
+        call: Some(nudge_plugins::Call {
+            sid: Some("a73sjjvkla37jfea".into()),
+            media: vec!["audio".into(), "video".into()],
+        }),
+        last_message_body: None,
+        fields: vec![(
+            "last-message-sender".into(),
+            "juliet@capulet.example/balcony".into(),
+        )],
+        ..important()
+    }
+}
+
+fn encrypted(size: usize) -> nudge_plugins::Notification {
+    nudge_plugins::Notification {
+        encrypted: Some(nudge_plugins::EncryptedPayload {
+            data: "A".repeat(size),
+            iv: "q6Z0mXc3bNQ9y0lh".into(),
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_call_goes_to_the_voip_token_and_a_message_to_the_normal_one() {
+    bounded(async {
+        let mock = common::start(strict()).await;
+        let mut config = mock.apns_config();
+        config.payload = ClientKind::Siskin;
+        config.include_sender = true;
+        config.ttl_secs = Some(3600);
+        let backend = ApnsBackend::new("app", &config).unwrap();
+        let token = nudge_test_app::random_apns_token();
+        let voip_token = nudge_test_app::random_apns_token();
+        let d = Device {
+            voip_token: Some(voip_token.clone()),
+            ..device(&token)
+        };
+
+        assert_eq!(backend.send(&d, &call()).await, Outcome::Delivered);
+        let p = &mock.app.pushes(PushFilter::token(&voip_token))[0];
+        assert_eq!(p.headers["apns-push-type"], "voip");
+        assert_eq!(p.headers["apns-topic"], format!("{}.voip", config.topic));
+        assert_eq!(p.headers["apns-priority"], "10");
+        assert_eq!(
+            p.headers["apns-expiration"], "0",
+            "a call rings now or never"
+        );
+        assert_eq!(p.payload["sid"], "a73sjjvkla37jfea");
+        assert_eq!(p.payload["media"], serde_json::json!(["audio", "video"]));
+        assert_eq!(p.payload["sender"], "juliet@capulet.example/balcony");
+        assert_eq!(p.payload["account"], "romeo@montague.example");
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        assert!(mock.app.pushes(PushFilter::token(&token)).is_empty());
+
+        assert_eq!(backend.send(&d, &important()).await, Outcome::Delivered);
+        assert_eq!(backend.send(&d, &silent()).await, Outcome::Delivered);
+        let normal = mock.app.pushes(PushFilter::token(&token));
+        let kinds: Vec<(&str, &str)> = normal
+            .iter()
+            .map(|p| {
+                (
+                    p.headers["apns-push-type"].as_str(),
+                    p.headers["apns-topic"].as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("alert", config.topic.as_str()),
+                ("background", config.topic.as_str())
+            ]
+        );
+        assert_eq!(mock.app.pushes(PushFilter::token(&voip_token)).len(), 1);
+        assert_ne!(
+            normal[0].headers["apns-expiration"], "0",
+            "messages keep the TTL"
+        );
+
+        // A dead VoIP token says which token died.
+        let dead = common::apns_token("dead");
+        let d = Device {
+            voip_token: Some(dead),
+            ..device(&token)
+        };
+        let o = backend.send(&d, &call()).await;
+        assert!(
+            matches!(&o, Outcome::InvalidToken { reason } if reason == "VoIP token: Unregistered"),
+            "{o:?}"
+        );
+        mock.app.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sandbox_and_production_tokens_of_one_app_reach_their_endpoints() {
+    bounded(async {
+        let mock = common::start(strict()).await;
+        // The sandbox on another host name than production (the mock's
+        // certificate names both), so each has its own connection.
+        let sandbox = mock
+            .app
+            .apns_sandbox_url()
+            .replace("127.0.0.1", "localhost");
+        let mut config = mock.apns_config();
+        config.endpoint = ApnsEndpoint::Url(sandbox.clone());
+        config.sandbox_endpoint = ApnsEndpoint::Url(sandbox.clone());
+        config.production_endpoint = ApnsEndpoint::Url(mock.app.apns_production_url());
+        let backend = ApnsBackend::new("app", &config).unwrap();
+        let send = |environment: Option<Environment>| {
+            let token = nudge_test_app::random_apns_token();
+            let backend = backend.clone();
+            async move {
+                let d = Device {
+                    environment,
+                    ..device(&token)
+                };
+                for _ in 0..3 {
+                    assert_eq!(backend.send(&d, &important()).await, Outcome::Delivered);
+                }
+                token
+            }
+        };
+        let mut tokens = Vec::new();
+        for environment in [
+            Some(Environment::Sandbox),
+            Some(Environment::Production),
+            None,
+        ] {
+            tokens.push((environment, send(environment).await));
+        }
+        let reached = |token: &str| -> Vec<Option<ApnsEnvironment>> {
+            mock.app
+                .pushes(PushFilter::token(token))
+                .iter()
+                .map(|p| p.environment)
+                .collect()
+        };
+        let sandbox3 = vec![Some(ApnsEnvironment::Sandbox); 3];
+        let production3 = vec![Some(ApnsEnvironment::Production); 3];
+        assert_eq!(reached(&tokens[0].1), sandbox3, "sandbox token");
+        assert_eq!(reached(&tokens[1].1), production3, "production token");
+        assert_eq!(
+            reached(&tokens[2].1),
+            sandbox3,
+            "no environment: `endpoint`"
+        );
+        assert_eq!(
+            mock.app.stats().apns_tls_connections,
+            2,
+            "one warm connection per host, kept across pushes"
+        );
+
+        // With `endpoint` production, a device without an environment goes
+        // there.
+        let mut config = mock.apns_config();
+        config.sandbox_endpoint = ApnsEndpoint::Url(mock.app.apns_sandbox_url());
+        let backend = ApnsBackend::new("app", &config).unwrap();
+        let token = nudge_test_app::random_apns_token();
+        assert_eq!(push(&backend, &token, true).await, Outcome::Delivered);
+        assert_eq!(reached(&token), [Some(ApnsEnvironment::Production)]);
+        mock.app.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn encrypted_payloads_pass_through_or_fall_back_to_the_plain_wake_up() {
+    bounded(async {
+        let mock = common::start(strict()).await;
+        let mut config = mock.apns_config();
+        config.payload = ClientKind::Siskin;
+        let backend = ApnsBackend::new("app", &config).unwrap();
+
+        let token = nudge_test_app::random_apns_token();
+        let fits = encrypted(3000);
+        assert_eq!(
+            backend.send(&device(&token), &fits).await,
+            Outcome::Delivered
+        );
+        let p = &mock.app.pushes(PushFilter::token(&token))[0];
+        assert_eq!(p.headers["apns-push-type"], "alert");
+        assert_eq!(p.payload["encrypted"], "A".repeat(3000));
+        assert_eq!(p.payload["iv"], "q6Z0mXc3bNQ9y0lh");
+        assert_eq!(p.payload["aps"]["mutable-content"], 1);
+        assert_eq!(p.payload["aps"]["alert"]["body"], "New message");
+        assert_eq!(p.payload["account"], "romeo@montague.example");
+
+        // Too large for APNs: the plain wake-up, delivered, no ciphertext.
+        let token = nudge_test_app::random_apns_token();
+        let too_large = encrypted(5000);
+        assert_eq!(
+            backend.send(&device(&token), &too_large).await,
+            Outcome::Delivered
+        );
+        let p = &mock.app.pushes(PushFilter::token(&token))[0];
+        assert_eq!(p.headers["apns-push-type"], "alert");
+        assert!(p.payload.get("encrypted").is_none() && p.payload.get("iv").is_none());
+        assert_eq!(p.payload["aps"]["alert"]["body"], "New message");
+        mock.app.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn publish_options_reach_apns() {
+    bounded(async {
+        let mock = common::start(strict()).await;
+        let mut config = mock.apns_config();
+        config.ttl_secs = Some(60);
+        let backend = ApnsBackend::new("app", &config).unwrap();
+        let token = nudge_test_app::random_apns_token();
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let options = PushOptions {
+            topic: Some(format!("{}.voip", config.topic)),
+            ttl_secs: Some(7200),
+            ..Default::default()
+        };
+        let d = Device {
+            options,
+            ..device(&token)
+        };
+        assert_eq!(backend.send(&d, &important()).await, Outcome::Delivered);
+        let p = &mock.app.pushes(PushFilter::token(&token))[0];
+        assert_eq!(p.headers["apns-push-type"], "voip");
+        assert_eq!(p.headers["apns-topic"], format!("{}.voip", config.topic));
+        let expiration: u64 = p.headers["apns-expiration"].parse().unwrap();
+        assert!((before + 7200..=before + 7202).contains(&expiration));
+
+        // Another team app's topic is not honoured; silent and sound are.
+        let token = nudge_test_app::random_apns_token();
+        let d = Device {
+            options: PushOptions {
+                topic: Some("com.other.app".into()),
+                silent: Some(true),
+                ..Default::default()
+            },
+            ..device(&token)
+        };
+        assert_eq!(backend.send(&d, &important()).await, Outcome::Delivered);
+        let p = &mock.app.pushes(PushFilter::token(&token))[0];
+        assert_eq!(p.headers["apns-topic"], config.topic);
+        assert_eq!(p.headers["apns-push-type"], "background");
+        assert_eq!(p.headers["apns-priority"], "5");
         mock.app.shutdown().await;
     })
     .await

@@ -1,6 +1,7 @@
 //! The FCM v1 backend against the test-app's mock FCM (TLS, HTTP/2) and
 //! mock OAuth token endpoint on 127.0.0.1: access-token reuse and refresh,
-//! the message Conversations reads, every error mapping.
+//! the message Conversations reads, every error mapping; encrypted
+//! pass-through and its fallback, calls, publish options.
 
 mod common;
 
@@ -437,6 +438,86 @@ async fn the_registration_collapse_key_wins_over_the_app_one() {
             "3f2a9c0d1e7b6a54"
         );
         assert!(pushes[1].payload["android"].get("collapse_key").is_none());
+        mock.app.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn encrypted_payloads_pass_through_or_fall_back_to_the_plain_wake_up() {
+    bounded(async {
+        let mock = common::start(TestAppConfig::default()).await;
+        let backend = FcmBackend::new("app", &mock.fcm_config()).unwrap();
+        let encrypted = |size: usize| nudge_plugins::Notification {
+            encrypted: Some(nudge_plugins::EncryptedPayload {
+                data: "A".repeat(size),
+                iv: "q6Z0mXc3bNQ9y0lh".into(),
+            }),
+            ..Default::default()
+        };
+        let fits = token("enc");
+        assert_eq!(
+            backend.send(&device(&fits), &encrypted(3000)).await,
+            Outcome::Delivered
+        );
+        let p = &mock.app.pushes(PushFilter::token(&fits))[0];
+        assert_eq!(p.payload["data"]["encrypted"], "A".repeat(3000));
+        assert_eq!(p.payload["data"]["iv"], "q6Z0mXc3bNQ9y0lh");
+        assert_eq!(p.payload["android"]["priority"], "high");
+
+        let too_large = token("enc");
+        assert_eq!(
+            backend.send(&device(&too_large), &encrypted(5000)).await,
+            Outcome::Delivered
+        );
+        let p = &mock.app.pushes(PushFilter::token(&too_large))[0];
+        assert!(p.payload["data"].get("encrypted").is_none());
+        assert!(p.payload["data"].get("iv").is_none());
+        assert_eq!(
+            p.payload["data"]["account"],
+            conversations_hash("romeo@montague.example", "a1b2c3d4e5f60718")
+        );
+        assert_eq!(p.payload["android"]["priority"], "high");
+        mock.app.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_call_is_high_priority_and_publish_options_set_priority_and_ttl() {
+    bounded(async {
+        let mock = common::start(TestAppConfig::default()).await;
+        let backend = FcmBackend::new("app", &mock.fcm_config()).unwrap();
+        let call = nudge_plugins::Notification {
+            call: Some(nudge_plugins::Call {
+                sid: Some("a73sjjvkla37jfea".into()),
+                media: vec!["audio".into()],
+            }),
+            ..Default::default()
+        };
+        let normal = token("call");
+        let d = Device {
+            voip_token: Some(nudge_test_app::random_apns_token()),
+            ..device(&normal)
+        };
+        assert_eq!(backend.send(&d, &call).await, Outcome::Delivered);
+        let p = &mock.app.pushes(PushFilter::token(&normal))[0];
+        assert_eq!(p.payload["android"]["priority"], "high");
+        assert_eq!(mock.app.pushes(PushFilter::default()).len(), 1);
+
+        let t = token("opt");
+        let d = Device {
+            options: nudge_plugins::PushOptions {
+                high_priority: Some(true),
+                ttl_secs: Some(600),
+                ..Default::default()
+            },
+            ..device(&t)
+        };
+        assert_eq!(backend.send(&d, &silent()).await, Outcome::Delivered);
+        let p = &mock.app.pushes(PushFilter::token(&t))[0];
+        assert_eq!(p.payload["android"]["priority"], "high");
+        assert_eq!(p.payload["android"]["ttl"], "600s");
         mock.app.shutdown().await;
     })
     .await

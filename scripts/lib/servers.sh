@@ -14,8 +14,9 @@ PUSH_DOMAIN=push.localhost
 USER_DOMAIN=localhost
 # alice owns the phones, bob writes; carol, dave and erin own more phones
 # for the scenarios with several users (scripts/interop-test); frank, grace,
-# heidi and ivan join them for issue 16's stream of messages.
-USERS=(alice bob carol dave erin frank grace heidi ivan)
+# heidi and ivan join them for issue 16's stream of messages; sam (Siskin)
+# and mona (Monal, mod_push_appserver) speak issue 17's dialects.
+USERS=(alice bob carol dave erin frank grace heidi ivan sam mona)
 NUDGE="$ROOT/target/debug/nudge"
 TEST_APP="$ROOT/target/debug/nudge-test-app"
 VENV="$ROOT/target/interop-venv"

@@ -50,6 +50,10 @@ phases of this driver; scripts/demo uses the `demo` phase. Two real clients
                   two instances on ejabberd: a device registers a new token,
                   the old one dies, pushes go to the new one through both;
                   `nudge registrations remove` is seen by both at once
+    dialects      issue 17: sam registers the Siskin way (register-device with
+                  a PushKit second token, push enabled with the node alone),
+                  mona the mod_push_appserver v1 way (her own node; bob cannot
+                  take it); bob's messages reach both; both unregister
     demo          two demo users; bob writes to alice every few seconds
 
 Each step prints one line, `PASS`/`FAIL`, its name and its duration, and is
@@ -2133,6 +2137,182 @@ class Phases:
             await asyncio.sleep(max(0.0, every - (time.time() - sent)))
         await bob.logout()
 
+    # -- dialects (issue 17: Siskin/Tigase, mod_push_appserver v1) -------------
+    async def dialects(self) -> None:
+        """sam's client speaks Siskin's dialect (register-device, a PushKit
+        second token, push enabled with the node alone), mona's Monal's
+        older mod_push_appserver one (v1-register-push with a node of her
+        own, enabled with node and secret); bob writes to each while away."""
+        s = self.s
+        clients: dict[str, Client] = {}
+        suffix = uuid.uuid4().hex[:12]
+        sam_token = uuid.uuid4().hex + uuid.uuid4().hex
+        sam_voip = uuid.uuid4().hex + uuid.uuid4().hex
+        mona_node = str(uuid.uuid4()).upper()
+        mona_token = f"0fcm-v1-{s.server}-{suffix}"
+        found: dict[str, str] = {}
+
+        async def log_in() -> str:
+            for user, resource in (("sam", "iphone"), ("mona", "iphone"), ("bob", "laptop")):
+                clients[user] = await login(s, user, resource)
+            return ", ".join(c.boundjid.full for c in clients.values())
+
+        await self.r.step("sam, mona and bob log in", log_in)
+        sam, mona, bob = clients["sam"], clients["mona"], clients["bob"]
+
+        async def siskin_disco() -> str:
+            # Siskin: disco#items on its own server, then disco#info on each
+            # item, looking for the identity pubsub/push.
+            items = await sam.plugin["xep_0030"].get_items(jid=JID(s.domain), timeout=5)
+            jids = [str(i[0]) for i in items["disco_items"]["items"]]
+            for jid in jids:
+                try:
+                    info = await sam.plugin["xep_0030"].get_info(jid=JID(jid), timeout=5)
+                except (IqError, IqTimeout):
+                    continue
+                ids = [(i[0], i[1]) for i in info["disco_info"]["identities"]]
+                if ("pubsub", "push") in ids:
+                    features = info["disco_info"]["features"]
+                    tigase = sorted(f for f in features if f.startswith("tigase:push:"))
+                    if len(tigase) != 3:
+                        raise StepFailed(f"{jid}: Tigase features {tigase}")
+                    found["jid"] = jid
+                    return f"{jid} among {len(jids)} items: pubsub/push, {', '.join(tigase)}"
+            raise StepFailed(f"no item with identity pubsub/push among {jids}")
+
+        await self.r.step(
+            "Siskin-style discovery: the server's disco#items lists Nudge (pubsub/push, Tigase features)",
+            siskin_disco,
+        )
+
+        async def siskin_register() -> str:
+            form = sam.plugin["xep_0004"].make_form(ftype="submit")
+            form.add_field(var="provider", value="tigase:messenger:apns:1")
+            form.add_field(var="device-token", value=sam_token)
+            form.add_field(var="device-second-token", value=sam_voip)
+            iq = await sam.plugin["xep_0050"].send_command(
+                found["jid"], "register-device", payload=form, timeout=10
+            )
+            cmd = iq["command"]
+            if cmd["status"] != "completed":
+                raise StepFailed(f"command status {cmd['status']!r}")
+            values = cmd["form"].get_values()
+            node, size = values.get("node"), values.get("max-payload-size")
+            if not node or values.get("secret") or not str(size or "").isdigit():
+                raise StepFailed(f"answer form {values}")
+            found["node"] = str(node)
+            return f"node {node}, max-payload-size {size}, features {values.get('features')}"
+
+        await self.r.step("register-device (APNs token + PushKit second token) → node, no secret", siskin_register)
+
+        async def siskin_enable() -> str:
+            iq = sam.make_iq_set()
+            iq.append(ET.Element(f"{{{PUSH_NS}}}enable", {"jid": found["jid"], "node": found["node"]}))
+            await iq.send(timeout=10)
+            await sam.logout()
+            return "<enable/> with the node and no publish-options accepted; sam offline"
+
+        await self.r.step("sam enables push with the node alone, goes offline", siskin_enable)
+
+        async def siskin_push() -> str:
+            mark = self.app.last_id()
+            sent = send_chat(bob, f"sam@{s.domain}", "Hello sam on Siskin")
+            push = await self.app.wait_push(sam_token, mark)
+            if not push["delivered"]:
+                raise StepFailed(f"APNs answered {push['status']} {push.get('reason')}")
+            return f"APNs push to sam's token after {latency(push, sent):.2f} s ({check_apns(push, True)})"
+
+        await self.r.step("bob → sam: the push reaches sam's APNs token", siskin_push)
+
+        async def v1_register() -> str:
+            form = mona.plugin["xep_0004"].make_form(ftype="submit")
+            form.add_field(var="type", value="fcm")
+            form.add_field(var="node", value=mona_node)
+            form.add_field(var="token", value=mona_token)
+            iq = await mona.plugin["xep_0050"].send_command(
+                s.push_jid, "v1-register-push", payload=form, timeout=10
+            )
+            values = iq["command"]["form"].get_values()
+            if (str(values.get("jid")), values.get("node")) != (s.push_jid, mona_node) or not values.get("secret"):
+                raise StepFailed(f"answer form {values}")
+            found["secret"] = str(values["secret"])
+            return f"jid {values['jid']}, node {mona_node}, a secret"
+
+        await self.r.step("v1-register-push (type fcm, a device UUID as node) → jid, node, secret", v1_register)
+
+        async def v1_taken() -> str:
+            # bob asks for mona's node: refused, and he learns no secret.
+            form = bob.plugin["xep_0004"].make_form(ftype="submit")
+            form.add_field(var="type", value="fcm")
+            form.add_field(var="node", value=mona_node)
+            form.add_field(var="token", value="0fcm-bob-takeover")
+            try:
+                iq = await bob.plugin["xep_0050"].send_command(
+                    s.push_jid, "v1-register-push", payload=form, timeout=10
+                )
+            except IqError as e:
+                err = e.iq["error"]
+                if (err["type"], err["condition"]) != ("cancel", "conflict"):
+                    raise StepFailed(f"expected cancel/conflict, got {err['type']}/{err['condition']}") from None
+                if found["secret"] in str(e.iq):
+                    raise StepFailed("the refusal carries mona's secret") from None
+                return "cancel/conflict, without the secret"
+            raise StepFailed(f"bob got mona's node: {iq}")
+
+        await self.r.step("bob asks v1-register-push for mona's node → conflict, no secret", v1_taken)
+
+        async def v1_enable() -> str:
+            await enable_push(mona, s.push_jid, Device("v1", mona_node, mona_token, mona_node, found["secret"]))
+            await mona.logout()
+            return "<enable/> with node and secret accepted; mona offline"
+
+        await self.r.step("mona enables push with node + secret, goes offline", v1_enable)
+
+        async def v1_push() -> str:
+            mark = self.app.last_id()
+            sent = send_chat(bob, f"mona@{s.domain}", "Hello mona on Monal")
+            push = await self.app.wait_push(mona_token, mark)
+            if not push["delivered"]:
+                raise StepFailed(f"FCM answered {push['status']} {push.get('reason')}")
+            return f"FCM push to mona's token after {latency(push, sent):.2f} s"
+
+        await self.r.step("bob → mona: the push reaches mona's FCM token", v1_push)
+
+        async def unregister_both() -> str:
+            sam2 = await login(s, "sam", "iphone")
+            iq = sam2.make_iq_set()
+            iq.append(ET.Element(f"{{{PUSH_NS}}}disable", {"jid": found["jid"], "node": found["node"]}))
+            await iq.send(timeout=10)
+            form = sam2.plugin["xep_0004"].make_form(ftype="submit")
+            form.add_field(var="provider", value="tigase:messenger:apns:1")
+            form.add_field(var="device-token", value=sam_token)
+            iq = await sam2.plugin["xep_0050"].send_command(
+                found["jid"], "unregister-device", payload=form, timeout=10
+            )
+            if iq["command"]["status"] != "completed":
+                raise StepFailed(f"unregister-device: {iq['command']['status']!r}")
+            await sam2.logout()
+            mona2 = await login(s, "mona", "iphone")
+            iq = mona2.make_iq_set()
+            iq.append(ET.Element(f"{{{PUSH_NS}}}disable", {"jid": s.push_jid, "node": mona_node}))
+            await iq.send(timeout=10)
+            form = mona2.plugin["xep_0004"].make_form(ftype="submit")
+            form.add_field(var="type", value="fcm")
+            form.add_field(var="node", value=mona_node)
+            iq = await mona2.plugin["xep_0050"].send_command(
+                s.push_jid, "v1-unregister-push", payload=form, timeout=10
+            )
+            if iq["command"]["status"] != "completed":
+                raise StepFailed(f"v1-unregister-push: {iq['command']['status']!r}")
+            await mona2.logout()
+            left = {found["node"], mona_node} & nudge_nodes(s)
+            if left:
+                raise StepFailed(f"still registered: {left}")
+            return "both disable push and unregister; nudge registrations list has neither node"
+
+        await self.r.step("sam (unregister-device) and mona (v1-unregister-push) unregister", unregister_both)
+        await bob.logout()
+
 
 # --------------------------------------------------------------------------
 
@@ -2156,6 +2336,7 @@ PHASES = {
     "brake": "brake",
     "away-setup": "away_setup",
     "away-reregister": "away_reregister",
+    "dialects": "dialects",
 }
 
 

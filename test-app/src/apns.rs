@@ -2,6 +2,15 @@
 //! TLS, checked the way Apple documents it, answered with Apple's statuses
 //! and `{"reason": …}` bodies.
 //!
+//! Apple runs two environments on two hosts (production
+//! `api.push.apple.com`, sandbox `api.sandbox.push.apple.com`); a sender
+//! must pick the one that issued the token. The mock serves both on one
+//! port under path prefixes: `/sandbox/3/device/{token}` is the sandbox,
+//! `/production/3/device/{token}` and the bare `/3/device/{token}` are
+//! production. Each recorded push carries the environment it reached
+//! ([`crate::RecordedPush::environment`]) beside its `apns-topic` and
+//! `apns-push-type` headers, so a test can tell where a sender routed it.
+//!
 //! Checks, in order (the first failure answers):
 //! 1. `apns-id`, when sent, is a UUID (`BadMessageId`); the answer echoes it
 //!    or carries a fresh one, like Apple.
@@ -48,7 +57,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::faults::Action;
-use crate::recorder::{AuthMethod, NewPush, Provider};
+use crate::recorder::{ApnsEnvironment, AuthMethod, NewPush, Provider};
 use crate::stats::inc;
 use crate::{Shared, unix_now};
 
@@ -215,7 +224,8 @@ pub(crate) async fn handle(
     if given_id.is_some_and(|id| !is_uuid(&id)) {
         return early(400, "BadMessageId");
     }
-    let Some(token) = req.uri().path().strip_prefix("/3/device/") else {
+    let (environment, path) = ApnsEnvironment::from_path(req.uri().path());
+    let Some(token) = path.strip_prefix("/3/device/") else {
         return early(404, "BadPath");
     };
     if token.contains('/') {
@@ -278,6 +288,7 @@ pub(crate) async fn handle(
     shared.recorder.record(NewPush {
         provider: Provider::Apns,
         token: seen.token,
+        environment: Some(environment),
         headers: seen.headers,
         payload: seen.payload,
         status,

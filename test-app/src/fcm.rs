@@ -229,6 +229,7 @@ pub(crate) async fn handle(
             shared.recorder.record(NewPush {
                 provider: Provider::Fcm,
                 token,
+                environment: None,
                 headers: Default::default(),
                 payload: message.unwrap_or(Value::Null),
                 status,

@@ -6,7 +6,9 @@
 //! - a **mock APNs** (HTTP/2 only, TLS): `POST /3/device/{token}`, JWT
 //!   (ES256) or client-certificate authentication, Apple's header and
 //!   payload checks and error reasons ([`apns`] module docs list
-//!   every check);
+//!   every check); the same API under `/sandbox` and `/production` stands
+//!   for Apple's two environments, and each push records which it reached
+//!   ([`TestApp::apns_sandbox_url`], [`RecordedPush::environment`]);
 //! - a **mock FCM HTTP v1** (TLS, HTTP/2 or 1.1):
 //!   `POST /v1/projects/{project}/messages:send`, with bearer tokens from
 //! - a **mock OAuth token endpoint** (the service-account JWT-bearer grant),
@@ -78,7 +80,7 @@ use tokio_rustls::TlsAcceptor;
 
 pub use credentials::{ApnsClientIdentity, ApnsCredentials};
 pub use faults::{Fault, FaultSpec};
-pub use recorder::{AuthMethod, Provider, PushFilter, PushSummary, RecordedPush};
+pub use recorder::{ApnsEnvironment, AuthMethod, Provider, PushFilter, PushSummary, RecordedPush};
 pub use stats::Stats;
 pub use tls::TlsError;
 
@@ -352,6 +354,28 @@ impl TestApp {
         self.shared.urls.apns.clone()
     }
 
+    /// `https://127.0.0.1:PORT/sandbox`: the mock APNs as the sandbox
+    /// endpoint (pushes under it are recorded as
+    /// [`ApnsEnvironment::Sandbox`]).
+    pub fn apns_sandbox_url(&self) -> String {
+        format!(
+            "{}{}",
+            self.shared.urls.apns,
+            ApnsEnvironment::Sandbox.path_prefix()
+        )
+    }
+
+    /// `https://127.0.0.1:PORT/production`: the mock APNs as the
+    /// production endpoint, named explicitly (the bare
+    /// [`apns_url`](Self::apns_url) is production too).
+    pub fn apns_production_url(&self) -> String {
+        format!(
+            "{}{}",
+            self.shared.urls.apns,
+            ApnsEnvironment::Production.path_prefix()
+        )
+    }
+
     /// `https://127.0.0.1:PORT`: base URL of the mock FCM v1 API.
     pub fn fcm_url(&self) -> String {
         self.shared.urls.fcm.clone()
@@ -548,6 +572,8 @@ impl TestApp {
              provider = \"apns\"\n\
              topic = {topic}\n\
              endpoint = {endpoint}\n\
+             sandbox_endpoint = {sandbox}\n\
+             production_endpoint = {production}\n\
              ca_file = {ca}\n\
              \n\
              [apps.testapp-apns.token]\n\
@@ -568,6 +594,8 @@ impl TestApp {
              ca_file = {ca}\n",
             topic = toml_string(&topic),
             endpoint = toml_string(&self.apns_url()),
+            sandbox = toml_string(&self.apns_sandbox_url()),
+            production = toml_string(&self.apns_production_url()),
             ca = q(&files.ca_cert),
             key = q(&files.apns_key),
             key_id = toml_string(&creds.key_id),

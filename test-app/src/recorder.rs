@@ -47,6 +47,43 @@ impl std::str::FromStr for Provider {
     }
 }
 
+/// Which of Apple's two APNs environments a push was sent to. The mock
+/// serves both on one port: `/3/device/{token}` and
+/// `/production/3/device/{token}` are production (`api.push.apple.com`),
+/// `/sandbox/3/device/{token}` is the sandbox
+/// (`api.sandbox.push.apple.com`), so that a test can tell which endpoint a
+/// sender chose for a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApnsEnvironment {
+    Production,
+    Sandbox,
+}
+
+impl ApnsEnvironment {
+    /// The path prefix the mock serves this environment under besides the
+    /// bare `/3/device/` (production).
+    pub fn path_prefix(self) -> &'static str {
+        match self {
+            ApnsEnvironment::Production => "/production",
+            ApnsEnvironment::Sandbox => "/sandbox",
+        }
+    }
+
+    /// Splits a request path into the environment and the path Apple
+    /// would have seen (`/3/device/…`).
+    pub(crate) fn from_path(path: &str) -> (ApnsEnvironment, &str) {
+        for env in [ApnsEnvironment::Sandbox, ApnsEnvironment::Production] {
+            if let Some(rest) = path.strip_prefix(env.path_prefix())
+                && rest.starts_with("/3/")
+            {
+                return (env, rest);
+            }
+        }
+        (ApnsEnvironment::Production, path)
+    }
+}
+
 /// How the request authenticated, as far as the mock got in checking it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -71,7 +108,11 @@ pub struct RecordedPush {
     /// `topic:NAME` / `condition:EXPR` for those targets).
     pub token: String,
     pub received_at: SystemTime,
-    /// APNs: every `apns-*` request header. FCM: empty.
+    /// APNs: the environment whose endpoint the push reached (see
+    /// [`ApnsEnvironment`]). FCM: `None`.
+    pub environment: Option<ApnsEnvironment>,
+    /// APNs: every `apns-*` request header (`apns-topic` and
+    /// `apns-push-type` among them). FCM: empty.
     pub headers: BTreeMap<String, String>,
     /// APNs: the JSON payload. FCM: the `message` object of the request.
     /// A body that is not JSON is kept as a JSON string (lossy UTF-8).
@@ -224,6 +265,7 @@ impl RecordedPush {
             "provider": self.provider,
             "token": self.token,
             "received_at_ms": millis(self.received_at),
+            "environment": self.environment,
             "headers": self.headers,
             "payload": self.payload,
             "status": self.status,
@@ -283,6 +325,7 @@ impl PushFilter {
 pub(crate) struct NewPush {
     pub provider: Provider,
     pub token: String,
+    pub environment: Option<ApnsEnvironment>,
     pub headers: BTreeMap<String, String>,
     pub payload: Value,
     pub status: u16,
@@ -352,6 +395,7 @@ impl Recorder {
                 provider: new.provider,
                 token: new.token,
                 received_at,
+                environment: new.environment,
                 headers: new.headers,
                 payload: new.payload,
                 status: new.status,
@@ -466,6 +510,7 @@ mod tests {
         NewPush {
             provider: Provider::Apns,
             token: token.into(),
+            environment: Some(ApnsEnvironment::Production),
             headers: BTreeMap::new(),
             payload: serde_json::json!({"aps": {"alert": {"title": "T", "body": "B"}}}),
             status,
@@ -530,12 +575,39 @@ mod tests {
     }
 
     #[test]
+    fn environments_from_paths() {
+        use ApnsEnvironment::*;
+        assert_eq!(
+            ApnsEnvironment::from_path("/3/device/ab"),
+            (Production, "/3/device/ab")
+        );
+        assert_eq!(
+            ApnsEnvironment::from_path("/sandbox/3/device/ab"),
+            (Sandbox, "/3/device/ab")
+        );
+        assert_eq!(
+            ApnsEnvironment::from_path("/production/3/device/ab"),
+            (Production, "/3/device/ab")
+        );
+        // Only a whole prefix counts; the rest is Apple's BadPath.
+        assert_eq!(
+            ApnsEnvironment::from_path("/sandboxed/3/device/ab"),
+            (Production, "/sandboxed/3/device/ab")
+        );
+        assert_eq!(
+            ApnsEnvironment::from_path("/sandbox"),
+            (Production, "/sandbox")
+        );
+    }
+
+    #[test]
     fn summaries() {
         let mut p = RecordedPush {
             id: 1,
             provider: Provider::Apns,
             token: "t".into(),
             received_at: SystemTime::now(),
+            environment: Some(ApnsEnvironment::Sandbox),
             headers: BTreeMap::from([
                 ("apns-push-type".into(), "background".into()),
                 ("apns-priority".into(), "5".into()),

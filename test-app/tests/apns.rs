@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use nudge_test_app::{AuthMethod, Provider, PushFilter, TestAppConfig};
+use nudge_test_app::{ApnsEnvironment, AuthMethod, Provider, PushFilter, TestAppConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -532,4 +532,43 @@ async fn likely_bugs_warn_and_strict_mode_rejects_them() {
             assert_eq!(r.status, 200);
         }
     }
+}
+
+#[tokio::test]
+async fn the_sandbox_and_production_prefixes_are_recorded_as_the_environment() {
+    let app = nudge_test_app::start(TestAppConfig::default())
+        .await
+        .unwrap();
+    let mut c = H2::connect(&app.apns_url(), &app.ca_cert_pem(), None).await;
+    let jwt = apns_jwt(&app);
+    let h = alert_headers(&jwt);
+    for prefix in ["", "/production", "/sandbox"] {
+        let r = c
+            .post(&format!("{prefix}{}", path(TOKEN)), &as_refs(&h), ALERT)
+            .await;
+        assert_eq!(r.status, 200, "{prefix}: {:?}", r.body);
+    }
+    // Under a prefix the checks are Apple's as ever.
+    let r = c.post("/sandbox/3/device/xyz", &as_refs(&h), ALERT).await;
+    assert_eq!((r.status, r.reason()), (400, "BadDeviceToken".to_owned()));
+    let r = c.post("/staging/3/device/ab", &as_refs(&h), ALERT).await;
+    assert_eq!((r.status, r.reason()), (404, "BadPath".to_owned()));
+
+    let reached: Vec<_> = app
+        .pushes(PushFilter::token(TOKEN))
+        .iter()
+        .map(|p| p.environment)
+        .collect();
+    assert_eq!(
+        reached,
+        [
+            Some(ApnsEnvironment::Production),
+            Some(ApnsEnvironment::Production),
+            Some(ApnsEnvironment::Sandbox)
+        ]
+    );
+    assert!(app.apns_sandbox_url().ends_with("/sandbox"));
+    assert!(app.apns_production_url().ends_with("/production"));
+    let json = app.pushes(PushFilter::token(TOKEN))[2].to_json();
+    assert_eq!(json["environment"], "sandbox");
 }

@@ -3,6 +3,11 @@
 //! device or the provider quota every other user shares. Over a limit a
 //! push is not dropped: the dispatcher defers it through the outbox until
 //! the limit allows it, where later publishes merge into it.
+//!
+//! The stateless modes (`push/stateless/`) get limits of their own on top
+//! ([`Limits::stateless`]): one push per token per interval (fpush's 20 s)
+//! and a stricter rate per publishing domain, because there any server that
+//! publishes to us can name any token.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -11,7 +16,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
-use crate::config::LimitsConfig;
+use crate::config::{LimitsConfig, StatelessLimitsConfig};
 
 /// Keyed by a 64-bit hash of the node or domain, so that a check
 /// allocates nothing (a collision merely shares a limit).
@@ -43,7 +48,7 @@ pub struct Limits {
 /// Which limit a push ran into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limited {
-    /// The registration's own rate.
+    /// The registration's own rate (a stateless push's: its token's).
     Registration(Duration),
     /// The publishing domain's rate.
     Domain(Duration),
@@ -71,6 +76,23 @@ impl Limits {
             .allow_burst(nonzero(config.per_domain_burst));
         Limits {
             per_registration: RateLimiter::keyed(per_registration),
+            per_domain: RateLimiter::keyed(per_domain),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Limits of a stateless mode: one push per token per
+    /// `token_interval_secs`, and `per_domain_per_minute` (after a burst of
+    /// `per_domain_burst`) per publishing domain. Checked with the token as
+    /// the `node`.
+    pub fn stateless(config: &StatelessLimitsConfig) -> Self {
+        let per_token = Quota::with_period(Duration::from_secs(config.token_interval_secs.max(1)))
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::MIN);
+        let per_domain = Quota::per_minute(nonzero(config.per_domain_per_minute))
+            .allow_burst(nonzero(config.per_domain_burst));
+        Limits {
+            per_registration: RateLimiter::keyed(per_token),
             per_domain: RateLimiter::keyed(per_domain),
             clock: DefaultClock::default(),
         }
@@ -122,6 +144,36 @@ mod tests {
         }
         // Another registration is not affected.
         assert_eq!(limits.check("m", "example.org"), Ok(()));
+    }
+
+    #[test]
+    fn a_stateless_token_gets_one_push_per_interval() {
+        // The defaults: fpush's one push per token per 20 s.
+        let limits = Limits::stateless(&StatelessLimitsConfig::default());
+        assert_eq!(limits.check("token1", "example.org"), Ok(()));
+        match limits.check("token1", "example.org") {
+            Err(Limited::Registration(d)) => {
+                assert!(
+                    d > Duration::from_secs(19) && d <= Duration::from_secs(20),
+                    "{d:?}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(limits.check("token2", "example.org"), Ok(()));
+        // The domain's burst, then its rate.
+        let limits = Limits::stateless(&StatelessLimitsConfig {
+            token_interval_secs: 20,
+            per_domain_per_minute: 60,
+            per_domain_burst: 2,
+        });
+        assert_eq!(limits.check("a", "example.org"), Ok(()));
+        assert_eq!(limits.check("b", "example.org"), Ok(()));
+        assert!(matches!(
+            limits.check("c", "example.org"),
+            Err(Limited::Domain(d)) if d <= Duration::from_secs(1)
+        ));
+        assert_eq!(limits.check("c", "other.example"), Ok(()));
     }
 
     #[test]

@@ -11,10 +11,16 @@
 //! server as an error that disables push.
 //!
 //! - [`slots`]: coalescing, one push out per device plus a trailing one;
-//! - [`limits`]: rate limits per registration and publishing domain;
+//! - [`limits`]: rate limits per registration and publishing domain, and
+//!   the stricter ones of the stateless modes (per token and domain);
 //! - [`brake`]: the brake on mass removal of dead tokens;
 //! - [`verdict`]: what became of a publish, and its answer;
 //! - [`retry`]: the outbox's retry worker.
+//!
+//! A stateless push (`push/stateless/`: Monal's fpush mode, MongooseIM's)
+//! takes the same path with a [`Registration`] built from its publish: its
+//! outbox row carries that device, and a dead token has no row to remove
+//! (its publish is answered `item-not-found` all the same).
 
 pub mod backends;
 pub mod brake;
@@ -127,6 +133,8 @@ pub struct Dispatcher {
     settings: DispatchSettings,
     slots: Slots,
     limits: Limits,
+    /// The stateless modes' own limits, by dialect name.
+    stateless_limits: Vec<(&'static str, Limits)>,
     brake: Brake,
     /// Wakes the retry worker when a row is due now.
     wake: Notify,
@@ -149,6 +157,16 @@ impl Dispatcher {
             settings: DispatchSettings::from_config(config),
             slots: Slots::new(Duration::from_millis(config.dispatch.coalesce_ms)),
             limits: Limits::new(&config.limits),
+            stateless_limits: [
+                ("fpush", config.dialects.fpush.as_ref().map(|c| &c.limits)),
+                (
+                    "mongooseim",
+                    config.dialects.mongooseim.as_ref().map(|c| &c.limits),
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(dialect, limits)| Some((dialect, Limits::stateless(limits?))))
+            .collect(),
             wake: Notify::new(),
             clock: ReceivedClock::default(),
             background: Arc::default(),
@@ -195,7 +213,7 @@ impl Dispatcher {
         notification: Notification,
         domain: &str,
     ) -> Verdict {
-        let span = info_span!("publish", node = %reg.node, app = %reg.app);
+        let span = info_span!("publish", node = %reg.node_for_log(), app = %reg.app);
         self.publish_inner(admission, reg, notification, domain)
             .instrument(span)
             .await
@@ -218,16 +236,22 @@ impl Dispatcher {
             Begin::Merge(wait) => {
                 bump(&self.stats.coalesced);
                 let due = now_ms() + millis(wait);
-                return self.queue(&reg.node, &notification, received, due).await;
+                return self.queue(&reg, &notification, received, due).await;
             }
             Begin::MergeAndFlush => {
                 // The row waits for a retry: an important message tries now
                 // (the provider may be back) rather than after the backoff.
                 bump(&self.stats.coalesced);
-                let verdict = self
-                    .queue(&reg.node, &notification, received, now_ms())
-                    .await;
-                if verdict == Verdict::Queued {
+                // Unless the row waits for a rate limit, which an
+                // important message must not jump either: the limits bound
+                // what reaches a device (and, for a stateless token, what
+                // anyone may push to it).
+                let (due, flush) = match self.check_limits(&reg, domain) {
+                    Err(limited) => (now_ms() + millis(limited.wait()), false),
+                    Ok(()) => (now_ms(), true),
+                };
+                let verdict = self.queue(&reg, &notification, received, due).await;
+                if verdict == Verdict::Queued && flush {
                     tokio::spawn(
                         retry::try_early(self.clone(), reg.node.clone()).in_current_span(),
                     );
@@ -235,7 +259,7 @@ impl Dispatcher {
                 return verdict;
             }
         }
-        if let Err(limited) = self.limits.check(&reg.node, domain) {
+        if let Err(limited) = self.check_limits(&reg, domain) {
             drop(admission);
             bump(&self.stats.limited);
             debug!(
@@ -243,27 +267,43 @@ impl Dispatcher {
                 "rate limit: deferring the push through the outbox"
             );
             let due = now_ms() + millis(limited.wait());
-            return self.queue(&reg.node, &notification, received, due).await;
+            return self.queue(&reg, &notification, received, due).await;
         }
         // From here the send's own bookkeeping finishes the slot.
         admission.owns_send = false;
         self.send_fresh(reg, notification, received).await
     }
 
+    /// Takes one push of `reg` from `domain` from the rate limits: a
+    /// stateless push's mode's own (per token and domain) first, then
+    /// `[limits]`.
+    fn check_limits(&self, reg: &Registration, domain: &str) -> Result<(), limits::Limited> {
+        if reg.is_stateless() {
+            for (dialect, limits) in &self.stateless_limits {
+                if *dialect == reg.dialect {
+                    limits.check(&format!("{}\0{}", reg.app, reg.token), domain)?;
+                }
+            }
+        }
+        self.limits.check(&reg.node, domain)
+    }
+
     /// Merges a publish into the node's outbox row (new rows due at
     /// `due_at_ms`).
     async fn queue(
         &self,
-        node: &str,
+        reg: &Registration,
         notification: &Notification,
         received_us: i64,
         due_at_ms: i64,
     ) -> Verdict {
+        let node = &reg.node;
         match self
             .outbox
             .merge(
                 node,
                 notification,
+                stateless_device(reg),
                 received_us,
                 due_at_ms,
                 self.expires_at(),
@@ -312,6 +352,7 @@ impl Dispatcher {
             .insert_new(
                 &reg.node,
                 &notification,
+                stateless_device(&reg),
                 received_us,
                 due,
                 self.expires_at(),
@@ -425,14 +466,7 @@ impl Dispatcher {
                         "push failed for now; queued for a retry"
                     );
                     return self
-                        .retry_later(
-                            &reg.node,
-                            notification,
-                            received_us,
-                            carried,
-                            retry_after,
-                            why,
-                        )
+                        .retry_later(&reg, notification, received_us, carried, retry_after, why)
                         .await;
                 }
                 Outcome::Rejected { reason } => {
@@ -449,12 +483,12 @@ impl Dispatcher {
                         DeadToken::NewToken(fresh) if resend => {
                             info!("device registered a new token meanwhile; pushing to it");
                             outcome = self.send(&fresh, notification).await;
-                            reg = std::borrow::Cow::Owned(fresh);
+                            reg = std::borrow::Cow::Owned(*fresh);
                         }
                         DeadToken::NewToken(_) => {
                             return self
                                 .retry_later(
-                                    &reg.node,
+                                    &reg,
                                     notification,
                                     received_us,
                                     carried,
@@ -499,6 +533,13 @@ impl Dispatcher {
                 return DeadToken::Settled(Verdict::StorageDown);
             }
         }
+        if reg.is_stateless() {
+            // Nothing registered to remove: the publish is answered
+            // `item-not-found`, and the server disables the node.
+            info!(%reason, "provider says the token of a stateless push is dead");
+            self.drop_row(&reg.node).await;
+            return DeadToken::Settled(Verdict::TokenDead);
+        }
         match self.store.remove_dead_token(&reg.node, &reg.token).await {
             Ok(true) => {
                 bump(&self.stats.removed);
@@ -510,7 +551,7 @@ impl Dispatcher {
             // or the registration is gone already.
             Ok(false) => match self.store.find(&reg.node).await {
                 Ok(Some(fresh)) if fresh.token != reg.token => {
-                    DeadToken::NewToken(Registration::clone(&fresh))
+                    DeadToken::NewToken(Box::new(Registration::clone(&fresh)))
                 }
                 Ok(Some(_)) => DeadToken::Settled(Verdict::StorageDown),
                 Ok(None) => {
@@ -534,13 +575,14 @@ impl Dispatcher {
     /// A push failed for now: the outbox retries it.
     async fn retry_later(
         &self,
-        node: &str,
+        reg: &Registration,
         notification: &Notification,
         received_us: i64,
         carried: Option<Carried>,
         retry_after: Option<Duration>,
         why: &str,
     ) -> Verdict {
+        let node = &reg.node;
         let (attempts, due) = match carried {
             // The provider is still failing: back to the backoff it had.
             Some(Carried {
@@ -566,7 +608,14 @@ impl Dispatcher {
         if carried.is_none()
             && let Err(e) = self
                 .outbox
-                .merge(node, notification, received_us, due, self.expires_at())
+                .merge(
+                    node,
+                    notification,
+                    stateless_device(reg),
+                    received_us,
+                    due,
+                    self.expires_at(),
+                )
                 .await
         {
             error!(error = %e, "could not write the push to the outbox");
@@ -724,7 +773,13 @@ impl ReceivedClock {
 enum DeadToken {
     Settled(Verdict),
     /// The registration has a new token: push to it instead.
-    NewToken(Registration),
+    NewToken(Box<Registration>),
+}
+
+/// The device an outbox row of `reg` carries: a stateless push's own (it
+/// has no registration to look up at the retry), none for a registered one.
+fn stateless_device(reg: &Registration) -> Option<&Registration> {
+    reg.is_stateless().then_some(reg)
 }
 
 fn millis(d: Duration) -> i64 {

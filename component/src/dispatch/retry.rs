@@ -3,7 +3,8 @@
 //! merged behind a push that was out), with exponential backoff and jitter
 //! that honours a provider's Retry-After, until they are delivered or their
 //! time to live runs out. It starts with the service, so a restart resumes
-//! whatever the outbox holds.
+//! whatever the outbox holds. A row without a registration is sent to the
+//! device it carries, if it is a stateless push's (`store/outbox.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,7 +16,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::slots::RowClaim;
 use super::{Carried, DispatchSettings, Dispatcher, Verdict, bump, millis};
-use crate::store::{QueuedPush, now, now_ms};
+use crate::store::{NodeForLog, QueuedPush, Registration, StoreError, now, now_ms};
 
 /// Rows read per pass.
 const BATCH: i64 = 256;
@@ -152,7 +153,11 @@ async fn pass(
             break;
         };
         claimed += 1;
-        let span = info_span!("retry", node = %row.node, attempts = row.attempts);
+        let node = NodeForLog {
+            node: &row.node,
+            short: row.device.is_some(),
+        };
+        let span = info_span!("retry", node = %node, attempts = row.attempts);
         let out = dispatcher.background.enter();
         let delivery = deliver(dispatcher.clone(), row, Some(permit), false);
         tokio::spawn(
@@ -215,8 +220,11 @@ async fn deliver(
         attempts: row.attempts,
         early_of: early.then_some(row.due_at_ms),
     };
-    let verdict = match dispatcher.store.find(&node).await {
+    let verdict = match registration_of(&dispatcher, &row).await {
         Ok(Some(reg)) => {
+            // Counted against its limits (it is due, so it goes either
+            // way): the next publish waits as after any push.
+            let _ = dispatcher.check_limits(&reg, &reg.domain);
             let outcome = dispatcher.send(&reg, &row.notification).await;
             let verdict = dispatcher
                 .settle(
@@ -254,14 +262,31 @@ async fn deliver(
     dispatcher.finish(&node, &verdict).await;
 }
 
+/// Whom a row is for: the node's registration, or, when there is none, the
+/// stateless push's device the row carries. A registration wins: a row
+/// cannot name another device than its node's.
+async fn registration_of(
+    dispatcher: &Dispatcher,
+    row: &QueuedPush,
+) -> Result<Option<Arc<Registration>>, StoreError> {
+    match dispatcher.store.find(&row.node).await? {
+        Some(reg) => Ok(Some(reg)),
+        None => Ok(row.device.clone().map(Arc::new)),
+    }
+}
+
 /// Drops expired rows (counted and logged) and forgets idle rate-limit keys.
 async fn housekeeping(dispatcher: &Dispatcher) {
     match dispatcher.outbox.expire(now()).await {
         Ok(expired) => {
-            for (node, attempts) in expired {
+            for push in expired {
                 dispatcher.stats.expired.fetch_add(1, Ordering::Relaxed);
-                dispatcher.slots.set_queued(&node, false);
-                warn!(%node, attempts, "queued push expired undelivered (outbox.ttl_secs)");
+                dispatcher.slots.set_queued(&push.node, false);
+                let node = NodeForLog {
+                    node: &push.node,
+                    short: push.stateless,
+                };
+                warn!(%node, attempts = push.attempts, "queued push expired undelivered (outbox.ttl_secs)");
             }
         }
         Err(e) => debug!(error = %e, "could not expire outbox rows"),

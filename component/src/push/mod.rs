@@ -3,6 +3,7 @@
 //! push goes out (node known under the sender's domain, secret right).
 
 pub mod publish;
+pub mod stateless;
 
 pub use publish::{PublishError, PublishRequest};
 

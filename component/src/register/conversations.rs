@@ -20,127 +20,140 @@
 //!
 //! Both commands count against the account's rate, and a new registration
 //! against its cap (`limits.rs`).
+//!
+//! One app with both APNs environments (`register-push-apns` stays one
+//! command): a register form may carry `environment` (`sandbox` or
+//! `production`); without it the app's configured endpoint is used.
 
 use nudge_plugins::fcm::message::conversations_hash;
 
-use crate::dispatch::{Backends, ResolveError};
-use crate::store::{NewRegistration, RegistrationStore};
+use crate::dispatch::Backends;
+use crate::store::NewRegistration;
 use crate::xmpp::Element;
 use crate::xmpp::dataform::DataForm;
 use crate::xmpp::jid::Jid;
 use crate::xmpp::stanza::StanzaError;
 
-use super::adhoc::{Action, CommandRequest};
+use super::adhoc::CommandRequest;
+use super::{Begun, CommandItem, Context};
 
+/// The node prefix of the register command.
 pub const REGISTER_PREFIX: &str = "register-push-";
+/// The node prefix of the unregister command.
 pub const UNREGISTER_PREFIX: &str = "unregister-push-";
+/// The dialect's name in the registrations table.
+pub const DIALECT: &str = "conversations";
 
-/// Whether a command node belongs to this dialect.
-pub fn handles(node: &str) -> bool {
-    node.starts_with(REGISTER_PREFIX) || node.starts_with(UNREGISTER_PREFIX)
+/// A register or unregister command of this dialect.
+#[derive(Debug)]
+pub struct Command {
+    request: CommandRequest,
+    registering: bool,
+    /// The app the node names, or why it names none.
+    app: Result<String, StanzaError>,
 }
 
-/// Runs a register or unregister command for `from` (the client's full JID).
-pub async fn execute(
+impl Command {
+    /// The command when `request`'s node is one of this dialect's; the
+    /// request back otherwise.
+    pub fn from_request(
+        request: CommandRequest,
+        backends: &Backends,
+    ) -> Result<Command, CommandRequest> {
+        let (registering, name) = if let Some(name) = request.node.strip_prefix(REGISTER_PREFIX) {
+            (true, name)
+        } else if let Some(name) = request.node.strip_prefix(UNREGISTER_PREFIX) {
+            (false, name)
+        } else {
+            return Err(request);
+        };
+        let app = super::resolve_app(backends, name);
+        Ok(Command {
+            request,
+            registering,
+            app,
+        })
+    }
+
+    /// Runs the command for `ctx.from`.
+    pub async fn apply(self, ctx: &Context<'_>) -> Result<Element, StanzaError> {
+        let cmd = &self.request;
+        let app = self.app?;
+        let (owner, form) = match super::begin(cmd, ctx, || blank_form(self.registering))? {
+            Begun::Answered(answer) => return Ok(answer),
+            Begun::Submitted { owner, form } => (owner, form),
+        };
+        let device_id = form
+            .non_empty("device-id")
+            .or_else(|| form.non_empty("android-id"))
+            .ok_or_else(|| StanzaError::bad_request("missing device-id"))?
+            .to_owned();
+        if device_id.len() > 256 {
+            return Err(StanzaError::bad_request("device-id too long"));
+        }
+        if self.registering {
+            register(ctx, cmd, form, owner, app, device_id).await
+        } else {
+            unregister(ctx, cmd, form, owner, app, device_id).await
+        }
+    }
+}
+
+async fn unregister(
+    ctx: &Context<'_>,
     cmd: &CommandRequest,
-    from: &Jid,
-    component_jid: &str,
-    backends: &Backends,
-    store: &RegistrationStore,
+    form: &DataForm,
+    owner: String,
+    app: String,
+    device_id: String,
 ) -> Result<Element, StanzaError> {
-    let (registering, name) = match cmd.node.strip_prefix(REGISTER_PREFIX) {
-        Some(name) => (true, name),
-        None => (
-            false,
-            cmd.node
-                .strip_prefix(UNREGISTER_PREFIX)
-                .ok_or_else(StanzaError::item_not_found)?,
-        ),
+    let store = ctx.store;
+    let channel = Channel::parse(form.non_empty("channel"))?;
+    let muc = match &channel {
+        Channel::Account => Some(String::new()),
+        Channel::Room(room) => Some(room.clone()),
+        Channel::Hash(hash) => store
+            .rooms_of_device(&owner, &app, &device_id)
+            .await
+            .map_err(super::storage_error)?
+            .into_iter()
+            .find(|room| conversations_hash(room, &device_id) == *hash),
     };
-    let app = match backends.resolve(name) {
-        Ok(app) => app.to_owned(),
-        Err(ResolveError::Unknown) => {
-            return Err(StanzaError::item_not_found()
-                .with_text(format!("no push service named {name:?} here")));
-        }
-        Err(ResolveError::Ambiguous) => {
-            return Err(StanzaError::item_not_found().with_text(format!(
-                "several apps use provider {name:?}; use the command of the app (register-push-<app>)"
-            )));
-        }
+    let removed = match muc {
+        Some(muc) => store
+            .unregister(&owner, &app, &device_id, &muc)
+            .await
+            .map_err(super::storage_error)?,
+        None => None,
     };
-    if cmd.action == Action::Cancel {
-        return Ok(cmd.canceled());
-    }
-    if from.local().is_none() {
-        return Err(StanzaError::forbidden().with_text("only accounts can register devices"));
-    }
-    let owner = from.bare();
-    let Some(form) = &cmd.form else {
-        return Ok(cmd.executing(blank_form(registering)));
+    let Some(node) = removed else {
+        tracing::info!(%owner, %app, ?channel, "unregister matched no registration");
+        return Err(StanzaError::item_not_found()
+            .with_text("no registration of this device for that channel"));
     };
-    let limits = store.register_limits();
-    if let Err(e) = limits.check_rate(&owner) {
-        tracing::warn!(%owner, error = %e, "registration command refused");
-        return Err(e.to_stanza_error());
-    }
-    let device_id = form
-        .non_empty("device-id")
-        .or_else(|| form.non_empty("android-id"))
-        .ok_or_else(|| StanzaError::bad_request("missing device-id"))?
-        .to_owned();
-    if device_id.len() > 256 {
-        return Err(StanzaError::bad_request("device-id too long"));
-    }
-    let storage_error = |e: crate::store::StoreError| {
-        tracing::error!(error = %e, "registration store failed");
-        StanzaError::internal_server_error("storage unavailable")
-    };
+    tracing::info!(%owner, %app, %node, ?channel, "device unregistered");
+    Ok(cmd.completed(None))
+}
 
-    if !registering {
-        let channel = Channel::parse(form.non_empty("channel"))?;
-        let muc = match &channel {
-            Channel::Account => Some(String::new()),
-            Channel::Room(room) => Some(room.clone()),
-            Channel::Hash(hash) => store
-                .rooms_of_device(&owner, &app, &device_id)
-                .await
-                .map_err(storage_error)?
-                .into_iter()
-                .find(|room| conversations_hash(room, &device_id) == *hash),
-        };
-        let removed = match muc {
-            Some(muc) => store
-                .unregister(&owner, &app, &device_id, &muc)
-                .await
-                .map_err(storage_error)?,
-            None => None,
-        };
-        let Some(node) = removed else {
-            tracing::info!(%owner, %app, ?channel, "unregister matched no registration");
-            return Err(StanzaError::item_not_found()
-                .with_text("no registration of this device for that channel"));
-        };
-        tracing::info!(%owner, %app, %node, ?channel, "device unregistered");
-        return Ok(cmd.completed(None));
-    }
-
+async fn register(
+    ctx: &Context<'_>,
+    cmd: &CommandRequest,
+    form: &DataForm,
+    owner: String,
+    app: String,
+    device_id: String,
+) -> Result<Element, StanzaError> {
     let muc = match form.non_empty("muc") {
         Some(room) => {
             bare_jid(room).ok_or_else(|| StanzaError::bad_request("muc is not a bare JID"))?
         }
         None => String::new(),
     };
-
     let token = form
         .non_empty("token")
         .ok_or_else(|| StanzaError::bad_request("missing token"))?
         .to_owned();
-    if let Some(backend) = backends.get(&app) {
-        backend
-            .validate_token(&token)
-            .map_err(|e| StanzaError::bad_request(e.to_string()))?;
-    }
+    super::validate_token(ctx.backends, &app, &token)?;
     let new = NewRegistration {
         owner,
         device_id,
@@ -148,26 +161,40 @@ pub async fn execute(
         app,
         token,
         with_secret: true,
+        dialect: DIALECT,
+        second_token: String::new(),
+        environment: super::environment(form.non_empty("environment"))?,
     };
-    let Some(reg) = store
-        .register_within(&new, limits.max_per_account().into())
-        .await
-        .map_err(storage_error)?
-    else {
-        let e = limits.too_many(&new.owner);
-        tracing::warn!(owner = %new.owner, error = %e, "registration refused");
-        return Err(e.to_stanza_error());
-    };
-    tracing::info!(owner = %reg.owner, app = %reg.app, node = %reg.node, "device registered");
-    let answer = DataForm::new("result")
-        .field("jid", Some("jid-single"), component_jid)
-        .field("node", Some("text-single"), &reg.node)
-        .field(
-            "secret",
-            Some("text-private"),
-            reg.secret.as_deref().unwrap_or(""),
-        );
-    Ok(cmd.completed(Some(answer)))
+    let reg = super::register(ctx.store, &new).await?;
+    Ok(cmd.completed(Some(super::credentials_form(ctx.component_jid, &reg))))
+}
+
+/// The commands this dialect offers: a register and an unregister command
+/// per app, and per provider name that exactly one app uses
+/// (Conversations asks for `register-push-fcm`).
+pub fn items(backends: &Backends) -> Vec<CommandItem> {
+    let mut names: Vec<String> = backends.apps().iter().map(|a| a.to_string()).collect();
+    for app in backends.apps() {
+        if let Some(b) = backends.get(app) {
+            let provider = b.provider().to_ascii_lowercase();
+            if !names.contains(&provider) && backends.resolve(&provider).is_ok() {
+                names.push(provider);
+            }
+        }
+    }
+    let mut items = Vec::new();
+    for name in names {
+        for (prefix, what) in [
+            (REGISTER_PREFIX, "Register a device"),
+            (UNREGISTER_PREFIX, "Unregister a device"),
+        ] {
+            items.push(CommandItem {
+                node: format!("{prefix}{name}"),
+                name: format!("{what} ({name})"),
+            });
+        }
+    }
+    items
 }
 
 /// Which of a device's registrations an unregister names (its `channel`).

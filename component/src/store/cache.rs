@@ -182,6 +182,10 @@ mod tests {
             token: token.into(),
             created_at: 0,
             updated_at: 0,
+            dialect: "conversations".into(),
+            second_token: String::new(),
+            environment: String::new(),
+            options: Default::default(),
         })
     }
 

@@ -48,7 +48,23 @@ pub struct Registration {
     pub token: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The dialect that registered it (`register/`): its unregister
+    /// command removes only its own registrations.
+    pub dialect: String,
+    /// A second token for calls (Siskin's PushKit token); '' for none.
+    pub second_token: String,
+    /// The APNs environment of the tokens: '', `sandbox` or `production`.
+    pub environment: String,
+    /// Per-push choices of a stateless push (MongooseIM's publish-options);
+    /// not a column: registered devices have none.
+    #[sqlx(skip)]
+    pub options: nudge_plugins::PushOptions,
 }
+
+/// The dialects that register nothing: their [`Registration`]s are built
+/// from each publish (`push/stateless/`), never stored, and an outbox row
+/// of theirs carries the device (`outbox.device`).
+pub const STATELESS_DIALECTS: [&str; 2] = ["fpush", "mongooseim"];
 
 impl Registration {
     /// The device as the push backends see it.
@@ -60,6 +76,26 @@ impl Registration {
             device_id: (!self.device_id.is_empty()).then(|| self.device_id.clone()),
             muc: (!self.muc.is_empty()).then(|| self.muc.clone()),
             collapse_id: Some(self.collapse_id()),
+            voip_token: (!self.second_token.is_empty()).then(|| self.second_token.clone()),
+            // Written by this code only; anything else is the app's default.
+            environment: self.environment.parse().ok(),
+            options: self.options.clone(),
+        }
+    }
+
+    /// Whether this is a stateless push's device, built from its publish
+    /// rather than read from the database.
+    pub fn is_stateless(&self) -> bool {
+        STATELESS_DIALECTS.contains(&self.dialect.as_str())
+    }
+
+    /// The node as logs show it: whole for a registration, only its first
+    /// characters for a stateless push, whose node may be the device token
+    /// itself (fpush), a credential.
+    pub fn node_for_log(&self) -> NodeForLog<'_> {
+        NodeForLog {
+            node: &self.node,
+            short: self.is_stateless(),
         }
     }
 
@@ -75,6 +111,26 @@ impl Registration {
     }
 }
 
+/// A node for the log ([`Registration::node_for_log`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NodeForLog<'a> {
+    /// The node.
+    pub node: &'a str,
+    /// Whether only a prefix is shown.
+    pub short: bool,
+}
+
+impl std::fmt::Display for NodeForLog<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        /// Enough to tell devices apart in a log, too little to push to.
+        const SHOWN: usize = 8;
+        match self.node.char_indices().nth(SHOWN) {
+            Some((end, _)) if self.short => write!(f, "{}…", &self.node[..end]),
+            _ => f.write_str(self.node),
+        }
+    }
+}
+
 /// What a client asks to register.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRegistration {
@@ -87,6 +143,24 @@ pub struct NewRegistration {
     pub token: String,
     /// Whether a publish-options secret is handed out with the node.
     pub with_secret: bool,
+    /// The registering dialect's name (`conversations`, `siskin`, …).
+    pub dialect: &'static str,
+    /// A second token for calls; '' for none.
+    pub second_token: String,
+    /// The tokens' APNs environment, when the client said.
+    pub environment: Option<nudge_plugins::Environment>,
+}
+
+/// What became of a registration under a client-chosen node
+/// ([`RegistrationStore::register_client_node`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientNodeOutcome {
+    /// Registered, or the account's own node updated (same secret).
+    Registered(Box<Registration>),
+    /// A new node, and the account holds as many as it may.
+    AtCap,
+    /// Another account or dialect holds the node: nothing changed.
+    Taken,
 }
 
 /// Errors of the store; every one is a failure on our side, so publishes
@@ -127,7 +201,7 @@ mod outbox;
 
 pub use brake::{BrakeRecord, BrakeStore, HeldRemoval};
 pub use listen::ChangeListener;
-pub use outbox::{Outbox, OutboxSummary, QueuedPush};
+pub use outbox::{ExpiredPush, Outbox, OutboxSummary, QueuedPush};
 
 /// How long a cached row is used when nothing else says otherwise; see
 /// [`RegistrationStore::with_cache_max_age`].
@@ -153,7 +227,8 @@ pub struct RegistrationStore {
 /// the queries stay `&'static str` (sqlx refuses unaudited dynamic SQL).
 macro_rules! columns {
     () => {
-        "node, secret, owner, domain, device_id, muc, app, token, created_at, updated_at"
+        "node, secret, owner, domain, device_id, muc, app, token, created_at, updated_at, \
+         dialect, second_token, environment"
     };
 }
 
@@ -309,11 +384,13 @@ impl RegistrationStore {
         let sql = concat!(
             "INSERT INTO registrations (",
             columns!(),
-            ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $9 \
+            ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $11, $12, $13 \
              WHERE (SELECT COUNT(*) FROM registrations WHERE owner = $3) < $10 \
              OR EXISTS (SELECT 1 FROM registrations \
                         WHERE owner = $3 AND app = $7 AND device_id = $5 AND muc = $6) \
-             ON CONFLICT (owner, app, device_id, muc) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at \
+             ON CONFLICT (owner, app, device_id, muc) DO UPDATE SET token = excluded.token, \
+             updated_at = excluded.updated_at, second_token = excluded.second_token, \
+             environment = excluded.environment \
              RETURNING ",
             columns!()
         );
@@ -329,6 +406,9 @@ impl RegistrationStore {
                 .bind(&new.token)
                 .bind(now)
                 .bind(max_per_account)
+                .bind(new.dialect)
+                .bind(&new.second_token)
+                .bind(new.environment.map_or("", |e| e.as_str()))
                 .fetch_optional(p)
                 .await?
         });
@@ -382,6 +462,146 @@ impl RegistrationStore {
             self.cache.invalidate(n);
         }
         Ok(node)
+    }
+
+    /// Registers a device under a node the client chose (mod_push_appserver's
+    /// `v1-register-push`), bound to the registering account: a node it
+    /// already holds (in the same dialect) gets the new token, app and
+    /// environment and keeps its secret; a node held by another account or
+    /// another dialect is left alone ([`ClientNodeOutcome::Taken`]). A new
+    /// node counts against `max_per_account` like [`Self::register_within`].
+    ///
+    /// The check and the write are one statement, `INSERT … ON CONFLICT
+    /// (node) DO UPDATE … WHERE` the row is the account's: SQLite runs
+    /// writes one at a time, and PostgreSQL, when two accounts race for a
+    /// new node, makes the second insert wait for the first and then
+    /// applies the `WHERE` to the committed row, so no account ever updates
+    /// (or reads the secret of) another's node. A conflict on the device
+    /// key instead (the account's Conversations registration with this
+    /// node as its device id) is refused the same way.
+    pub async fn register_client_node(
+        &self,
+        new: &NewRegistration,
+        node: &str,
+        max_per_account: i64,
+    ) -> Result<ClientNodeOutcome, StoreError> {
+        let now = now();
+        let secret = new.with_secret.then(|| random_id(18));
+        let domain = new
+            .owner
+            .rsplit_once('@')
+            .map_or(new.owner.as_str(), |(_, d)| d)
+            .to_owned();
+        let sql = concat!(
+            "INSERT INTO registrations (",
+            columns!(),
+            ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $11, $12, $13 \
+             WHERE (SELECT COUNT(*) FROM registrations WHERE owner = $3) < $10 \
+             OR EXISTS (SELECT 1 FROM registrations \
+                        WHERE node = $1 AND owner = $3 AND dialect = $11) \
+             ON CONFLICT (node) DO UPDATE SET token = excluded.token, app = excluded.app, \
+             updated_at = excluded.updated_at, environment = excluded.environment \
+             WHERE registrations.owner = excluded.owner \
+             AND registrations.dialect = excluded.dialect \
+             RETURNING ",
+            columns!()
+        );
+        let result: Result<Option<Registration>, sqlx::Error> = on_pool!(&self.pool, |p| {
+            sqlx::query_as(sql)
+                .bind(node)
+                .bind(&secret)
+                .bind(&new.owner)
+                .bind(&domain)
+                .bind(&new.device_id)
+                .bind(&new.muc)
+                .bind(&new.app)
+                .bind(&new.token)
+                .bind(now)
+                .bind(max_per_account)
+                .bind(new.dialect)
+                .bind(&new.second_token)
+                .bind(new.environment.map_or("", |e| e.as_str()))
+                .fetch_optional(p)
+                .await
+        });
+        let reg = match result {
+            Ok(reg) => reg,
+            Err(e)
+                if e.as_database_error()
+                    .is_some_and(|d| d.is_unique_violation()) =>
+            {
+                return Ok(ClientNodeOutcome::Taken);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(reg) = reg {
+            self.cache.invalidate(&reg.node);
+            return Ok(ClientNodeOutcome::Registered(Box::new(reg)));
+        }
+        // Nothing written: the account is at its cap, or the node is not
+        // its own. Which one is read afterwards, only to word the answer.
+        let held: i64 = on_pool!(&self.pool, |p| {
+            sqlx::query_scalar("SELECT COUNT(*) FROM registrations WHERE owner = $1")
+                .bind(&new.owner)
+                .fetch_one(p)
+                .await?
+        });
+        Ok(if held >= max_per_account {
+            ClientNodeOutcome::AtCap
+        } else {
+            ClientNodeOutcome::Taken
+        })
+    }
+
+    /// Removes an account's registration of a node made by `dialect` for
+    /// `app`; whether there was one. Another account's node, or another
+    /// dialect's, is not touched.
+    pub async fn unregister_node(
+        &self,
+        owner: &str,
+        app: &str,
+        node: &str,
+        dialect: &str,
+    ) -> Result<bool, StoreError> {
+        let sql = "DELETE FROM registrations WHERE node = $1 AND owner = $2 AND app = $3 AND dialect = $4";
+        let n = on_pool!(&self.pool, |p| {
+            sqlx::query(sql)
+                .bind(node)
+                .bind(owner)
+                .bind(app)
+                .bind(dialect)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        self.cache.invalidate(node);
+        Ok(n > 0)
+    }
+
+    /// Removes an account's registrations of a device token made by
+    /// `dialect` for `app` (Siskin's `unregister-device`); the removed
+    /// nodes.
+    pub async fn unregister_token(
+        &self,
+        owner: &str,
+        app: &str,
+        token: &str,
+        dialect: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let sql = "DELETE FROM registrations WHERE owner = $1 AND app = $2 AND token = $3 AND dialect = $4 RETURNING node";
+        let nodes: Vec<String> = on_pool!(&self.pool, |p| {
+            sqlx::query_scalar(sql)
+                .bind(owner)
+                .bind(app)
+                .bind(token)
+                .bind(dialect)
+                .fetch_all(p)
+                .await?
+        });
+        for node in &nodes {
+            self.cache.invalidate(node);
+        }
+        Ok(nodes)
     }
 
     /// The rooms an account registered a device for, with one app.
@@ -538,6 +758,9 @@ mod tests {
             app: "app".into(),
             token: "tok-old".into(),
             with_secret: true,
+            dialect: "conversations",
+            second_token: String::new(),
+            environment: None,
         };
         let node = store.register(&new).await.unwrap().node;
 

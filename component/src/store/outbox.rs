@@ -32,6 +32,13 @@
 //! - A claim lapses when the row comes due again: the rows of an instance
 //!   that died are taken by any instance at the end of their claim time.
 //!
+//! A push of a stateless mode (`push/stateless/`: nothing registered, the
+//! publish names the device) carries its device in the row (`device`,
+//! JSON, migration `0005_dialects.sql`), so that a retry, on this instance
+//! after a restart or on another, can send it without a registration; a
+//! merge keeps the newest publish's device. Rows of registered devices
+//! have none: the retry looks the registration up.
+//!
 //! A `claimed_by` rather than a claim end time: with only a time, an
 //! instance could not tell its own claim from another's, so a send ending
 //! would either release another instance's claim or need the caller to say
@@ -39,11 +46,11 @@
 
 use std::sync::Arc;
 
-use nudge_plugins::Notification;
+use nudge_plugins::{Notification, PushOptions};
 use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, Row};
 
-use super::{Pool, StoreError};
+use super::{Pool, Registration, StoreError};
 
 /// A push waiting in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +72,9 @@ pub struct QueuedPush {
     /// When the next attempt is due (epoch milliseconds); for a row just
     /// claimed, the end of the claim.
     pub due_at_ms: i64,
+    /// The device of a stateless push (built from its publish, see the
+    /// module documentation); `None` for a registered device.
+    pub device: Option<Registration>,
 }
 
 #[derive(FromRow)]
@@ -77,6 +87,7 @@ struct Row_ {
     created_at: i64,
     expires_at: i64,
     due_at_ms: i64,
+    device: Option<String>,
 }
 
 /// The summary as stored: the fields a backend reads.
@@ -90,6 +101,12 @@ struct StoredNotification {
     body: Option<String>,
     #[serde(default)]
     fields: Vec<(String, String)>,
+    /// `[ciphertext, iv]` of an encrypted payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    encrypted: Option<(String, String)>,
+    /// `[sid, media]` of a call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    call: Option<(Option<String>, Vec<String>)>,
 }
 
 fn encode(n: &Notification) -> String {
@@ -98,6 +115,8 @@ fn encode(n: &Notification) -> String {
         sender: n.last_message_sender.clone(),
         body: n.last_message_body.clone(),
         fields: n.fields.clone(),
+        encrypted: n.encrypted.as_ref().map(|e| (e.data.clone(), e.iv.clone())),
+        call: n.call.as_ref().map(|c| (c.sid.clone(), c.media.clone())),
     };
     // Serializing plain strings and numbers cannot fail.
     serde_json::to_string(&stored).unwrap_or_else(|_| "{}".into())
@@ -112,6 +131,12 @@ fn decode(json: &str) -> Notification {
             last_message_sender: s.sender,
             last_message_body: s.body,
             fields: s.fields,
+            encrypted: s
+                .encrypted
+                .map(|(data, iv)| nudge_plugins::EncryptedPayload { data, iv }),
+            call: s
+                .call
+                .map(|(sid, media)| nudge_plugins::Call { sid, media }),
         },
         Err(e) => {
             tracing::warn!(error = %e, "unreadable summary in the outbox; pushing a plain wake-up");
@@ -120,9 +145,73 @@ fn decode(json: &str) -> Notification {
     }
 }
 
+/// A stateless push's device as stored: what its [`Registration`] holds
+/// beyond the row's node.
+#[derive(Serialize, Deserialize)]
+struct StoredDevice {
+    dialect: String,
+    app: String,
+    token: String,
+    /// The publishing domain (owner and domain of the registration).
+    domain: String,
+    #[serde(default)]
+    environment: String,
+    /// The publish's options, their keys inline.
+    #[serde(default, flatten)]
+    options: PushOptions,
+    #[serde(default)]
+    created_at: i64,
+}
+
+fn encode_device(reg: &Registration) -> String {
+    let stored = StoredDevice {
+        dialect: reg.dialect.clone(),
+        app: reg.app.clone(),
+        token: reg.token.clone(),
+        domain: reg.domain.clone(),
+        environment: reg.environment.clone(),
+        options: reg.options.clone(),
+        created_at: reg.created_at,
+    };
+    // Serializing plain strings and numbers cannot fail.
+    serde_json::to_string(&stored).unwrap_or_else(|_| "{}".into())
+}
+
+/// The device of row `node`; `None` when the JSON does not parse (written
+/// by a newer version, or damaged): the row is then treated as one whose
+/// registration is gone, dropped with a log line.
+fn decode_device(node: &str, json: &str) -> Option<Registration> {
+    match serde_json::from_str::<StoredDevice>(json) {
+        Ok(d) => Some(Registration {
+            node: node.to_owned(),
+            secret: None,
+            owner: d.domain.clone(),
+            domain: d.domain,
+            device_id: String::new(),
+            muc: String::new(),
+            app: d.app,
+            token: d.token,
+            created_at: d.created_at,
+            updated_at: d.created_at,
+            dialect: d.dialect,
+            second_token: String::new(),
+            environment: d.environment,
+            options: d.options,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "unreadable device in the outbox");
+            None
+        }
+    }
+}
+
 impl From<Row_> for QueuedPush {
     fn from(r: Row_) -> Self {
         QueuedPush {
+            device: r
+                .device
+                .as_deref()
+                .and_then(|json| decode_device(&r.node, json)),
             node: r.node,
             notification: decode(&r.notification),
             received_us: r.received_us,
@@ -133,6 +222,18 @@ impl From<Row_> for QueuedPush {
             due_at_ms: r.due_at_ms,
         }
     }
+}
+
+/// A row dropped because its time to live ran out ([`Outbox::expire`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredPush {
+    /// Its node.
+    pub node: String,
+    /// Its failed attempts.
+    pub attempts: u32,
+    /// Whether it was a stateless push (its node may be a token: logged
+    /// short, see [`Registration::node_for_log`]).
+    pub stateless: bool,
 }
 
 /// Counts of the outbox, for the operator.
@@ -162,17 +263,21 @@ struct NewRow<'a> {
     expires_at: i64,
     /// The claimer of a new row, or '' for none.
     claimed_by: &'a str,
+    /// A stateless push's device, as JSON.
+    device: Option<String>,
 }
 
 impl<'a> NewRow<'a> {
     fn new(
         notification: &Notification,
+        device: Option<&Registration>,
         received_us: i64,
         due_at_ms: i64,
         expires_at: i64,
         claimed_by: &'a str,
     ) -> Self {
         NewRow {
+            device: device.map(encode_device),
             json: encode(notification),
             important: i32::from(notification.is_important()),
             received_us,
@@ -184,11 +289,11 @@ impl<'a> NewRow<'a> {
 }
 
 /// The insert both writes start with (`$1` node … `$7` received_us, `$8`
-/// claimed_by).
+/// claimed_by, `$9` device).
 macro_rules! insert_row {
     () => {
-        "INSERT INTO outbox (node, notification, important, created_at, expires_at, due_at_ms, received_us, attempts, seq, last_error, claimed_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 1, '', $8)"
+        "INSERT INTO outbox (node, notification, important, created_at, expires_at, due_at_ms, received_us, attempts, seq, last_error, claimed_by, device) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 1, '', $8, $9)"
     };
 }
 
@@ -209,7 +314,7 @@ macro_rules! not_claimed_by_another {
 
 macro_rules! outbox_columns {
     () => {
-        "node, notification, received_us, attempts, seq, created_at, expires_at, due_at_ms"
+        "node, notification, received_us, attempts, seq, created_at, expires_at, due_at_ms, device"
     };
 }
 
@@ -231,11 +336,13 @@ impl Outbox {
     /// the row's due time (a row backing off from a failing provider is not
     /// hurried by more publishes), takes the newest summary unless it would
     /// replace an important summary with a silent one, extends the time to
-    /// live, and bumps `seq`, which it returns.
+    /// live, takes the newest `device` (a stateless push's, `None` for a
+    /// registered device), and bumps `seq`, which it returns.
     pub async fn merge(
         &self,
         node: &str,
         notification: &Notification,
+        device: Option<&Registration>,
         received_us: i64,
         due_at_ms: i64,
         expires_at: i64,
@@ -251,10 +358,11 @@ impl Outbox {
                  THEN excluded.received_us ELSE outbox.received_us END, \
                important = CASE WHEN excluded.important > outbox.important THEN excluded.important ELSE outbox.important END, \
                seq = outbox.seq + 1, \
-               expires_at = excluded.expires_at \
+               expires_at = excluded.expires_at, \
+               device = excluded.device \
              RETURNING seq"
         );
-        let row = NewRow::new(notification, received_us, due_at_ms, expires_at, "");
+        let row = NewRow::new(notification, device, received_us, due_at_ms, expires_at, "");
         let seq = self.write(sql, node, &row).await?;
         // The upsert returns a row either way.
         Ok(seq.unwrap_or_default())
@@ -264,11 +372,13 @@ impl Outbox {
     /// or `None` when a row was there (it already holds newer publishes,
     /// merged while this push was out). The row is written claimed by this
     /// handle: its push is out (due at the claim time) or is being settled
-    /// by the caller ([`Outbox::retry_at`] then releases it).
+    /// by the caller ([`Outbox::retry_at`] then releases it). `device` as
+    /// for [`Outbox::merge`].
     pub async fn insert_new(
         &self,
         node: &str,
         notification: &Notification,
+        device: Option<&Registration>,
         received_us: i64,
         due_at_ms: i64,
         expires_at: i64,
@@ -279,6 +389,7 @@ impl Outbox {
         );
         let row = NewRow::new(
             notification,
+            device,
             received_us,
             due_at_ms,
             expires_at,
@@ -304,6 +415,7 @@ impl Outbox {
                 .bind(row.due_at_ms)
                 .bind(row.received_us)
                 .bind(row.claimed_by)
+                .bind(row.device.as_deref())
                 .fetch_optional(p)
                 .await?
                 .map(|r| r.try_get(0))
@@ -476,15 +588,20 @@ impl Outbox {
     }
 
     /// Drops the rows whose time to live ran out before `now`; returns
-    /// their nodes and failed attempts, for the log.
-    pub async fn expire(&self, now: i64) -> Result<Vec<(String, u32)>, StoreError> {
-        let sql = "DELETE FROM outbox WHERE expires_at < $1 RETURNING node, attempts";
-        let rows: Vec<(String, i64)> = on_pool!(&self.pool, |p| {
+    /// them for the log.
+    pub async fn expire(&self, now: i64) -> Result<Vec<ExpiredPush>, StoreError> {
+        let sql = "DELETE FROM outbox WHERE expires_at < $1 \
+                   RETURNING node, attempts, CASE WHEN device IS NULL THEN 0 ELSE 1 END";
+        let rows: Vec<(String, i64, i32)> = on_pool!(&self.pool, |p| {
             sqlx::query_as(sql).bind(now).fetch_all(p).await?
         });
         Ok(rows
             .into_iter()
-            .map(|(n, a)| (n, u32::try_from(a).unwrap_or(u32::MAX)))
+            .map(|(node, attempts, stateless)| ExpiredPush {
+                node,
+                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                stateless: stateless != 0,
+            })
             .collect())
     }
 
@@ -513,12 +630,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_stateless_device_survives_the_round_trip() {
+        let reg = Registration {
+            node: "a1b2".repeat(16),
+            secret: None,
+            owner: "capulet.lit".into(),
+            domain: "capulet.lit".into(),
+            device_id: String::new(),
+            muc: String::new(),
+            app: "ios".into(),
+            token: "a1b2".repeat(16),
+            created_at: 1_700_000_000,
+            updated_at: 1_700_000_000,
+            dialect: "mongooseim".into(),
+            second_token: String::new(),
+            environment: "sandbox".into(),
+            options: PushOptions {
+                topic: Some("org.example.app.voip".into()),
+                silent: Some(false),
+                high_priority: Some(true),
+                sound: Some("bell.caf".into()),
+                mutable_content: Some(true),
+                ttl_secs: Some(60),
+            },
+        };
+        let json = encode_device(&reg);
+        // The options' keys stand inline, as rows written so far have them.
+        assert!(json.contains("\"ttl_secs\":60"), "{json}");
+        assert_eq!(decode_device(&reg.node, &json), Some(reg.clone()));
+        assert_eq!(decode_device(&reg.node, "not json"), None);
+    }
+
+    #[test]
     fn summaries_survive_the_round_trip() {
         let n = Notification {
             message_count: Some(3),
             last_message_sender: Some("juliet@capulet.example/balcony".into()),
             last_message_body: Some("Wherefore art thou?".into()),
             fields: vec![("message-count".into(), "3".into())],
+            encrypted: Some(nudge_plugins::EncryptedPayload {
+                data: "c2VjcmV0".into(),
+                iv: "aXY=".into(),
+            }),
+            call: Some(nudge_plugins::Call {
+                sid: Some("a73sjjvkla37jfea".into()),
+                media: vec!["audio".into()],
+            }),
         };
         assert_eq!(decode(&encode(&n)), n);
         assert_eq!(decode("not json"), Notification::default());

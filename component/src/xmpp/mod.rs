@@ -27,5 +27,11 @@ pub mod ns {
     pub const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
     pub const PUSH: &str = "urn:xmpp:push:0";
     pub const PUSH_SUMMARY: &str = "urn:xmpp:push:summary";
+    /// Tigase's encrypted notification payload (`tests/fixtures/tigase-*.xml`).
+    pub const PUSH_ENCRYPT: &str = "tigase:push:encrypt:0";
+    /// Tigase's encryption algorithm feature.
+    pub const PUSH_ENCRYPT_AES_128_GCM: &str = "tigase:push:encrypt:aes-128-gcm";
+    /// Tigase's call signal in a notification.
+    pub const PUSH_JINGLE: &str = "tigase:push:jingle:0";
     pub const PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
 }

@@ -135,6 +135,8 @@ impl ErrorType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DefinedCondition {
     BadRequest,
+    /// A client-chosen name is taken (mod_push_appserver's `node`).
+    Conflict,
     FeatureNotImplemented,
     Forbidden,
     InternalServerError,
@@ -149,8 +151,9 @@ pub enum DefinedCondition {
 }
 
 impl DefinedCondition {
-    const ALL: [DefinedCondition; 12] = [
+    const ALL: [DefinedCondition; 13] = [
         DefinedCondition::BadRequest,
+        DefinedCondition::Conflict,
         DefinedCondition::FeatureNotImplemented,
         DefinedCondition::Forbidden,
         DefinedCondition::InternalServerError,
@@ -168,6 +171,7 @@ impl DefinedCondition {
     pub fn as_str(self) -> &'static str {
         match self {
             DefinedCondition::BadRequest => "bad-request",
+            DefinedCondition::Conflict => "conflict",
             DefinedCondition::FeatureNotImplemented => "feature-not-implemented",
             DefinedCondition::Forbidden => "forbidden",
             DefinedCondition::InternalServerError => "internal-server-error",

@@ -576,6 +576,9 @@ pub fn registration(
         app: app.into(),
         token: token.into(),
         with_secret: true,
+        dialect: "conversations",
+        second_token: String::new(),
+        environment: None,
     }
 }
 

@@ -9,7 +9,15 @@
 //! at neither a mock nor a proxy.
 //!
 //! - [`jwt`]: the ES256 provider token and its cache.
-//! - [`payload`]: alert, background or VoIP payload for a notification.
+//! - [`payload`]: alert, background or VoIP payload for a notification, in
+//!   the shape the app's client expects ([`ClientKind`]), to the normal or
+//!   the VoIP token.
+//!
+//! One app serves both of Apple's environments: a device whose
+//! registration names one ([`Device::environment`]) is pushed at
+//! `sandbox_endpoint` or `production_endpoint`, any other at `endpoint`.
+//! reqwest keeps one warm HTTP/2 connection per host in each client, so the
+//! `connections` clients serve both hosts.
 //! - `response`: what APNs' answer means for the registration.
 
 pub mod jwt;
@@ -27,10 +35,12 @@ use serde::Deserialize;
 use crate::clock::{Clock, SystemClock};
 use crate::http::{self, ClientIdentity, Http2Clients, SetupError};
 use crate::{
-    BoxFuture, Device, InvalidTokenFormat, Notification, Outcome, PushBackend, check_token_chars,
+    BoxFuture, Device, Environment, InvalidTokenFormat, Notification, Outcome, PushBackend,
+    check_token_chars,
 };
 use jwt::{JwtError, ProviderToken, SigningKey};
-use payload::PayloadSettings;
+pub use payload::{ClientKind, UnknownClientKind};
+use payload::{PayloadSettings, PushType, Recipient};
 use response::Verdict;
 
 /// APNs production endpoint.
@@ -42,13 +52,26 @@ pub const SANDBOX_URL: &str = "https://api.sandbox.push.apple.com";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApnsConfig {
-    /// The app's bundle id, sent as `apns-topic` (with `.voip` appended when
-    /// `voip` is set).
+    /// The app's bundle id, sent as `apns-topic` (with `.voip` appended for
+    /// VoIP pushes).
     pub topic: String,
     /// `"production"` (default), `"sandbox"`, or a base URL (a mock, a
-    /// proxy).
+    /// proxy): where pushes go for devices whose registration names no
+    /// environment.
     #[serde(default)]
     pub endpoint: ApnsEndpoint,
+    /// Where pushes go for devices registered as sandbox (development
+    /// builds run from Xcode): Apple's sandbox by default, or a base URL.
+    #[serde(default = "default_sandbox_endpoint")]
+    pub sandbox_endpoint: ApnsEndpoint,
+    /// Where pushes go for devices registered as production (store
+    /// builds): Apple's production by default, or a base URL.
+    #[serde(default = "default_production_endpoint")]
+    pub production_endpoint: ApnsEndpoint,
+    /// The payload shape the app's notification service extension reads:
+    /// `"generic"` (default), `"monal"` or `"siskin"`.
+    #[serde(default)]
+    pub payload: ClientKind,
     /// Token-based authentication (a .p8 key). Exactly one of `token` and
     /// `certificate` must be given.
     #[serde(default)]
@@ -162,6 +185,12 @@ impl ApnsEndpoint {
     }
 }
 
+fn default_sandbox_endpoint() -> ApnsEndpoint {
+    ApnsEndpoint::Sandbox
+}
+fn default_production_endpoint() -> ApnsEndpoint {
+    ApnsEndpoint::Production
+}
 fn default_alert_body() -> String {
     "New message".into()
 }
@@ -219,12 +248,56 @@ pub struct ApnsBackend {
     inner: Arc<Inner>,
 }
 
+/// `{base}/3/device/` of each endpoint: the token is appended.
+#[derive(Debug)]
+struct DeviceUrls {
+    /// `endpoint`: devices whose registration names no environment.
+    configured: String,
+    sandbox: String,
+    production: String,
+}
+
+impl DeviceUrls {
+    fn new(config: &ApnsConfig) -> Result<Self, SetupError> {
+        let url = |endpoint: &ApnsEndpoint| {
+            http::base_url(endpoint.url()).map(|base| format!("{base}/3/device/"))
+        };
+        Ok(Self {
+            configured: url(&config.endpoint)?,
+            sandbox: url(&config.sandbox_endpoint)?,
+            production: url(&config.production_endpoint)?,
+        })
+    }
+
+    /// The URL prefix for a device of `environment`.
+    fn of(&self, environment: Option<Environment>) -> &str {
+        match environment {
+            None => &self.configured,
+            Some(Environment::Sandbox) => &self.sandbox,
+            Some(Environment::Production) => &self.production,
+        }
+    }
+}
+
+/// How long APNs keeps a push for an offline device (`apns-expiration`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiration {
+    /// No header: APNs' own storage policy.
+    ProvidersPolicy,
+    /// `0`: one delivery attempt, nothing stored.
+    Immediately,
+    /// Now + this many seconds, as an absolute UNIX time.
+    After(u64),
+}
+
 #[derive(Debug)]
 struct Inner {
     app: String,
-    /// `{base}/3/device/`: the token is appended.
-    device_url: String,
+    device_urls: DeviceUrls,
+    /// `apns-topic` of alert and background pushes: the bundle id.
     topic: HeaderValue,
+    /// `apns-topic` of VoIP pushes: `<bundle id>.voip`.
+    voip_topic: HeaderValue,
     collapse_id: Option<HeaderValue>,
     ttl: Option<u64>,
     payload: PayloadSettings,
@@ -252,12 +325,9 @@ impl ApnsBackend {
         if config.topic.is_empty() || !config.topic.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(bad(format!("invalid topic {:?}", config.topic)));
         }
-        let topic = if config.voip {
-            format!("{}.voip", config.topic)
-        } else {
-            config.topic.clone()
-        };
-        let topic = HeaderValue::from_str(&topic).map_err(|e| bad(format!("topic: {e}")))?;
+        let topic = HeaderValue::from_str(&config.topic).map_err(|e| bad(format!("topic: {e}")))?;
+        let voip_topic = HeaderValue::from_str(&format!("{}.voip", config.topic))
+            .map_err(|e| bad(format!("topic: {e}")))?;
         let collapse_id = match &config.collapse_id {
             Some(id) if id.is_empty() || id.len() > MAX_COLLAPSE_ID => {
                 return Err(bad("collapse_id must have 1 to 64 bytes".into()));
@@ -307,7 +377,7 @@ impl ApnsBackend {
             }
         };
 
-        let base = http::base_url(config.endpoint.url())?;
+        let device_urls = DeviceUrls::new(config)?;
         let tls = http::tls_config(config.ca_file.as_deref(), identity)?;
         let http = Http2Clients::new(
             tls,
@@ -317,11 +387,14 @@ impl ApnsBackend {
         Ok(Self {
             inner: Arc::new(Inner {
                 app: app.to_owned(),
-                device_url: format!("{base}/3/device/"),
+                device_urls,
                 topic,
+                voip_topic,
                 collapse_id,
                 ttl: config.ttl_secs,
                 payload: PayloadSettings {
+                    kind: config.payload,
+                    topic: config.topic.clone(),
                     voip: config.voip,
                     include_sender: config.include_sender,
                     include_body: config.include_body,
@@ -344,16 +417,7 @@ impl ApnsBackend {
 
 impl Inner {
     async fn push(&self, device: &Device, notification: &Notification) -> Outcome {
-        // The token goes into the URL path: anything but hex digits can
-        // never be a valid token (APNs would answer BadDeviceToken), and
-        // must not reach the path.
-        let token = &device.token;
-        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Outcome::InvalidToken {
-                reason: "not a hexadecimal APNs token".into(),
-            };
-        }
-        let payload = match payload::build(&self.payload, notification) {
+        let payload = match payload::build(&self.payload, device, notification) {
             Ok(payload) => payload,
             Err(e) => {
                 return Outcome::Rejected {
@@ -361,8 +425,63 @@ impl Inner {
                 };
             }
         };
-        let url = format!("{}{token}", self.device_url);
-        let body = Bytes::from(payload.body);
+        if let Some(size) = payload.ciphertext_dropped {
+            tracing::warn!(
+                app = %self.app,
+                size,
+                limit = payload.push_type.limit(),
+                "APNs: the encrypted payload does not fit; sending the plain wake-up without it"
+            );
+        }
+        let (token, which) = match payload.recipient {
+            Recipient::Token => (device.token.as_str(), ""),
+            Recipient::VoipToken => (
+                device.voip_token.as_deref().unwrap_or_default(),
+                "VoIP token: ",
+            ),
+        };
+        // The token goes into the URL path: anything but hex digits can
+        // never be a valid token (APNs would answer BadDeviceToken), and
+        // must not reach the path.
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Outcome::InvalidToken {
+                reason: format!("{which}not a hexadecimal APNs token"),
+            };
+        }
+        let topic = match payload.push_type {
+            PushType::Voip => &self.voip_topic,
+            PushType::Alert | PushType::Background => &self.topic,
+        };
+        let expiration = match (payload.recipient, device.options.ttl_secs.or(self.ttl)) {
+            // A call is worth ringing now or never: APNs tries once and
+            // stores nothing (`apns-expiration: 0`), so an offline phone
+            // does not ring for a call that ended long ago.
+            (Recipient::VoipToken, _) => Expiration::Immediately,
+            // A publish's own time to live wins over the app's.
+            (Recipient::Token, Some(ttl)) => Expiration::After(ttl),
+            (Recipient::Token, None) => Expiration::ProvidersPolicy,
+        };
+        let url = format!("{}{token}", self.device_urls.of(device.environment));
+        let outcome = self.send(&url, topic, expiration, &payload, device).await;
+        match outcome {
+            Outcome::InvalidToken { reason } if !which.is_empty() => Outcome::InvalidToken {
+                reason: format!("{which}{reason}"),
+            },
+            other => other,
+        }
+    }
+
+    /// Sends one built push to `url`, replacing an expired provider token
+    /// once.
+    async fn send(
+        &self,
+        url: &str,
+        topic: &HeaderValue,
+        expiration: Expiration,
+        payload: &payload::ApnsPayload,
+        device: &Device,
+    ) -> Outcome {
+        let body = Bytes::from(payload.body.clone());
         let mut refreshed = false;
         loop {
             let jwt = match self.provider_token.as_ref().map(ProviderToken::current) {
@@ -377,18 +496,22 @@ impl Inner {
             let mut request = self
                 .http
                 .next()
-                .post(&url)
-                .header("apns-topic", self.topic.clone())
+                .post(url)
+                .header("apns-topic", topic.clone())
                 .header("apns-push-type", payload.push_type.header())
-                .header("apns-priority", payload.push_type.priority().to_string())
+                .header("apns-priority", payload.priority.to_string())
                 .body(body.clone());
             if let Some(jwt) = &jwt {
                 request = request.header("authorization", format!("bearer {jwt}"));
             }
-            if let Some(ttl) = self.ttl {
-                // An absolute UNIX time, computed per push.
-                let expiration = self.clock.unix_secs().saturating_add(ttl);
-                request = request.header("apns-expiration", expiration.to_string());
+            match expiration {
+                Expiration::ProvidersPolicy => {}
+                Expiration::Immediately => request = request.header("apns-expiration", "0"),
+                Expiration::After(ttl) => {
+                    // An absolute UNIX time, computed per push.
+                    let at = self.clock.unix_secs().saturating_add(ttl);
+                    request = request.header("apns-expiration", at.to_string());
+                }
             }
             // The registration's own collapse id wins over the app's.
             let own_collapse_id = device
@@ -496,6 +619,28 @@ mod tests {
         assert_eq!(c.connections, 1);
         assert_eq!(c.timeout_secs, 10);
         assert_eq!(c.ttl_secs, None);
+        assert_eq!(c.payload, ClientKind::Generic);
+        assert_eq!(c.sandbox_endpoint.url(), SANDBOX_URL);
+        assert_eq!(c.production_endpoint.url(), PRODUCTION_URL);
+    }
+
+    #[test]
+    fn payload_and_environment_endpoints() {
+        let c = parse(
+            "topic = \"a\"\npayload = \"siskin\"\n\
+             sandbox_endpoint = \"https://127.0.0.1:9/sandbox\"\n\
+             production_endpoint = \"https://127.0.0.1:9/production\"",
+        )
+        .unwrap();
+        assert_eq!(c.payload, ClientKind::Siskin);
+        assert_eq!(c.sandbox_endpoint.url(), "https://127.0.0.1:9/sandbox");
+        assert_eq!(
+            c.production_endpoint.url(),
+            "https://127.0.0.1:9/production"
+        );
+        assert_eq!(c.endpoint, ApnsEndpoint::Production);
+        let err = parse("topic = \"a\"\npayload = \"conversations\"").unwrap_err();
+        assert!(err.to_string().contains("conversations"), "{err}");
     }
 
     #[test]
@@ -526,6 +671,16 @@ mod tests {
             ("collapse_id = \"\"\n", "", "empty collapse id"),
             ("timeout_secs = 0\n", "", "zero timeout"),
             ("endpoint = \"ftp://x\"\n", "", "bad endpoint"),
+            (
+                "sandbox_endpoint = \"ftp://x\"\n",
+                "",
+                "bad sandbox endpoint",
+            ),
+            (
+                "production_endpoint = \"x\"\n",
+                "",
+                "bad production endpoint",
+            ),
         ] {
             let text = format!("{extra_top}{base}{extra_token}");
             let config = parse(&text).unwrap();

@@ -7,13 +7,20 @@
 //! a MUC registration; the summary fields follow, sender and body only when
 //! the XMPP server sent them and the app's configuration allows it.
 //! `android.priority` is `high` for important notifications: data messages
-//! at normal priority do not wake a phone in Doze. `android.collapse_key` is
-//! the registration's own ([`Device::collapse_id`]), else the app's.
+//! at normal priority do not wake a phone in Doze (a call is important, so
+//! high too). `android.collapse_key` is the registration's own
+//! ([`Device::collapse_id`]), else the app's.
+//!
+//! Ciphertext (`tigase:push:encrypt:0`) is forwarded whole as
+//! `data.encrypted` + `data.iv`, or left out when it does not fit (the
+//! plain wake-up still makes the app fetch the message). A stateless
+//! publish's [`PushOptions`](crate::PushOptions) may set the priority
+//! (`high_priority`) and `android.ttl` (`ttl_secs`).
 
 use serde_json::{Map, Value};
 use sha1::{Digest, Sha1};
 
-use crate::{Device, Notification};
+use crate::{Device, EncryptedPayload, Notification};
 
 /// FCM's limit on a message's payload.
 pub const MAX_DATA: usize = 4096;
@@ -25,6 +32,16 @@ pub(crate) struct MessageSettings {
     pub include_body: bool,
     pub ttl_secs: Option<u64>,
     pub collapse_key: Option<String>,
+}
+
+/// A message ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FcmMessage {
+    /// The request body `{"message": {...}}`.
+    pub body: Vec<u8>,
+    /// When the notification's ciphertext did not fit and was left out:
+    /// the size the smallest `data` with it would have had.
+    pub ciphertext_dropped: Option<usize>,
 }
 
 /// Why no message could be built.
@@ -43,36 +60,54 @@ pub fn conversations_hash(jid: &str, device_id: &str) -> String {
     hex::encode(sha.finalize())
 }
 
-/// The `priority` of important and other notifications.
-pub(crate) fn priority(n: &Notification) -> &'static str {
-    if n.is_important() { "high" } else { "normal" }
+/// The `priority`: the publish's choice when it made one, else high for
+/// important notifications and normal for the rest.
+pub(crate) fn priority(device: &Device, n: &Notification) -> &'static str {
+    if device
+        .options
+        .high_priority
+        .unwrap_or_else(|| n.is_important())
+    {
+        "high"
+    } else {
+        "normal"
+    }
 }
 
 /// Builds the request body `{"message": {...}}`. The size limit applies to
 /// the `data` object as serialised; a forwarded body that does not fit is
-/// cut ([`crate::fit`]).
+/// cut, ciphertext that does not fit left out ([`crate::fit`]).
 pub(crate) fn build(
     settings: &MessageSettings,
     device: &Device,
     n: &Notification,
-) -> Result<Vec<u8>, MessageTooLarge> {
+) -> Result<FcmMessage, MessageTooLarge> {
     let body = n
         .last_message_body
         .as_deref()
         .filter(|_| settings.include_body);
-    let data = crate::fit::longest_fitting(body, |body| {
-        let data = data(settings, device, n, body);
-        if data.len() <= MAX_DATA {
-            Ok(data)
-        } else {
-            Err(data.len())
-        }
-    })
+    let fitted = crate::fit::with_optional_ciphertext(
+        n.encrypted.is_some(),
+        body,
+        |with_ciphertext, body| {
+            let ciphertext = n.encrypted.as_ref().filter(|_| with_ciphertext);
+            let data = data(settings, device, n, body, ciphertext);
+            if data.len() <= MAX_DATA {
+                Ok(data)
+            } else {
+                Err(data.len())
+            }
+        },
+    )
     .map_err(|size| MessageTooLarge { size })?;
+    let data = fitted.bytes;
 
     let mut android = Map::new();
-    android.insert("priority".into(), priority(n).into());
-    if let Some(ttl) = settings.ttl_secs {
+    android.insert("priority".into(), priority(device, n).into());
+    // A publish's own time to live wins over the app's; FCM keeps nothing
+    // longer than four weeks.
+    let ttl = device.options.ttl_secs.or(settings.ttl_secs);
+    if let Some(ttl) = ttl.map(|t| t.min(super::MAX_TTL_SECS)) {
         // A protobuf Duration in JSON: seconds with an `s` suffix.
         android.insert("ttl".into(), format!("{ttl}s").into());
     }
@@ -92,7 +127,10 @@ pub(crate) fn build(
     message.extend_from_slice(b",\"android\":");
     message.extend_from_slice(Value::Object(android).to_string().as_bytes());
     message.extend_from_slice(b"}}");
-    Ok(message)
+    Ok(FcmMessage {
+        body: message,
+        ciphertext_dropped: fitted.ciphertext_dropped,
+    })
 }
 
 /// The `data` map (FCM wants string values only), serialised.
@@ -101,6 +139,7 @@ fn data(
     device: &Device,
     n: &Notification,
     body: Option<&str>,
+    ciphertext: Option<&EncryptedPayload>,
 ) -> Vec<u8> {
     let mut data = Map::new();
     if let (Some(account), Some(device_id)) = (&device.account, &device.device_id) {
@@ -125,6 +164,10 @@ fn data(
     if let Some(body) = body {
         data.insert("last-message-body".into(), body.into());
     }
+    if let Some(ciphertext) = ciphertext {
+        data.insert("encrypted".into(), ciphertext.data.as_str().into());
+        data.insert("iv".into(), ciphertext.iv.as_str().into());
+    }
     Value::Object(data).to_string().into_bytes()
 }
 
@@ -141,6 +184,7 @@ mod tests {
             device_id: Some("a1b2c3d4e5f60718".into()),
             muc: None,
             collapse_id: None,
+            ..Default::default()
         }
     }
 
@@ -150,11 +194,12 @@ mod tests {
             last_message_sender: Some("juliet@capulet.example/balcony".into()),
             last_message_body: Some("Wherefore art thou?".into()),
             fields: vec![],
+            ..Default::default()
         }
     }
 
-    fn parse(bytes: &[u8]) -> Value {
-        serde_json::from_slice(bytes).unwrap()
+    fn parse(message: &FcmMessage) -> Value {
+        serde_json::from_slice(&message.body).unwrap()
     }
 
     #[test]
@@ -283,5 +328,85 @@ mod tests {
         n.last_message_sender = Some("x".repeat(5000));
         let err = build(&settings, &device(), &n).unwrap_err();
         assert!(err.size > MAX_DATA);
+    }
+
+    fn encrypted(size: usize) -> Notification {
+        Notification {
+            encrypted: Some(EncryptedPayload {
+                data: "A".repeat(size),
+                iv: "q6Z0mXc3bNQ9y0lh".into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ciphertext_is_forwarded_whole_at_high_priority() {
+        let m = build(&MessageSettings::default(), &device(), &encrypted(100)).unwrap();
+        assert_eq!(m.ciphertext_dropped, None);
+        let v = parse(&m);
+        assert_eq!(v["message"]["data"]["encrypted"], "A".repeat(100));
+        assert_eq!(v["message"]["data"]["iv"], "q6Z0mXc3bNQ9y0lh");
+        assert_eq!(v["message"]["android"]["priority"], "high");
+    }
+
+    #[test]
+    fn ciphertext_too_large_becomes_the_plain_wake_up() {
+        let m = build(&MessageSettings::default(), &device(), &encrypted(MAX_DATA)).unwrap();
+        assert!(m.ciphertext_dropped.is_some_and(|size| size > MAX_DATA));
+        let v = parse(&m);
+        assert!(v["message"]["data"].get("encrypted").is_none());
+        assert!(v["message"]["data"].get("iv").is_none());
+        assert!(v["message"]["data"].get("account").is_some());
+        assert_eq!(
+            v["message"]["android"]["priority"], "high",
+            "still a message"
+        );
+    }
+
+    #[test]
+    fn a_call_is_high_priority_to_the_normal_token() {
+        let mut d = device();
+        d.voip_token = Some("cd".repeat(32));
+        let n = Notification {
+            call: Some(crate::Call {
+                sid: Some("a73sjjvkla37jfea".into()),
+                media: vec!["audio".into()],
+            }),
+            ..Default::default()
+        };
+        let v = parse(&build(&MessageSettings::default(), &d, &n).unwrap());
+        assert_eq!(v["message"]["token"], "fcm-token-1");
+        assert_eq!(v["message"]["android"]["priority"], "high");
+    }
+
+    #[test]
+    fn publish_options_set_priority_and_ttl() {
+        let settings = MessageSettings {
+            ttl_secs: Some(60),
+            ..Default::default()
+        };
+        let mut d = device();
+        d.options = crate::PushOptions {
+            high_priority: Some(false),
+            ttl_secs: Some(3600),
+            ..Default::default()
+        };
+        let v = parse(&build(&settings, &d, &important()).unwrap());
+        assert_eq!(
+            v["message"]["android"],
+            json!({"priority": "normal", "ttl": "3600s"})
+        );
+        d.options = crate::PushOptions {
+            high_priority: Some(true),
+            ttl_secs: Some(u64::MAX),
+            ..Default::default()
+        };
+        let v = parse(&build(&settings, &d, &Notification::default()).unwrap());
+        assert_eq!(v["message"]["android"]["priority"], "high");
+        assert_eq!(
+            v["message"]["android"]["ttl"],
+            format!("{}s", super::super::MAX_TTL_SECS)
+        );
     }
 }

@@ -208,7 +208,17 @@ impl FcmBackend {
 impl Inner {
     async fn push(&self, device: &Device, notification: &Notification) -> Outcome {
         let body = match message::build(&self.settings, device, notification) {
-            Ok(body) => Bytes::from(body),
+            Ok(message) => {
+                if let Some(size) = message.ciphertext_dropped {
+                    tracing::warn!(
+                        app = %self.app,
+                        size,
+                        limit = message::MAX_DATA,
+                        "FCM: the encrypted payload does not fit; sending the plain wake-up without it"
+                    );
+                }
+                Bytes::from(message.body)
+            }
             Err(e) => {
                 return Outcome::Rejected {
                     reason: e.to_string(),

@@ -99,6 +99,7 @@ pub fn device(token: &str) -> Device {
         device_id: Some("a1b2c3d4e5f60718".into()),
         muc: None,
         collapse_id: None,
+        ..Default::default()
     }
 }
 
@@ -109,6 +110,7 @@ pub fn important() -> Notification {
         last_message_sender: Some("juliet@capulet.example/balcony".into()),
         last_message_body: Some("Wherefore art thou?".into()),
         fields: vec![],
+        ..Default::default()
     }
 }
 

@@ -90,6 +90,16 @@ impl Running {
         self.shutdown.clone()
     }
 
+    /// What the HTTP routes read of this instance (`http/`).
+    pub fn http_state(&self, config: &Config) -> crate::http::HttpState {
+        crate::http::HttpState {
+            config: Arc::new(config.clone()),
+            store: self.store.clone(),
+            dispatcher: self.dispatcher.clone(),
+            link: self.state.clone(),
+        }
+    }
+
     /// Waits until the link reaches `want`, up to `limit`.
     pub async fn wait_for_state(&mut self, want: LinkState, limit: Duration) -> bool {
         tokio::time::timeout(limit, self.state.wait_for(|s| *s == want))

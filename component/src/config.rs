@@ -41,6 +41,10 @@ pub struct Config {
     pub brake: BrakeConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// `[http]`: the listener for metrics, health, status and the
+    /// registration API (`component/src/http/`).
+    #[serde(default)]
+    pub http: HttpConfig,
     #[serde(default)]
     pub register: RegisterConfig,
     /// `[dialects]`: the registration dialects besides Conversations', and
@@ -595,6 +599,46 @@ fn validate_targets(
     Ok(())
 }
 
+/// `[http]`: one listener for `/metrics`, `/health`, `/ready`, `/status`
+/// and the registration API. On loopback by default; `enabled = false`
+/// turns it off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Whether to listen at all.
+    #[serde(default = "default_http_enabled")]
+    pub enabled: bool,
+    /// Address and port (`127.0.0.1:9357`; port 0 picks a free one, which
+    /// the log names).
+    #[serde(default = "default_http_listen")]
+    pub listen: std::net::SocketAddr,
+    /// `[http.api_keys]`: app name → the keys that may manage that app's
+    /// registrations through the HTTP API (several, so that a key can be
+    /// rotated). An app without keys is not served by the API.
+    #[serde(default)]
+    pub api_keys: BTreeMap<String, Vec<String>>,
+}
+
+/// The shortest API key accepted: 128 bits as base64 or hex is longer.
+pub const MIN_API_KEY_LEN: usize = 22;
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: default_http_enabled(),
+            listen: default_http_listen(),
+            api_keys: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_http_enabled() -> bool {
+    true
+}
+fn default_http_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9357))
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -914,6 +958,17 @@ impl Config {
         }
         self.register.validate()?;
         self.dialects.validate(&self.apps)?;
+        for (app, keys) in &self.http.api_keys {
+            if !self.apps.contains_key(app) {
+                return bad("http.api_keys", "names an app that is not configured");
+            }
+            if keys.iter().any(|k| k.len() < MIN_API_KEY_LEN) {
+                return bad(
+                    "http.api_keys",
+                    "every key must be at least 22 characters (openssl rand -base64 24)",
+                );
+            }
+        }
         for name in self.apps.keys() {
             if name.is_empty()
                 || !name.chars().all(|c| {

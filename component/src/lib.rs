@@ -7,11 +7,14 @@
 //! ([`dispatch`]) → the provider (crate `nudge-plugins`). Registration
 //! commands ([`register`]) are the other way in. [`service`] routes each
 //! stanza; [`app`] wires it all together from the [`config`]; [`instance`]
-//! is this process among others (the SQLite lock, the zero-gap handover).
+//! is this process among others (the SQLite lock, the zero-gap handover);
+//! [`http`] is the operator's and app backends' way in (metrics, health,
+//! status, the registration API).
 
 pub mod app;
 pub mod config;
 pub mod dispatch;
+pub mod http;
 pub mod instance;
 pub mod push;
 pub mod register;

@@ -370,8 +370,34 @@ async fn run(
             Err(e) => return Err(e.into()),
         }
     }
+    // The HTTP listener is bound before anything connects, so that a port
+    // in use fails the start with a clear message; during a handover the
+    // predecessor still holds it, and it is taken once that one exits.
+    let mut http_listener = None;
+    if config.http.enabled && predecessor.is_none() {
+        http_listener = Some(bind_http(&config, None).await?);
+    }
     let backends = nudge::app::build_backends(&config).await?;
     let mut running = nudge::start(&config, backends).await?;
+    if config.http.enabled {
+        let state = running.http_state(&config);
+        let stop = running.shutdown_handle();
+        let bound = http_listener.take();
+        let config = config.clone();
+        tokio::spawn(async move {
+            let listener = match bound {
+                Some(l) => l,
+                None => match bind_http(&config, predecessor).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        error!(error = %e, "no HTTP listener: metrics, health and the API are unavailable");
+                        return;
+                    }
+                },
+            };
+            nudge::http::serve(listener, nudge::http::router(state), stop).await;
+        });
+    }
     match predecessor {
         Some(p) => {
             if let Err(e) = take_over(&mut running, p, &config).await {
@@ -448,6 +474,27 @@ async fn run(
             }
         }
     }
+}
+
+/// Binds `[http] listen`; while `predecessor` runs, a port in use is
+/// waited for (it is the predecessor's, given up when it exits).
+async fn bind_http(
+    config: &Config,
+    predecessor: Option<OtherInstance>,
+) -> Result<tokio::net::TcpListener, BoxError> {
+    let addr = config.http.listen;
+    nudge::http::bind(
+        addr,
+        || predecessor.is_some_and(|p| p.is_running()),
+        Duration::from_secs(35),
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "cannot listen on {addr} ([http] listen): {e}; another process has it              (a second nudge on this machine needs its own port), or set [http] enabled = false"
+        )
+        .into()
+    })
 }
 
 /// Connects beside the instance being replaced, then stops it.

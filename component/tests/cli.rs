@@ -245,6 +245,7 @@ async fn run_connects_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nudge"))
         .args(["--config", &common::example_config(), "run"])
+        .env("NUDGE_HTTP__LISTEN", "127.0.0.1:0")
         .env("NUDGE_COMPONENT__PORT", server.port.to_string())
         .env("NUDGE_COMPONENT__SECRET", common::SECRET)
         .env("NUDGE_STORAGE__DATA_DIR", dir.path())

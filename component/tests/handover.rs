@@ -28,6 +28,7 @@ fn nudge_run(server: &FakeServer, data: &Path, extra: &[&str]) -> Command {
         .env("NUDGE_COMPONENT__PORT", server.port.to_string())
         .env("NUDGE_COMPONENT__SECRET", common::SECRET)
         .env("NUDGE_STORAGE__DATA_DIR", data)
+        .env("NUDGE_HTTP__LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);

@@ -15,7 +15,8 @@
 //!   the stricter ones of the stateless modes (per token and domain);
 //! - [`brake`]: the brake on mass removal of dead tokens;
 //! - [`verdict`]: what became of a publish, and its answer;
-//! - [`retry`]: the outbox's retry worker.
+//! - [`retry`]: the outbox's retry worker;
+//! - [`ledger`]: per app, the provider's last success and last failure.
 //!
 //! A stateless push (`push/stateless/`: Monal's fpush mode, MongooseIM's)
 //! takes the same path with a [`Registration`] built from its publish: its
@@ -24,6 +25,7 @@
 
 pub mod backends;
 pub mod brake;
+pub mod ledger;
 pub mod limits;
 pub mod retry;
 pub mod slots;
@@ -144,6 +146,8 @@ pub struct Dispatcher {
     background: Arc<Background>,
     /// What happened so far.
     pub stats: DispatchStats,
+    /// Per app: the provider's last success and last failure.
+    pub ledger: ledger::Ledger,
 }
 
 impl Dispatcher {
@@ -171,6 +175,7 @@ impl Dispatcher {
             clock: ReceivedClock::default(),
             background: Arc::default(),
             stats: DispatchStats::default(),
+            ledger: ledger::Ledger::default(),
         })
     }
 
@@ -413,7 +418,7 @@ impl Dispatcher {
             };
         };
         let device = reg.device();
-        match tokio::time::timeout(
+        let outcome = match tokio::time::timeout(
             self.settings.push_timeout,
             backend.send(&device, notification),
         )
@@ -424,7 +429,9 @@ impl Dispatcher {
                 reason: format!("no answer within {:?}", self.settings.push_timeout),
                 retry_after: None,
             },
-        }
+        };
+        self.ledger.record(&reg.app, &outcome, now());
+        outcome
     }
 
     /// Acts on a provider's outcome for a push of `reg`, carrying the

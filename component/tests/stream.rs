@@ -92,11 +92,13 @@ async fn a_server_that_stays_away_is_retried_until_it_returns() {
         "no reconnection within 3 s of the server's return"
     );
     assert!(returned.elapsed() <= Duration::from_millis(1500));
-    // Mid-handshake (this side never answers), a stop is immediate.
+    // Mid-handshake (this side never answers), a stop does not wait for
+    // the 10 s handshake timeout. (Bound with room for a loaded CI machine:
+    // 1.8 s was seen there with other builds running.)
     let stopping = Instant::now();
     nudge.stop().await;
     assert!(
-        stopping.elapsed() < Duration::from_secs(1),
+        stopping.elapsed() < Duration::from_secs(4),
         "{:?}",
         stopping.elapsed()
     );

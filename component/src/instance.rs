@@ -297,6 +297,15 @@ pub fn notify_systemd(main_pid: bool) {
     }
 }
 
+/// Tells systemd that `pid` (our successor) is the service's main process
+/// now; sent by a replaced instance just before it exits. Without systemd,
+/// nothing happens.
+pub fn notify_systemd_main_pid(pid: u32) {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::MainPid(pid)]) {
+        warn!(error = %e, "could not notify systemd");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

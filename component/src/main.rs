@@ -435,6 +435,15 @@ async fn run(
         tokio::select! {
             reason = &mut stopped => {
                 tracing::info!(reason = ?reason.ok(), "stopped");
+                // Replaced by the successor this process started (SIGHUP):
+                // tell systemd which process the service is now, before
+                // this one exits. The successor says so itself once it
+                // has stopped us, but with Prosody's kick_old we may be
+                // kicked, and exit, before its message reaches systemd,
+                // which would then end the service (`deploy/nudge.service`).
+                if let Some(pid) = successor.as_ref().and_then(|c| c.id()) {
+                    nudge::instance::notify_systemd_main_pid(pid);
+                }
                 return Ok(());
             }
             taken = &mut handed_over, if waiting_for_predecessor => {

@@ -228,6 +228,30 @@ async fn sighup_starts_a_successor_that_becomes_systemds_main_process() {
         .expect("a PID");
     assert_ne!(new_pid, old_pid);
     assert!(messages.contains("READY=1"), "{messages:?}");
+    // Both say so: the successor once it has stopped the old one, and the
+    // old one as it exits (with kick_old it may exit before the successor's
+    // message reaches systemd, `deploy/nudge.service`).
+    let main_pids = |m: &str| {
+        m.lines()
+            .filter_map(|l| l.strip_prefix("MAINPID="))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        common::eventually(|| {
+            messages.push_str(&received(&notify));
+            let both = main_pids(&messages).len() >= 2;
+            async move { both }
+        })
+        .await,
+        "MAINPID from the old instance too: {messages:?}"
+    );
+    assert!(
+        main_pids(&messages)
+            .iter()
+            .all(|p| *p == new_pid.to_string()),
+        "{messages:?}"
+    );
     assert!(
         common::eventually(|| async { lock_holder(dir.path()) == Some(new_pid) }).await,
         "the successor holds the lock"

@@ -171,9 +171,11 @@ pub fn routes() -> Router<HttpState> {
 /// The closed vocabulary of the `error` member of a failure's body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
-    /// 401: no key, a wrong key, or an app that takes no key.
+    /// 401: no key, a malformed `Authorization` header, or a key of no
+    /// app, whatever the app in the path.
     Unauthorized,
-    /// 404: the key does not manage the app the path names.
+    /// 404: the key is another app's: it does not manage the app the path
+    /// names (whether that app exists or not).
     UnknownApp,
     /// 404: the app has no registration with that node.
     UnknownNode,
@@ -228,6 +230,31 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::DatabaseUnavailable,
     ];
+
+    #[cfg(test)]
+    /// The position of this code in [`Self::ALL`]; a `match` without a
+    /// wildcard, so that a new code does not compile until it has one.
+    fn position(self) -> usize {
+        match self {
+            ErrorCode::Unauthorized => 0,
+            ErrorCode::UnknownApp => 1,
+            ErrorCode::UnknownNode => 2,
+            ErrorCode::NotFound => 3,
+            ErrorCode::MethodNotAllowed => 4,
+            ErrorCode::UnsupportedMediaType => 5,
+            ErrorCode::BodyTooLarge => 6,
+            ErrorCode::MalformedJson => 7,
+            ErrorCode::InvalidBody => 8,
+            ErrorCode::UnknownField => 9,
+            ErrorCode::MissingField => 10,
+            ErrorCode::InvalidField => 11,
+            ErrorCode::InvalidJid => 12,
+            ErrorCode::InvalidToken => 13,
+            ErrorCode::RegistrationCap => 14,
+            ErrorCode::RateLimited => 15,
+            ErrorCode::DatabaseUnavailable => 16,
+        }
+    }
 
     /// The code as the body carries it.
     pub fn as_str(self) -> &'static str {
@@ -876,6 +903,13 @@ mod tests {
                 code.status().is_client_error() || code.status().is_server_error(),
                 "{code:?}"
             );
+        }
+    }
+
+    #[test]
+    fn all_lists_every_code_once() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(code.position(), i, "{code:?}");
         }
     }
 

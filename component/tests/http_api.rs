@@ -542,6 +542,16 @@ async fn bad_requests_are_json_that_say_what_to_fix(kind: DbKind) {
             "owner",
         ),
         (
+            json!({"owner": "al ice@localhost", "device_id": "d", "token": "fcm-token-000000001"}),
+            "invalid_jid",
+            "owner",
+        ),
+        (
+            json!({"owner": "a<b@localhost", "device_id": "d", "token": "fcm-token-000000001"}),
+            "invalid_jid",
+            "owner",
+        ),
+        (
             json!({"owner": "a@localhost", "device_id": "d", "token": "fcm-token-000000001", "muc": "room@conf/nick"}),
             "invalid_jid",
             "muc",
@@ -783,6 +793,90 @@ async fn a_database_that_does_not_answer_is_503(kind: DbKind) {
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
     assert_eq!(a.code(), "database_unavailable");
     assert_eq!(a.header("retry-after"), Some("5"));
+    s.finish().await;
+}
+
+/// PostgreSQL, several instances: a change made over one instance's API
+/// reaches another instance that has the row cached (the database's
+/// trigger, `store/listen.rs`), well within the cache's 60 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_over_the_api_reach_another_instance() {
+    let s = setup(DbKind::Postgres, "").await;
+    let created = s
+        .create("gina@localhost", "d1", "fcm-token-gina-0001")
+        .await;
+    assert_eq!(created.status, StatusCode::OK);
+    let node = created.body["node"].as_str().unwrap().to_owned();
+    let secret = created.body["secret"].as_str().unwrap().to_owned();
+
+    let backend = common::TestBackend::new("fcm");
+    let mut backends = nudge::dispatch::Backends::new();
+    backends.insert("conversations", backend.clone());
+    let (_server_b, mut conn_b, nudge_b) =
+        common::start_connected(&s.db.url(), backends, |_| {}).await;
+    let mut n = 0;
+    let mut publish_b = async |conn: &mut ServerConn| {
+        n += 1;
+        let a = conn
+            .request(&publish_iq(
+                &format!("b{n}"),
+                "localhost",
+                &node,
+                Some(&secret),
+                "hi",
+            ))
+            .await;
+        answer_kind(&a)
+    };
+    // B reads the row and caches it, once its change listener is subscribed
+    // (until then it reads the database every time): give it a moment.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(publish_b(&mut conn_b).await, result());
+    assert!(
+        backend
+            .sent_until("fcm-token-gina-0001", |p| p.len() == 1)
+            .await
+    );
+
+    let put = s
+        .call(
+            reqwest::Method::PUT,
+            &format!("/v1/apps/conversations/registrations/{node}"),
+            Some(KEY),
+            Some(json!({"token": "fcm-token-gina-0002"})),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK);
+    let mut moved = false;
+    for _ in 0..50 {
+        assert_eq!(publish_b(&mut conn_b).await, result());
+        if !backend.sent_to("fcm-token-gina-0002").is_empty() {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(moved, "instance B kept pushing to the old token");
+
+    let deleted = s
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/apps/conversations/registrations/{node}"),
+            Some(KEY),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let mut gone = false;
+    for _ in 0..50 {
+        if publish_b(&mut conn_b).await.1 == "item-not-found" {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "instance B still knows the deleted node");
+    nudge_b.stop().await;
     s.finish().await;
 }
 

@@ -610,14 +610,23 @@ impl Body {
     }
 }
 
-/// The normalised bare JID in `field`.
+/// The normalised bare JID in `field`. [`Jid::parse`] trusts the XMPP
+/// server to have prepared what it sends; a backend's JID has had no such
+/// check, so the local part is also held to RFC 7622's limits here: at
+/// most 1023 bytes, no spaces or controls, none of `"&'/:<>@`.
 fn bare_jid(field: &'static str, value: &str) -> Result<Jid, ApiError> {
     let invalid = || ApiError::InvalidJid {
         field,
         value: value.to_owned(),
     };
     let jid = Jid::parse(value).map_err(|_| invalid())?;
-    if jid.resource().is_some() {
+    let local_ok = jid.local().is_none_or(|l| {
+        l.len() <= 1023
+            && !l
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || "\"&'/:<>@".contains(c))
+    });
+    if jid.resource().is_some() || !local_ok {
         return Err(invalid());
     }
     Ok(jid)

@@ -97,6 +97,9 @@ impl Running {
             store: self.store.clone(),
             dispatcher: self.dispatcher.clone(),
             link: self.state.clone(),
+            api_keys: Arc::new(crate::http::registrations::ApiKeys::from_config(
+                &config.http,
+            )),
         }
     }
 

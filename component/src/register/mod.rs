@@ -182,12 +182,20 @@ pub fn resolve_app(backends: &Backends, name: &str) -> Result<String, StanzaErro
     }
 }
 
-/// Checks a token's format with the app's backend.
+/// Checks a token's format with the app's backend, as a command's answer.
 pub fn validate_token(backends: &Backends, app: &str, token: &str) -> Result<(), StanzaError> {
+    check_token(backends, app, token).map_err(|e| StanzaError::bad_request(e.to_string()))
+}
+
+/// Checks a token's format with the app's backend (every way in that takes
+/// a token: the dialects here and the HTTP API, `http/registrations.rs`).
+pub fn check_token(
+    backends: &Backends,
+    app: &str,
+    token: &str,
+) -> Result<(), nudge_plugins::InvalidTokenFormat> {
     match backends.get(app) {
-        Some(backend) => backend
-            .validate_token(token)
-            .map_err(|e| StanzaError::bad_request(e.to_string())),
+        Some(backend) => backend.validate_token(token),
         None => Ok(()),
     }
 }

@@ -419,6 +419,35 @@ impl RegistrationStore {
         Ok(reg)
     }
 
+    /// Gives an app's registration of `node` a new token and APNs
+    /// environment (the HTTP API's update, `http/registrations.rs`); node,
+    /// secret and owner stay. `None` when the app has no such node.
+    pub async fn update_token(
+        &self,
+        app: &str,
+        node: &str,
+        token: &str,
+        environment: Option<nudge_plugins::Environment>,
+    ) -> Result<Option<Registration>, StoreError> {
+        let sql = concat!(
+            "UPDATE registrations SET token = $3, environment = $4, updated_at = $5 \
+             WHERE node = $1 AND app = $2 RETURNING ",
+            columns!()
+        );
+        let reg: Option<Registration> = on_pool!(&self.pool, |p| {
+            sqlx::query_as(sql)
+                .bind(node)
+                .bind(app)
+                .bind(token)
+                .bind(environment.map_or("", |e| e.as_str()))
+                .bind(now())
+                .fetch_optional(p)
+                .await?
+        });
+        self.cache.invalidate(node);
+        Ok(reg)
+    }
+
     /// The registration of a node, from the cache when it is there.
     pub async fn find(&self, node: &str) -> Result<Option<Arc<Registration>>, StoreError> {
         if let Some(hit) = self.cache.get(node) {

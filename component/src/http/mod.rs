@@ -4,11 +4,14 @@
 //!
 //! - [`health`]: `/health` (the process is alive) and `/ready` (the
 //!   component stream is up and the database answers), for orchestrators;
+//! - [`status`]: `/status`, the instance's state for an operator (`nudge
+//!   status`);
 //!
 //! Everything here reads the running instance's state ([`HttpState`]); none
 //! of it is on the publish path.
 
 pub mod health;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,11 +39,16 @@ pub struct HttpState {
     pub dispatcher: Arc<Dispatcher>,
     /// The component link's state.
     pub link: watch::Receiver<LinkState>,
+    /// The link's history: connected since, reconnects.
+    pub link_history: Arc<status::LinkHistory>,
 }
 
 /// Every route, on one router.
 pub fn router(state: HttpState) -> Router {
-    Router::new().merge(health::routes()).with_state(state)
+    Router::new()
+        .merge(health::routes())
+        .merge(status::routes())
+        .with_state(state)
 }
 
 /// Binds `addr`. While `predecessor_running` says the instance being

@@ -60,10 +60,7 @@ fn status_url(listen: SocketAddr) -> String {
 }
 
 async fn fetch(url: &str) -> Result<String, BoxError> {
-    let client = reqwest::Client::builder()
-        .timeout(ANSWER_WITHIN)
-        .no_proxy()
-        .build()?;
+    let client = nudge::http::status::plain_client(ANSWER_WITHIN)?;
     let answer = client.get(url).send().await?;
     if !answer.status().is_success() {
         return Err(format!("HTTP {}", answer.status()).into());

@@ -135,6 +135,32 @@ impl From<&DispatchStats> for DispatchCounts {
     }
 }
 
+/// A client for plain-HTTP requests to the listener (`nudge status`,
+/// tests). reqwest is built without a crypto provider of its own
+/// (`rustls-no-provider`) and refuses to build a client without one, so it
+/// gets ring's, with no trusted roots: it is never meant to speak TLS.
+pub fn plain_client(timeout: std::time::Duration) -> Result<reqwest::Client, PlainClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    Ok(reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .no_proxy()
+        .timeout(timeout)
+        .build()?)
+}
+
+/// Why [`plain_client`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PlainClientError {
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
 /// The link's transitions, followed by a task ([`LinkHistory::follow`]).
 #[derive(Debug, Default)]
 pub struct LinkHistory {

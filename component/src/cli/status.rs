@@ -61,7 +61,16 @@ fn status_url(listen: SocketAddr) -> String {
 
 async fn fetch(url: &str) -> Result<String, BoxError> {
     let client = nudge::http::status::plain_client(ANSWER_WITHIN)?;
-    let answer = client.get(url).send().await?;
+    let answer = client.get(url).send().await.map_err(|e| {
+        // reqwest's own text is "error sending request"; the cause says why.
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            why = format!("{why}: {s}");
+            source = s.source();
+        }
+        why
+    })?;
     if !answer.status().is_success() {
         return Err(format!("HTTP {}", answer.status()).into());
     }
@@ -69,7 +78,9 @@ async fn fetch(url: &str) -> Result<String, BoxError> {
 }
 
 async fn open_store(config: &Config) -> Result<RegistrationStore, BoxError> {
-    Ok(RegistrationStore::open(&config.database_url(), 16).await?)
+    let store = RegistrationStore::open(&config.database_url(), 16).await?;
+    store.migrate().await?;
+    Ok(store)
 }
 
 fn print_answer(body: &str, json: bool) -> Result<(), BoxError> {

@@ -768,6 +768,43 @@ fn random_id(bytes: usize) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn logs_show_a_short_hash_of_the_node_never_the_node() {
+        let node = "gIB2xz0r1U-qH-1_Go3w2A";
+        let shown = NodeForLog(node).to_string();
+        assert_eq!(shown.len(), NODE_HASH_LEN);
+        assert!(is_node_hash(&shown));
+        assert_eq!(shown, node_hash(node));
+        assert!(!shown.contains(&node[..4]));
+        assert_ne!(node_hash("another-node-entirely"), shown);
+        // Keyed apart from the collapse id providers see.
+        let reg = Registration {
+            node: node.into(),
+            ..registration_for_hash_test()
+        };
+        assert!(!reg.collapse_id().starts_with(&shown));
+        assert!(!is_node_hash(node) && !is_node_hash("ABCDEF12"));
+    }
+
+    fn registration_for_hash_test() -> Registration {
+        Registration {
+            node: String::new(),
+            secret: None,
+            owner: "a@b".into(),
+            domain: "b".into(),
+            device_id: String::new(),
+            muc: String::new(),
+            app: "ios".into(),
+            token: "t".into(),
+            created_at: 0,
+            updated_at: 0,
+            dialect: "conversations".into(),
+            second_token: String::new(),
+            environment: String::new(),
+            options: Default::default(),
+        }
+    }
+
     /// A pause in [`RegistrationStore::find`] between its database read and
     /// its cache fill, armed once, so that a test can put a change there.
     #[derive(Default)]

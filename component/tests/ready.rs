@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::{DbKind, FakeServer, Harness, STEP, eventually_within};
 use nudge::http::health::Readiness;
 use nudge::http::status::Status;
+use nudge::xmpp::stream::LinkState;
 
 /// Serves the router of `nudge` on 127.0.0.1:0; its base URL.
 async fn serve(h: &Harness, config: &nudge::Config) -> String {
@@ -99,7 +100,7 @@ async fn ready_flips_with_the_xmpp_server_postgres() {
     flips_with_the_server(DbKind::Postgres).await;
 }
 
-/// A server that is not there at all: never ready, and says why.
+/// Not connected yet, then standing by: not ready, and it says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_before_the_first_connection() {
     let server = FakeServer::start().await;
@@ -113,9 +114,19 @@ async fn not_ready_before_the_first_connection() {
         nudge::http::router(nudge.http_state(&config)),
         nudge.shutdown_handle(),
     ));
-    // The fake server accepts TCP but never opens the stream.
     let (code, why) = ready(&base).await;
     assert_eq!((code, why.link.as_str()), (503, "connecting"));
+    // Another instance holds the domain (Prosody's kick_new): a standby is
+    // not ready either.
+    let (mut c, _, _) = server.accept_until_handshake().await;
+    c.send("<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Component already connected</text></stream:error></stream:stream>").await;
+    let mut state = nudge.state.clone();
+    tokio::time::timeout(STEP, state.wait_for(|s| *s == LinkState::Standby))
+        .await
+        .unwrap()
+        .unwrap();
+    let (code, why) = ready(&base).await;
+    assert_eq!((code, why.link.as_str()), (503, "standby"));
     nudge.stop().await;
 }
 

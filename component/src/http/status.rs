@@ -14,9 +14,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use axum::Router;
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -237,7 +240,16 @@ pub async fn database_view(
     Ok((outbox, brakes))
 }
 
-async fn status(State(state): State<HttpState>) -> Json<Status> {
+/// The status, pretty-printed (it is read by people with `curl` too).
+async fn status(State(state): State<HttpState>) -> Response {
+    let status = gather(&state).await;
+    match serde_json::to_string_pretty(&status) {
+        Ok(body) => ([(CONTENT_TYPE, "application/json")], body + "\n").into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn gather(state: &HttpState) -> Status {
     let (database, outbox, brakes) = match database_view(&state.store).await {
         Ok((outbox, brakes)) => (None, Some(outbox), Some(brakes)),
         Err(e) => (Some(e.to_string()), None, None),
@@ -250,7 +262,7 @@ async fn status(State(state): State<HttpState>) -> Json<Status> {
         .collect();
     apps.extend(state.dispatcher.ledger.snapshot());
     let link = state.link_history.snapshot();
-    Json(Status {
+    Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
         domain: state.config.component.domain.clone(),
@@ -263,7 +275,7 @@ async fn status(State(state): State<HttpState>) -> Json<Status> {
         apps,
         dispatch: DispatchCounts::from(&state.dispatcher.stats),
         brakes,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //! against the fake XMPP server and the test-app's mock FCM; `nudge status`
 //! asks it over its HTTP listener; `nudge send-test` pushes through the
 //! configured backend and reports the provider's answer (a dead token is
-//! reported and kept); a failing push is one JSON warn line with app,
-//! outcome and the node's hash, never the node, token or secret.
+//! reported and kept), on SQLite and PostgreSQL; a failing push is one JSON
+//! warn line with app, outcome and the node's hash, never the node, token
+//! or secret.
 
 mod common;
 
@@ -39,6 +40,103 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// Writes a configuration with the test-app's mock FCM as app
+/// `conversations`, the database at `db_url` and the component at `port`.
+fn write_config(
+    app: &nudge_test_app::TestApp,
+    dir: &std::path::Path,
+    port: u16,
+    db_url: &str,
+) -> std::path::PathBuf {
+    let exported = app.export(dir).unwrap();
+    let config = dir.join("nudge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[component]
+domain = "{domain}"
+secret = "{secret}"
+port = {port}
+[storage]
+url = "{db_url}"
+[outbox]
+retry_min_ms = 200
+retry_max_secs = 2
+[apps.conversations]
+provider = "fcm"
+service_account_path = "{sa}"
+endpoint = "{fcm}"
+ca_file = "{ca}"
+"#,
+            domain = common::DOMAIN,
+            secret = common::SECRET,
+            sa = exported.fcm_service_account.display(),
+            fcm = app.fcm_url(),
+            ca = exported.ca_cert.display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// `send-test` and `status` (no instance) on PostgreSQL: the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_test_and_status_work_on_postgres() {
+    let app = nudge_test_app::start(TestAppConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = common::TestDb::new(common::DbKind::Postgres).await;
+    let store = nudge::store::RegistrationStore::open(&db.url(), 10)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let token = "0ood-token-on-postgres";
+    let dead_token = "dead-token-on-postgres";
+    let good = store
+        .register(&common::registration(
+            "alice@localhost",
+            "conversations",
+            "phone",
+            token,
+        ))
+        .await
+        .unwrap()
+        .node;
+    let dead = store
+        .register(&common::registration(
+            "alice@localhost",
+            "conversations",
+            "tablet",
+            dead_token,
+        ))
+        .await
+        .unwrap()
+        .node;
+    let config = write_config(&app, dir.path(), 1, &db.url());
+    let out = nudge(&config, "127.0.0.1:1", &["send-test", &node_hash(&good)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("delivered"), "{}", text(&out));
+    assert!(app.wait_for_push(token, STEP).await.is_some());
+    let out = nudge(&config, "127.0.0.1:1", &["send-test", &dead]);
+    assert!(
+        !out.status.success() && text(&out).contains("invalid token"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        store.find(&dead).await.unwrap().is_some(),
+        "the dead token's registration was kept"
+    );
+    let out = nudge(&config, "127.0.0.1:1", &["status"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("outbox       empty"), "{}", text(&out));
+    store.close().await;
+    db.drop_db().await;
+    app.shutdown().await;
+}
+
 /// Registers alice's `device` with `token` the way Conversations does.
 async fn register(conn: &mut common::ServerConn, device: &str, token: &str) -> (String, String) {
     let a = conn
@@ -60,38 +158,9 @@ async fn status_send_test_and_json_logs_through_the_binary() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let exported = app.export(dir.path()).unwrap();
     let server = FakeServer::start().await;
-    let config = dir.path().join("nudge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[component]
-domain = "{domain}"
-secret = "{secret}"
-port = {port}
-[storage]
-url = "sqlite://{db}"
-[outbox]
-retry_min_ms = 200
-retry_max_secs = 2
-[apps.conversations]
-provider = "fcm"
-service_account_path = "{sa}"
-endpoint = "{fcm}"
-ca_file = "{ca}"
-"#,
-            domain = common::DOMAIN,
-            secret = common::SECRET,
-            port = server.port,
-            db = dir.path().join("nudge.db").display(),
-            sa = exported.fcm_service_account.display(),
-            fcm = app.fcm_url(),
-            ca = exported.ca_cert.display(),
-        ),
-    )
-    .unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("nudge.db").display());
+    let config = write_config(&app, dir.path(), server.port, &db_url);
 
     // Nothing runs yet: `status` says so, prints the database's view, fails.
     let idle = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

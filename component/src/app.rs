@@ -54,6 +54,8 @@ pub struct Running {
     changes: Option<ChangeListener>,
     /// How long a stop waits for pushes still out in the background.
     settle_within: Duration,
+    /// The link's transitions, for `/status`.
+    link_history: Arc<crate::http::status::LinkHistory>,
 }
 
 impl Running {
@@ -100,6 +102,7 @@ impl Running {
             api_keys: Arc::new(crate::http::registrations::ApiKeys::from_config(
                 &config.http,
             )),
+            link_history: self.link_history.clone(),
         }
     }
 
@@ -123,6 +126,7 @@ pub async fn start(config: &Config, backends: Backends) -> Result<Running, Start
     let changes = store.listen_for_changes();
     info!(database = store.kind(), apps = ?backends.apps(), "registration store ready");
     let (link, outbound, state) = Link::new(config.stream());
+    let link_history = crate::http::status::LinkHistory::follow(state.clone());
     let dispatcher = Dispatcher::new(backends, store.clone(), config);
     let retrying = tokio::spawn(crate::dispatch::retry::run(dispatcher.clone()));
     let service = Arc::new(Service::new(
@@ -145,5 +149,6 @@ pub async fn start(config: &Config, backends: Backends) -> Result<Running, Start
         dispatcher,
         changes,
         settle_within: Duration::from_millis(config.dispatch.answer_within_ms),
+        link_history,
     })
 }

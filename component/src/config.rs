@@ -646,6 +646,23 @@ pub struct LogConfig {
     /// A tracing filter: `info`, `nudge=debug`, …; `RUST_LOG` wins.
     #[serde(default = "default_log_level")]
     pub level: String,
+    /// `human` (the default) or `json` (one JSON object a line, for a log
+    /// collector).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// How log lines are written (`[log] format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Text for a terminal or the journal.
+    #[default]
+    Human,
+    /// One JSON object per line: `timestamp`, `level`, `fields` (the
+    /// message and the event's fields), `target`, and `spans` (each with
+    /// its fields, e.g. a push's `app` and `node` hash).
+    Json,
 }
 
 fn default_host() -> String {
@@ -794,6 +811,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: default_log_level(),
+            format: LogFormat::default(),
         }
     }
 }
@@ -1111,6 +1129,21 @@ mod tests {
         assert_eq!(c.component.write_timeout_secs, 10);
         assert_eq!(c.component.drain_timeout_secs, 5);
         assert_eq!(c.database_url(), "sqlite://data/nudge.db");
+    }
+
+    #[test]
+    fn log_format_is_human_by_default_json_by_choice_and_nothing_else() {
+        let base = "[component]\ndomain = 'push.example.org'\nsecret = 's'\n";
+        assert_eq!(
+            Config::from_toml(base).unwrap().log.format,
+            LogFormat::Human
+        );
+        let json = Config::from_toml_and_env(base, env(&[("NUDGE_LOG__FORMAT", "json")])).unwrap();
+        assert_eq!(json.log.format, LogFormat::Json);
+        match Config::from_toml(&format!("{base}[log]\nformat = 'xml'\n")) {
+            Err(e) => assert!(e.to_string().contains("log.format"), "{e}"),
+            Ok(_) => panic!("format = 'xml' accepted"),
+        }
     }
 
     fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -1,12 +1,15 @@
 //! The `nudge` command: run the App Server, migrate its database, check a
-//! configuration, and manage registrations.
+//! configuration, ask a running instance for its status, send a test push,
+//! and manage registrations. The longer commands live in `cli/`.
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use nudge::config::Config;
+use nudge::config::{Config, LogFormat};
 use nudge::instance::{InstanceLock, LockError, OtherInstance};
 use nudge::store::RegistrationStore;
 use nudge::xmpp::stream::LinkState;
@@ -56,6 +59,22 @@ enum Command {
     Migrate,
     /// Validate the configuration (and build the push backends) and exit.
     CheckConfig,
+    /// Ask the running instance (at [http] listen) for its state: link,
+    /// outbox, each app's last success and error. Fails when it does not
+    /// answer (and prints what the database tells).
+    Status {
+        /// Print the instance's `/status` JSON as it came.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one test push to a registration through its app's configured
+    /// provider and print the answer; fails unless it was delivered. A dead
+    /// token is reported, not removed.
+    SendTest {
+        /// The registration's node, or its 8-digit hash from a log line.
+        #[arg(allow_hyphen_values = true)]
+        node: String,
+    },
     /// Inspect or remove registrations.
     Registrations {
         #[command(subcommand)]
@@ -96,7 +115,8 @@ enum BrakeCommand {
 
 #[derive(Subcommand)]
 enum RegistrationsCommand {
-    /// List registrations (optionally of one account).
+    /// List registrations (optionally of one account): node hash (as log
+    /// lines show it), node, owner, app, device, room.
     List {
         #[arg(long)]
         owner: Option<String>,
@@ -105,7 +125,8 @@ enum RegistrationsCommand {
     },
     /// Show one registration.
     Show {
-        /// Nodes are random base64url and may begin with `-`.
+        /// The node, or its 8-digit hash from a log line. Nodes are random
+        /// base64url and may begin with `-`.
         #[arg(allow_hyphen_values = true)]
         node: String,
     },
@@ -133,10 +154,13 @@ fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -185,6 +209,8 @@ async fn execute(command: Command, config: Config, config_path: PathBuf) -> Resu
             );
             Ok(())
         }
+        Command::Status { json } => cli::status::run(&config, json).await,
+        Command::SendTest { node } => cli::send_test::run(&config, &node).await,
         Command::Registrations { command } => {
             let store = open_store(&config).await?;
             store.migrate().await?;
@@ -192,17 +218,20 @@ async fn execute(command: Command, config: Config, config_path: PathBuf) -> Resu
                 RegistrationsCommand::List { owner, limit } => {
                     for r in store.list(owner.as_deref(), limit).await? {
                         println!(
-                            "{}\t{}\t{}\t{}\t{}",
-                            r.node, r.owner, r.app, r.device_id, r.muc
+                            "{}\t{}\t{}\t{}\t{}\t{}",
+                            r.node_for_log(),
+                            r.node,
+                            r.owner,
+                            r.app,
+                            r.device_id,
+                            r.muc
                         );
                     }
                 }
-                RegistrationsCommand::Show { node } => match store.find(&node).await? {
-                    Some(r) => {
-                        println!("{}", serde_json::to_string_pretty(&registration_json(&r))?)
-                    }
-                    None => return Err(format!("no registration with node {node}").into()),
-                },
+                RegistrationsCommand::Show { node } => {
+                    let r = cli::find_registration(&store, &node).await?;
+                    println!("{}", serde_json::to_string_pretty(&registration_json(&r))?)
+                }
                 RegistrationsCommand::Remove { node } => {
                     if !store.remove(&node).await? {
                         return Err(format!("no registration with node {node}").into());
@@ -614,6 +643,7 @@ fn redact(url: &str) -> String {
 fn registration_json(r: &nudge::store::Registration) -> serde_json::Value {
     serde_json::json!({
         "node": r.node,
+        "node_hash": r.node_for_log().to_string(),
         "owner": r.owner,
         "domain": r.domain,
         "device_id": r.device_id,

@@ -287,10 +287,7 @@ impl Service {
             Ok(Some(reg)) => Ok(Arc::new(reg)),
             Ok(None) => Err(Verdict::UnknownNode),
             Err(e) => {
-                let node = NodeForLog {
-                    node: &request.node,
-                    short: true,
-                };
+                let node = NodeForLog(&request.node);
                 debug!(%node, %domain, error = %e, "stateless publish refused");
                 Err(e.verdict())
             }

@@ -134,7 +134,16 @@ async fn registrations_can_be_listed_shown_and_removed() {
             .unwrap()
     };
     let list = run(&["list"]);
-    assert!(String::from_utf8_lossy(&list.stdout).contains(&reg.node));
+    let hash = nudge::store::node_hash(&reg.node);
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains(&format!("{hash}\t{}\t", reg.node)),
+        "the hash column, then the node"
+    );
+    // The hash from a log line finds the registration.
+    let by_hash = run(&["show", &hash]);
+    let json: serde_json::Value = serde_json::from_slice(&by_hash.stdout).unwrap();
+    assert_eq!(json["node"], reg.node.as_str());
+    assert_eq!(json["node_hash"], hash.as_str());
     let show = run(&["show", &reg.node]);
     let json: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(json["owner"], "alice@localhost");

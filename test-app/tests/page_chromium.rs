@@ -347,3 +347,71 @@ async fn pushes_appear_live_on_the_page_in_headless_chromium() {
     // `profile`.
     drop(browser);
 }
+
+/// Not a test: the picture tool of `scripts/screenshots`, which runs it
+/// (`--ignored`) while `scripts/demo` runs. It opens the pages named by
+/// `NUDGE_SCREENSHOT_PAGES` (`URL=FILE` pairs, separated by spaces) in the
+/// same DevTools-driven Chromium, waits until a live page is live and shows
+/// `NUDGE_SCREENSHOT_PUSHES` pushes (default 6; other pages: until they
+/// loaded), and writes each screenshot as PNG to its FILE.
+#[tokio::test]
+#[ignore = "a tool of scripts/screenshots, not a test"]
+async fn screenshot_of_running_pages() {
+    let pages = std::env::var("NUDGE_SCREENSHOT_PAGES").expect("NUDGE_SCREENSHOT_PAGES");
+    let want: usize = std::env::var("NUDGE_SCREENSHOT_PUSHES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(6);
+    let profile = tempfile::tempdir().unwrap();
+    let mut browser = launch(profile.path());
+    let url = devtools_url(profile.path(), &mut browser).await;
+    let (ws, _) = bounded(tokio_tungstenite::connect_async(url.as_str()))
+        .await
+        .unwrap();
+    let mut cdp = Cdp {
+        ws,
+        next_id: 0,
+        session: None,
+    };
+    for pair in pages.split_whitespace() {
+        let (page, file) = pair.split_once('=').expect("URL=FILE");
+        cdp.session = None;
+        let target = cdp.call("Target.createTarget", json!({"url": page})).await;
+        let attached = cdp
+            .call(
+                "Target.attachToTarget",
+                json!({"targetId": target["targetId"], "flatten": true}),
+            )
+            .await;
+        cdp.session = Some(attached["sessionId"].as_str().unwrap().to_owned());
+        cdp.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": 1100, "height": 760, "deviceScaleFactor": 1, "mobile": false}),
+        )
+        .await;
+        // A new target shows about:blank (loaded) before the page.
+        cdp.eval_until(
+            "the page to load",
+            "document.URL !== 'about:blank' && document.readyState === 'complete'",
+            |v| v == true,
+        )
+        .await;
+        let live = cdp.eval("document.body.dataset.live !== undefined").await;
+        if live == true {
+            cdp.eval_until("the page to go live", "document.body.dataset.live", |v| {
+                v == "1"
+            })
+            .await;
+            cdp.eval_until("the pushes to appear", CARDS, |v| cards(v).len() >= want)
+                .await;
+        }
+        let shot = cdp
+            .call("Page.captureScreenshot", json!({"format": "png"}))
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap())
+            .unwrap();
+        std::fs::write(file, &png).unwrap();
+    }
+    drop(browser);
+}

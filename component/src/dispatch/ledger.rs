@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use nudge_plugins::Outcome;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The last success and the last failure of one app's provider.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppRecord {
     /// Unix seconds of the last push the provider took.
     pub last_success_at: Option<i64>,

@@ -468,6 +468,7 @@ impl Dispatcher {
                         _ => ("", None),
                     };
                     warn!(
+                        outcome = outcome.kind(),
                         reason = why,
                         ?retry_after,
                         "push failed for now; queued for a retry"
@@ -477,7 +478,7 @@ impl Dispatcher {
                         .await;
                 }
                 Outcome::Rejected { reason } => {
-                    error!(%reason, "provider rejected the push request; not retried");
+                    error!(outcome = "rejected", %reason, "provider rejected the push request; not retried");
                     bump(&self.stats.rejected);
                     if carried.is_some() {
                         self.drop_row(&reg.node).await;
@@ -526,7 +527,7 @@ impl Dispatcher {
             Ok(Decision::Remove) => {}
             Ok(Decision::Hold) => {
                 bump(&self.stats.held);
-                warn!(%reason, "token declared dead, removal held by the brake; registration kept");
+                warn!(outcome = "invalid_token", %reason, "token declared dead, removal held by the brake; registration kept");
                 if let Some(c) = carried {
                     // Kept for when the operator has fixed the app.
                     let due = now_ms() + millis(self.settings.retry_max);
@@ -543,14 +544,14 @@ impl Dispatcher {
         if reg.is_stateless() {
             // Nothing registered to remove: the publish is answered
             // `item-not-found`, and the server disables the node.
-            info!(%reason, "provider says the token of a stateless push is dead");
+            warn!(outcome = "invalid_token", %reason, "provider says the token of a stateless push is dead");
             self.drop_row(&reg.node).await;
             return DeadToken::Settled(Verdict::TokenDead);
         }
         match self.store.remove_dead_token(&reg.node, &reg.token).await {
             Ok(true) => {
                 bump(&self.stats.removed);
-                info!(%reason, "provider says the token is dead; registration removed");
+                warn!(outcome = "invalid_token", %reason, "provider says the token is dead; registration removed");
                 self.drop_row(&reg.node).await;
                 DeadToken::Settled(Verdict::TokenDead)
             }

@@ -153,11 +153,10 @@ async fn pass(
             break;
         };
         claimed += 1;
-        let node = NodeForLog {
-            node: &row.node,
-            short: row.device.is_some(),
-        };
-        let span = info_span!("retry", node = %node, attempts = row.attempts);
+        let node = NodeForLog(&row.node);
+        // The app is known once the registration is read (`deliver`).
+        let span =
+            info_span!("retry", node = %node, app = tracing::field::Empty, attempts = row.attempts);
         let out = dispatcher.background.enter();
         let delivery = deliver(dispatcher.clone(), row, Some(permit), false);
         tokio::spawn(
@@ -222,6 +221,7 @@ async fn deliver(
     };
     let verdict = match registration_of(&dispatcher, &row).await {
         Ok(Some(reg)) => {
+            tracing::Span::current().record("app", reg.app.as_str());
             // Counted against its limits (it is due, so it goes either
             // way): the next publish waits as after any push.
             let _ = dispatcher.check_limits(&reg, &reg.domain);
@@ -282,10 +282,7 @@ async fn housekeeping(dispatcher: &Dispatcher) {
             for push in expired {
                 dispatcher.stats.expired.fetch_add(1, Ordering::Relaxed);
                 dispatcher.slots.set_queued(&push.node, false);
-                let node = NodeForLog {
-                    node: &push.node,
-                    short: push.stateless,
-                };
+                let node = NodeForLog(&push.node);
                 warn!(%node, attempts = push.attempts, "queued push expired undelivered (outbox.ttl_secs)");
             }
         }

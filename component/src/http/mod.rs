@@ -6,12 +6,15 @@
 //!   component stream is up and the database answers), for orchestrators;
 //! - [`registrations`]: `/v1/apps/{app}/registrations…`, the registration
 //!   API for app backends (`docs/openapi.json`);
+//! - [`status`]: `/status`, the instance's state for an operator (`nudge
+//!   status`);
 //!
 //! Everything here reads the running instance's state ([`HttpState`]); none
 //! of it is on the publish path.
 
 pub mod health;
 pub mod registrations;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +44,8 @@ pub struct HttpState {
     pub link: watch::Receiver<LinkState>,
     /// The registration API's keys (`[http.api_keys]`), as it compares them.
     pub api_keys: Arc<registrations::ApiKeys>,
+    /// The link's history: connected since, reconnects.
+    pub link_history: Arc<status::LinkHistory>,
 }
 
 /// Every route, on one router.
@@ -48,6 +53,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .merge(health::routes())
         .merge(registrations::routes())
+        .merge(status::routes())
         .with_state(state)
 }
 

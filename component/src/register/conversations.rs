@@ -28,7 +28,7 @@
 use nudge_plugins::fcm::message::conversations_hash;
 
 use crate::dispatch::Backends;
-use crate::store::NewRegistration;
+use crate::store::{NewRegistration, NodeForLog};
 use crate::xmpp::Element;
 use crate::xmpp::dataform::DataForm;
 use crate::xmpp::jid::Jid;
@@ -131,7 +131,7 @@ async fn unregister(
         return Err(StanzaError::item_not_found()
             .with_text("no registration of this device for that channel"));
     };
-    tracing::info!(%owner, %app, %node, ?channel, "device unregistered");
+    tracing::info!(%owner, %app, node = %NodeForLog(&node), ?channel, "device unregistered");
     Ok(cmd.completed(None))
 }
 

@@ -230,7 +230,7 @@ pub fn log_registered(reg: &Registration) {
     tracing::info!(
         owner = %reg.owner,
         app = %reg.app,
-        node = %reg.node,
+        node = %reg.node_for_log(),
         dialect = %reg.dialect,
         "device registered"
     );

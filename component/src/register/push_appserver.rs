@@ -19,7 +19,7 @@
 //! is not offered: it has no authenticated JID to bind a node to.
 
 use crate::config::{DialectTarget, PushAppserverConfig};
-use crate::store::{ClientNodeOutcome, NewRegistration};
+use crate::store::{ClientNodeOutcome, NewRegistration, NodeForLog};
 use crate::xmpp::Element;
 use crate::xmpp::dataform::DataForm;
 use crate::xmpp::stanza::{DefinedCondition, ErrorType, StanzaError};
@@ -293,7 +293,7 @@ async fn unregister(
         tracing::info!(%owner, %app, "v1-unregister-push matched no registration of the account");
         return Err(StanzaError::item_not_found().with_text("no registration of this node"));
     }
-    tracing::info!(%owner, %app, node = %form.node, "device unregistered");
+    tracing::info!(%owner, %app, node = %NodeForLog(&form.node), "device unregistered");
     Ok(cmd.completed(None))
 }
 

@@ -22,7 +22,7 @@
 //! commands are not offered.
 
 use crate::config::{DialectTarget, SiskinConfig};
-use crate::store::NewRegistration;
+use crate::store::{NewRegistration, NodeForLog};
 use crate::xmpp::Element;
 use crate::xmpp::dataform::{DataForm, Field};
 use crate::xmpp::ns;
@@ -233,7 +233,7 @@ async fn register(
     // a client that used its own token as a Conversations device id would
     // otherwise be handed a node that wants a secret it never got.
     if reg.dialect != DIALECT || reg.secret.is_some() {
-        tracing::warn!(owner = %reg.owner, node = %reg.node, dialect = %reg.dialect,
+        tracing::warn!(owner = %reg.owner, node = %reg.node_for_log(), dialect = %reg.dialect,
             "register-device met another dialect's registration of this token");
         return Err(
             StanzaError::new(ErrorType::Cancel, DefinedCondition::Conflict)
@@ -272,7 +272,7 @@ async fn unregister(
         return Err(StanzaError::item_not_found().with_text("no registration of this device"));
     }
     for node in &removed {
-        tracing::info!(%owner, %app, %node, "device unregistered");
+        tracing::info!(%owner, %app, node = %NodeForLog(node), "device unregistered");
     }
     Ok(cmd.completed(None))
 }

@@ -89,14 +89,11 @@ impl Registration {
         STATELESS_DIALECTS.contains(&self.dialect.as_str())
     }
 
-    /// The node as logs show it: whole for a registration, only its first
-    /// characters for a stateless push, whose node may be the device token
-    /// itself (fpush), a credential.
+    /// The node as logs show it: a short hash ([`node_hash`]), never the
+    /// node itself (for Siskin's dialect and a stateless push the node is
+    /// the credential, or the device token).
     pub fn node_for_log(&self) -> NodeForLog<'_> {
-        NodeForLog {
-            node: &self.node,
-            short: self.is_stateless(),
-        }
+        NodeForLog(&self.node)
     }
 
     /// The collapse identifier of the registration's pushes: 16 hex digits
@@ -111,24 +108,39 @@ impl Registration {
     }
 }
 
-/// A node for the log ([`Registration::node_for_log`]).
+/// A node for the log ([`Registration::node_for_log`]): displays as its
+/// [`node_hash`], so that a log line never carries a credential, and an
+/// operator still goes from the line to the registration (`nudge
+/// registrations list` prints the hash, `show` takes it).
 #[derive(Debug, Clone, Copy)]
-pub struct NodeForLog<'a> {
-    /// The node.
-    pub node: &'a str,
-    /// Whether only a prefix is shown.
-    pub short: bool,
-}
+pub struct NodeForLog<'a>(pub &'a str);
 
 impl std::fmt::Display for NodeForLog<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        /// Enough to tell devices apart in a log, too little to push to.
-        const SHOWN: usize = 8;
-        match self.node.char_indices().nth(SHOWN) {
-            Some((end, _)) if self.short => write!(f, "{}…", &self.node[..end]),
-            _ => f.write_str(self.node),
-        }
+        f.write_str(&node_hash(self.0))
     }
+}
+
+/// How many hex digits [`node_hash`] has.
+pub const NODE_HASH_LEN: usize = 8;
+
+/// 8 hex digits of a keyed SHA-1 of `node`: enough to tell devices apart in
+/// a log and to find the registration again, too little to push to (keyed
+/// apart from [`Registration::collapse_id`], which providers see).
+pub fn node_hash(node: &str) -> String {
+    let digest = Sha1::new()
+        .chain_update(b"nudge node hash\0")
+        .chain_update(node.as_bytes())
+        .finalize();
+    hex::encode(&digest[..NODE_HASH_LEN / 2])
+}
+
+/// Whether `s` has the shape of a [`node_hash`] (a node is base64url of
+/// 16 bytes or longer, never 8 characters).
+pub fn is_node_hash(s: &str) -> bool {
+    s.len() == NODE_HASH_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// What a client asks to register.
@@ -178,6 +190,15 @@ pub enum StoreError {
     },
     #[error("unsupported database URL {0:?}: use sqlite://… or postgres://…")]
     UnsupportedUrl(String),
+}
+
+/// Why [`RegistrationStore::ping`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PingError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -704,6 +725,37 @@ impl RegistrationStore {
         Ok(rows)
     }
 
+    /// The registrations whose node has the [`node_hash`] `hash` (one, or
+    /// in the rare collision several): reads every node, for the operator's
+    /// commands only.
+    pub async fn find_by_hash(&self, hash: &str) -> Result<Vec<Registration>, StoreError> {
+        let sql = "SELECT node FROM registrations";
+        let nodes: Vec<(String,)> =
+            on_pool!(&self.pool, |p| { sqlx::query_as(sql).fetch_all(p).await? });
+        let mut found = Vec::new();
+        for (node,) in nodes.into_iter().filter(|(n,)| node_hash(n) == hash) {
+            if let Some(reg) = self.find(&node).await? {
+                found.push(Registration::clone(&reg));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether the database answers a trivial query within `limit`
+    /// (`/ready`, `http/health.rs`): the error says why not.
+    pub async fn ping(&self, limit: Duration) -> Result<(), PingError> {
+        let query = async {
+            on_pool!(&self.pool, |p| {
+                sqlx::query("SELECT 1").execute(p).await.map(|_| ())
+            })
+        };
+        match tokio::time::timeout(limit, query).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(PingError::Database(e)),
+            Err(_) => Err(PingError::TimedOut(limit)),
+        }
+    }
+
     /// Closes the pool (waits for connections to be returned).
     pub async fn close(&self) {
         on_pool!(&self.pool, |p| p.close().await)
@@ -744,6 +796,43 @@ fn random_id(bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logs_show_a_short_hash_of_the_node_never_the_node() {
+        let node = "gIB2xz0r1U-qH-1_Go3w2A";
+        let shown = NodeForLog(node).to_string();
+        assert_eq!(shown.len(), NODE_HASH_LEN);
+        assert!(is_node_hash(&shown));
+        assert_eq!(shown, node_hash(node));
+        assert!(!shown.contains(&node[..4]));
+        assert_ne!(node_hash("another-node-entirely"), shown);
+        // Keyed apart from the collapse id providers see.
+        let reg = Registration {
+            node: node.into(),
+            ..registration_for_hash_test()
+        };
+        assert!(!reg.collapse_id().starts_with(&shown));
+        assert!(!is_node_hash(node) && !is_node_hash("ABCDEF12"));
+    }
+
+    fn registration_for_hash_test() -> Registration {
+        Registration {
+            node: String::new(),
+            secret: None,
+            owner: "a@b".into(),
+            domain: "b".into(),
+            device_id: String::new(),
+            muc: String::new(),
+            app: "ios".into(),
+            token: "t".into(),
+            created_at: 0,
+            updated_at: 0,
+            dialect: "conversations".into(),
+            second_token: String::new(),
+            environment: String::new(),
+            options: Default::default(),
+        }
+    }
 
     /// A pause in [`RegistrationStore::find`] between its database read and
     /// its cache fill, armed once, so that a test can put a change there.

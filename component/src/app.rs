@@ -97,6 +97,7 @@ impl Running {
             store: self.store.clone(),
             dispatcher: self.dispatcher.clone(),
             link: self.state.clone(),
+            scrape: Arc::default(),
         }
     }
 
@@ -132,6 +133,8 @@ pub async fn start(config: &Config, backends: Backends) -> Result<Running, Start
         config.dialects.clone(),
     ));
     let shutdown = Shutdown::new();
+    // The link's metrics; ends with the link (no-ops without a recorder).
+    tokio::spawn(crate::metrics::watch_link(state.clone()));
     let task = tokio::spawn(link.run(service, shutdown.clone()));
     Ok(Running {
         state,

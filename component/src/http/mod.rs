@@ -4,11 +4,13 @@
 //!
 //! - [`health`]: `/health` (the process is alive) and `/ready` (the
 //!   component stream is up and the database answers), for orchestrators;
+//! - [`metrics`]: `/metrics`, the Prometheus exposition (`crate::metrics`);
 //!
 //! Everything here reads the running instance's state ([`HttpState`]); none
 //! of it is on the publish path.
 
 pub mod health;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,11 +38,16 @@ pub struct HttpState {
     pub dispatcher: Arc<Dispatcher>,
     /// The component link's state.
     pub link: watch::Receiver<LinkState>,
+    /// When `/metrics` last read the database-backed gauges.
+    pub scrape: Arc<metrics::ScrapeCache>,
 }
 
 /// Every route, on one router.
 pub fn router(state: HttpState) -> Router {
-    Router::new().merge(health::routes()).with_state(state)
+    Router::new()
+        .merge(health::routes())
+        .merge(metrics::routes())
+        .with_state(state)
 }
 
 /// Binds `addr`. While `predecessor_running` says the instance being

@@ -166,6 +166,19 @@ pub enum LinkState {
     Stopped,
 }
 
+impl LinkState {
+    /// A short name, for metrics and status.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::Standby => "standby",
+            LinkState::AuthFailed => "auth_failed",
+            LinkState::Stopped => "stopped",
+        }
+    }
+}
+
 /// The component's connection to its XMPP server, across reconnects.
 pub struct Link {
     config: StreamConfig,

@@ -580,3 +580,72 @@ fn the_dashboard_queries_only_exported_metrics() {
         );
     }
 }
+
+/// `nudge run` (the real binary, its `[http]` on by default) serves
+/// `/metrics` with the recorder installed: the build info and the link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_metrics() {
+    use tokio::io::AsyncBufReadExt;
+    let server = FakeServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nudge"))
+        .args(["--config", &common::example_config(), "run"])
+        .env("NUDGE_HTTP__LISTEN", "127.0.0.1:0")
+        .env("NUDGE_COMPONENT__PORT", server.port.to_string())
+        .env("NUDGE_COMPONENT__SECRET", common::SECRET)
+        .env("NUDGE_STORAGE__DATA_DIR", dir.path())
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr: std::net::SocketAddr = tokio::time::timeout(STEP, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some((_, rest)) = line.split_once("HTTP listener on http://") {
+                let addr = rest.split([' ', '\u{1b}']).next().unwrap_or_default();
+                return addr.parse().unwrap();
+            }
+        }
+        panic!("no HTTP listener line");
+    })
+    .await
+    .expect("the listener line in time");
+    // Keep draining the log so that the child never blocks on it.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let _conn = server.accept().await;
+    let deadline = Instant::now() + STEP;
+    let scrape = loop {
+        let (status, content_type, body) = http_get(addr, "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(content_type.starts_with("text/plain; version=0.0.4"));
+        let scrape = Scrape::parse(&body);
+        if scrape.get("nudge_component_connected", &[]) == 1.0 || Instant::now() >= deadline {
+            break scrape;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(scrape.get("nudge_component_connected", &[]), 1.0);
+    assert_eq!(
+        scrape.get(
+            "nudge_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    assert_eq!(
+        scrape.get(
+            "nudge_publishes_total",
+            &[("answer", "result"), ("type", "result")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        scrape
+            .types
+            .get("nudge_publishes_total")
+            .map(String::as_str),
+        Some("counter")
+    );
+    child.kill().await.unwrap();
+}

@@ -26,6 +26,9 @@ pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub const OUTBOX_EVERY: Duration = Duration::from_secs(1);
 /// The registration counts are read at most this often.
 pub const REGISTRATIONS_EVERY: Duration = Duration::from_secs(5);
+/// A database read for a scrape gives up after this (a hanging database
+/// must not hang the scrape: the gauges keep their last values).
+const READ_WITHIN: Duration = Duration::from_secs(2);
 
 /// The routes of this file.
 pub fn routes() -> Router<HttpState> {
@@ -49,9 +52,11 @@ impl ScrapeCache {
             let mut last = self.outbox.lock().await;
             if last.is_none_or(|at| at.elapsed() >= OUTBOX_EVERY) {
                 *last = Some(Instant::now());
-                match state.store.outbox().summary().await {
-                    Ok(summary) => crate::metrics::set_outbox(&summary, crate::store::now()),
-                    Err(e) => warn!(error = %e, "metrics: could not read the outbox summary"),
+                let outbox = state.store.outbox();
+                match tokio::time::timeout(READ_WITHIN, outbox.summary()).await {
+                    Ok(Ok(summary)) => crate::metrics::set_outbox(&summary, crate::store::now()),
+                    Ok(Err(e)) => warn!(error = %e, "metrics: could not read the outbox summary"),
+                    Err(_) => warn!("metrics: the outbox summary took too long"),
                 }
             }
         }
@@ -61,8 +66,9 @@ impl ScrapeCache {
             return;
         }
         *last = Some(Instant::now());
-        match state.store.count_by_app().await {
-            Ok(counts) => {
+        match tokio::time::timeout(READ_WITHIN, state.store.count_by_app()).await {
+            Err(_) => warn!("metrics: counting the registrations took too long"),
+            Ok(Ok(counts)) => {
                 let mut apps: BTreeSet<String> = reported.clone();
                 apps.extend(state.config.apps.keys().cloned());
                 apps.extend(counts.iter().map(|(app, _)| app.clone()));
@@ -72,7 +78,7 @@ impl ScrapeCache {
                 }));
                 *reported = apps;
             }
-            Err(e) => warn!(error = %e, "metrics: could not count the registrations"),
+            Ok(Err(e)) => warn!(error = %e, "metrics: could not count the registrations"),
         }
     }
 }

@@ -56,6 +56,10 @@ struct Args {
     rate: Option<u64>,
     #[arg(long, value_enum, default_value = "noop")]
     backend: Backend,
+    /// Leave the Prometheus recorder out (as with `[http] enabled = false`);
+    /// by default it is installed, as `nudge run` does.
+    #[arg(long)]
+    no_metrics: bool,
 }
 
 const DOMAIN: &str = "push.bench";
@@ -129,6 +133,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Backend::Noop => backends,
         Backend::Apns => nudge::app::build_backends(&config).await?,
     };
+    if !args.no_metrics {
+        nudge::metrics::install()?;
+    }
     let started = Instant::now();
     let nudge = nudge::start(&config, backends).await?;
 
@@ -269,6 +276,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         latencies[latencies.len() - 1]
     );
     println!("process RSS (bench + Nudge): {} kB", rss_kb().unwrap_or(0));
+    if let Some(metrics) = nudge::metrics::handle() {
+        let text = metrics.render();
+        let answered = text
+            .lines()
+            .find(|l| l.starts_with("nudge_publishes_total{answer=\"result\""))
+            .unwrap_or("nudge_publishes_total: none");
+        println!("metrics recorder on: {answered}");
+    }
     nudge.stop().await;
     Ok(())
 }

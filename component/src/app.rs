@@ -103,6 +103,7 @@ impl Running {
                 &config.http,
             )),
             link_history: self.link_history.clone(),
+            scrape: Arc::default(),
         }
     }
 
@@ -139,6 +140,8 @@ pub async fn start(config: &Config, backends: Backends) -> Result<Running, Start
         config.dialects.clone(),
     ));
     let shutdown = Shutdown::new();
+    // The link's metrics; ends with the link (no-ops without a recorder).
+    tokio::spawn(crate::metrics::watch_link(state.clone()));
     let task = tokio::spawn(link.run(service, shutdown.clone()));
     Ok(Running {
         state,

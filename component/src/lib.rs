@@ -9,13 +9,15 @@
 //! stanza; [`app`] wires it all together from the [`config`]; [`instance`]
 //! is this process among others (the SQLite lock, the zero-gap handover);
 //! [`http`] is the operator's and app backends' way in (metrics, health,
-//! status, the registration API).
+//! status, the registration API); [`metrics`] names and records what
+//! `/metrics` exports.
 
 pub mod app;
 pub mod config;
 pub mod dispatch;
 pub mod http;
 pub mod instance;
+pub mod metrics;
 pub mod push;
 pub mod register;
 pub mod service;

@@ -409,6 +409,12 @@ async fn run(
     if config.http.enabled && predecessor.is_none() {
         http_listener = Some(bind_http(&config, None).await?);
     }
+    // Metrics are rendered by the HTTP listener alone: without it no
+    // recorder is installed and every metric is a no-op. Installed before
+    // the start, whose handles bind to it (`nudge::metrics`).
+    if config.http.enabled {
+        nudge::metrics::install()?;
+    }
     let backends = nudge::app::build_backends(&config).await?;
     let mut running = nudge::start(&config, backends).await?;
     if config.http.enabled {

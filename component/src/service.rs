@@ -12,7 +12,7 @@
 //!   two entities can never loop on each other's errors.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tracing::{debug, error, warn};
@@ -117,6 +117,7 @@ impl Service {
             (IqType::Set, Some(p)) if p.is("pubsub", ns::PUBSUB) => PublishRequest::from_pubsub(p),
             _ => None,
         };
+        let read_at = Instant::now();
         match publish {
             Some(Ok(mut request)) => {
                 request.notification = nudge_plugins::Notification::default();
@@ -125,10 +126,14 @@ impl Service {
                     request,
                     admission,
                     oversize: true,
+                    read_at,
                 };
                 self.spawn(iq, job).await
             }
-            _ => {
+            // Counted as a publish only when it is one: any other oversize
+            // iq gets the same `wait`.
+            Some(Err(_)) => self.answer_publish(&iq, Verdict::Oversize, read_at).await,
+            None => {
                 self.answer(iq.reply(Verdict::Oversize.answer(), None))
                     .await
             }
@@ -164,6 +169,7 @@ impl Service {
             (IqType::Get, "ping", ns::PING) => self.answer(iq.result(None)).await,
             (IqType::Set, "pubsub", ns::PUBSUB) => match PublishRequest::from_pubsub(payload) {
                 Some(Ok(request)) => {
+                    let read_at = Instant::now();
                     let admission = self
                         .dispatcher
                         .admit(&request.node, request.notification.is_important());
@@ -171,12 +177,13 @@ impl Service {
                         request,
                         admission,
                         oversize: false,
+                        read_at,
                     };
                     self.spawn(iq, job).await
                 }
                 Some(Err(e)) => {
-                    let answer = Verdict::Malformed(e.to_string()).answer();
-                    self.answer(iq.reply(answer, None)).await
+                    let verdict = Verdict::Malformed(e.to_string());
+                    self.answer_publish(&iq, verdict, Instant::now()).await
                 }
                 None => {
                     self.answer(iq.error(&StanzaError::feature_not_implemented()))
@@ -210,6 +217,7 @@ impl Service {
                     request,
                     admission,
                     oversize,
+                    read_at,
                 } => {
                     // Whatever hangs (a database, a lock), the publish is
                     // answered before the server gives up on it.
@@ -229,7 +237,9 @@ impl Service {
                         _ if oversize => Verdict::Oversize,
                         _ => verdict,
                     };
-                    iq.reply(verdict.answer(), None)
+                    this.answer_publish(&iq, verdict, read_at).await;
+                    drop(permit);
+                    return;
                 }
                 Job::Command(cmd) => match this.command(&iq, cmd).await {
                     Ok(payload) => iq.result(Some(payload)),
@@ -310,6 +320,15 @@ impl Service {
         self.outbound.send(&reply).await;
     }
 
+    /// Answers a publish read at `read_at`: the one place every publish's
+    /// answer is decided from its verdict, and counted (`metrics.rs`).
+    async fn answer_publish(&self, iq: &Iq, verdict: Verdict, read_at: Instant) {
+        let answer = verdict.answer();
+        let answered = self.dispatcher.metrics.publish_answer(&answer);
+        self.answer(iq.reply(answer, None)).await;
+        answered.record(read_at.elapsed());
+    }
+
     fn command_items(&self) -> Vec<DiscoItem> {
         register::command_items(self.dispatcher.backends(), &self.dialects)
             .into_iter()
@@ -388,6 +407,8 @@ enum Job {
         request: PublishRequest,
         admission: Admission,
         oversize: bool,
+        /// When the publish was read, for `nudge_dispatch_duration_seconds`.
+        read_at: Instant,
     },
     Command(Command),
 }

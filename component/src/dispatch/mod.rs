@@ -148,12 +148,15 @@ pub struct Dispatcher {
     pub stats: DispatchStats,
     /// Per app: the provider's last success and last failure.
     pub ledger: ledger::Ledger,
+    /// The Prometheus handles (`metrics.rs`).
+    pub metrics: crate::metrics::DispatchMetrics,
 }
 
 impl Dispatcher {
     /// A dispatcher for the configured apps.
     pub fn new(backends: Backends, store: RegistrationStore, config: &Config) -> Arc<Self> {
         Arc::new(Dispatcher {
+            metrics: crate::metrics::DispatchMetrics::new(&backends),
             backends,
             outbox: store.outbox(),
             brake: Brake::new(&config.brake, store.brake()),
@@ -240,6 +243,7 @@ impl Dispatcher {
             Begin::Send => {}
             Begin::Merge(wait) => {
                 bump(&self.stats.coalesced);
+                self.metrics.coalesced();
                 let due = now_ms() + millis(wait);
                 return self.queue(&reg, &notification, received, due).await;
             }
@@ -247,6 +251,7 @@ impl Dispatcher {
                 // The row waits for a retry: an important message tries now
                 // (the provider may be back) rather than after the backoff.
                 bump(&self.stats.coalesced);
+                self.metrics.coalesced();
                 // Unless the row waits for a rate limit, which an
                 // important message must not jump either: the limits bound
                 // what reaches a device (and, for a stateless token, what
@@ -267,6 +272,7 @@ impl Dispatcher {
         if let Err(limited) = self.check_limits(&reg, domain) {
             drop(admission);
             bump(&self.stats.limited);
+            self.metrics.rate_limited();
             debug!(
                 ?limited,
                 "rate limit: deferring the push through the outbox"
@@ -418,6 +424,7 @@ impl Dispatcher {
             };
         };
         let device = reg.device();
+        let started = std::time::Instant::now();
         let outcome = match tokio::time::timeout(
             self.settings.push_timeout,
             backend.send(&device, notification),
@@ -431,6 +438,8 @@ impl Dispatcher {
             },
         };
         self.ledger.record(&reg.app, &outcome, now());
+        self.metrics
+            .provider_request(&reg.app, &outcome, started.elapsed());
         outcome
     }
 
@@ -527,6 +536,7 @@ impl Dispatcher {
             Ok(Decision::Remove) => {}
             Ok(Decision::Hold) => {
                 bump(&self.stats.held);
+                self.metrics.removal_held(&reg.app);
                 warn!(outcome = "invalid_token", %reason, "token declared dead, removal held by the brake; registration kept");
                 if let Some(c) = carried {
                     // Kept for when the operator has fixed the app.
@@ -551,6 +561,7 @@ impl Dispatcher {
         match self.store.remove_dead_token(&reg.node, &reg.token).await {
             Ok(true) => {
                 bump(&self.stats.removed);
+                self.metrics.registration_removed(&reg.app);
                 warn!(outcome = "invalid_token", %reason, "provider says the token is dead; registration removed");
                 self.drop_row(&reg.node).await;
                 DeadToken::Settled(Verdict::TokenDead)
@@ -608,6 +619,7 @@ impl Dispatcher {
             }
         };
         bump(&self.stats.retries);
+        self.metrics.retried();
         // A row that is there already is merged into, not replaced: it
         // holds publishes merged while this push was out (newer, and the
         // merge keeps the newest), or, with several instances, another

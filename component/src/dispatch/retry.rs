@@ -281,6 +281,7 @@ async fn housekeeping(dispatcher: &Dispatcher) {
         Ok(expired) => {
             for push in expired {
                 dispatcher.stats.expired.fetch_add(1, Ordering::Relaxed);
+                dispatcher.metrics.expired();
                 dispatcher.slots.set_queued(&push.node, false);
                 let node = NodeForLog(&push.node);
                 warn!(%node, attempts = push.attempts, "queued push expired undelivered (outbox.ttl_secs)");

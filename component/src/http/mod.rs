@@ -8,6 +8,7 @@
 //!   API for app backends (`docs/openapi.json`);
 //! - [`status`]: `/status`, the instance's state for an operator (`nudge
 //!   status`);
+//! - [`metrics`]: `/metrics`, the Prometheus exposition (`crate::metrics`);
 //!
 //! Everything here reads the running instance's state ([`HttpState`]); none
 //! of it is on the publish path.
@@ -15,6 +16,7 @@
 pub mod health;
 pub mod registrations;
 pub mod status;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +48,8 @@ pub struct HttpState {
     pub api_keys: Arc<registrations::ApiKeys>,
     /// The link's history: connected since, reconnects.
     pub link_history: Arc<status::LinkHistory>,
+    /// When `/metrics` last read the database-backed gauges.
+    pub scrape: Arc<metrics::ScrapeCache>,
 }
 
 /// Every route, on one router.
@@ -54,6 +58,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(health::routes())
         .merge(registrations::routes())
         .merge(status::routes())
+        .merge(metrics::routes())
         .with_state(state)
 }
 

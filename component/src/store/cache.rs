@@ -46,6 +46,8 @@ pub struct RegistrationCache {
     listening: AtomicBool,
     /// Entries older than this are misses.
     max_age: Duration,
+    /// `nudge_cache_hits_total` and `_misses_total` (`metrics.rs`).
+    metrics: crate::metrics::CacheMetrics,
 }
 
 /// A cached row and when the database read that returned it began.
@@ -73,6 +75,7 @@ impl RegistrationCache {
             epoch: AtomicU64::new(0),
             listening: AtomicBool::new(listening),
             max_age,
+            metrics: crate::metrics::CacheMetrics::new(),
         }
     }
 
@@ -84,7 +87,17 @@ impl RegistrationCache {
 
     /// The cached row of a node, unless it is older than the maximum age or
     /// the cache is not listening.
+    /// Each call counts as a hit or a miss (`metrics.rs`).
     pub fn get(&self, node: &str) -> Option<Arc<Registration>> {
+        let found = self.lookup(node);
+        match found {
+            Some(_) => self.metrics.hit(),
+            None => self.metrics.miss(),
+        }
+        found
+    }
+
+    fn lookup(&self, node: &str) -> Option<Arc<Registration>> {
         if !self.is_listening() {
             return None;
         }

@@ -756,6 +756,15 @@ impl RegistrationStore {
         }
     }
 
+    /// How many registrations each app has (apps with none are left
+    /// out), for `nudge_registrations` (`http/metrics.rs`).
+    pub async fn count_by_app(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let sql = "SELECT app, COUNT(*) FROM registrations GROUP BY app ORDER BY app";
+        let rows: Vec<(String, i64)> =
+            on_pool!(&self.pool, |p| { sqlx::query_as(sql).fetch_all(p).await? });
+        Ok(rows)
+    }
+
     /// Closes the pool (waits for connections to be returned).
     pub async fn close(&self) {
         on_pool!(&self.pool, |p| p.close().await)

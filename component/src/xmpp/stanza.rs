@@ -151,7 +151,11 @@ pub enum DefinedCondition {
 }
 
 impl DefinedCondition {
-    const ALL: [DefinedCondition; 13] = [
+    /// How many conditions there are.
+    pub const COUNT: usize = 13;
+
+    /// Every condition, in declaration order.
+    pub const ALL: [DefinedCondition; Self::COUNT] = [
         DefinedCondition::BadRequest,
         DefinedCondition::Conflict,
         DefinedCondition::FeatureNotImplemented,
@@ -166,6 +170,12 @@ impl DefinedCondition {
         DefinedCondition::ServiceUnavailable,
         DefinedCondition::UndefinedCondition,
     ];
+
+    /// Its position in [`Self::ALL`] (for tables indexed by condition,
+    /// `metrics.rs`).
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     /// The element name of the condition.
     pub fn as_str(self) -> &'static str {

@@ -14,9 +14,9 @@
 //! of it is on the publish path.
 
 pub mod health;
+pub mod metrics;
 pub mod registrations;
 pub mod status;
-pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -4,8 +4,9 @@
 //! metrics stack. Every provider request the dispatcher makes is recorded
 //! here, once, where it is sent (`Dispatcher::send`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use nudge_plugins::Outcome;
 use serde::{Deserialize, Serialize};
@@ -26,39 +27,77 @@ pub struct AppRecord {
     pub failed: u64,
 }
 
-/// Every app's record, by app name.
+/// One app's slot: a delivery (the common case, on the publish path) is
+/// two atomic stores; only a failure takes the lock for its reason.
+#[derive(Debug, Default)]
+struct AppSlot {
+    /// Unix seconds of the last delivery; 0 for none yet.
+    last_success_at: AtomicI64,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    /// When and why the last failure.
+    last_error: Mutex<Option<(i64, String)>>,
+}
+
+/// Every app's record, by app name: one slot per configured app, made
+/// when the dispatcher is built.
 #[derive(Debug, Default)]
 pub struct Ledger {
-    apps: Mutex<BTreeMap<String, AppRecord>>,
+    apps: HashMap<String, AppSlot>,
 }
 
 impl Ledger {
-    /// Records one provider request of `app` that ended with `outcome` at
-    /// unix second `at`.
-    pub fn record(&self, app: &str, outcome: &Outcome, at: i64) {
-        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
-        if !apps.contains_key(app) {
-            apps.insert(app.to_owned(), AppRecord::default());
+    /// A ledger with an empty record for each of `apps`.
+    pub fn new<'a>(apps: impl IntoIterator<Item = &'a str>) -> Self {
+        Ledger {
+            apps: apps
+                .into_iter()
+                .map(|app| (app.to_owned(), AppSlot::default()))
+                .collect(),
         }
-        let Some(record) = apps.get_mut(app) else {
+    }
+
+    /// Records one provider request of `app` that ended with `outcome` at
+    /// unix second `at`. An app without a slot has no backend, so no
+    /// request to record (`Dispatcher::send` answers it before sending).
+    pub fn record(&self, app: &str, outcome: &Outcome, at: i64) {
+        let Some(slot) = self.apps.get(app) else {
             return;
         };
         match outcome {
             Outcome::Delivered => {
-                record.last_success_at = Some(at);
-                record.delivered += 1;
+                slot.last_success_at.fetch_max(at, Ordering::Relaxed);
+                slot.delivered.fetch_add(1, Ordering::Relaxed);
             }
             other => {
-                record.last_error_at = Some(at);
-                record.last_error = Some(describe(other));
-                record.failed += 1;
+                slot.failed.fetch_add(1, Ordering::Relaxed);
+                let mut last = slot.last_error.lock().unwrap_or_else(|e| e.into_inner());
+                *last = Some((at, describe(other)));
             }
         }
     }
 
     /// A copy of every app's record.
     pub fn snapshot(&self) -> BTreeMap<String, AppRecord> {
-        self.apps.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.apps
+            .iter()
+            .map(|(app, slot)| {
+                let last_error = slot
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let success = slot.last_success_at.load(Ordering::Relaxed);
+                let record = AppRecord {
+                    last_success_at: (success > 0).then_some(success),
+                    last_error_at: last_error.as_ref().map(|(at, _)| *at),
+                    last_error: last_error.map(|(_, why)| why),
+                    delivered: slot.delivered.load(Ordering::Relaxed),
+                    failed: slot.failed.load(Ordering::Relaxed),
+                };
+                (app.clone(), record)
+            })
+            .collect()
     }
 }
 
@@ -81,7 +120,7 @@ mod tests {
 
     #[test]
     fn keeps_the_last_success_and_the_last_failure_apart() {
-        let ledger = Ledger::default();
+        let ledger = Ledger::new(["ios", "android"]);
         ledger.record("ios", &Outcome::Delivered, 10);
         ledger.record(
             "ios",

@@ -155,6 +155,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// A dispatcher for the configured apps.
     pub fn new(backends: Backends, store: RegistrationStore, config: &Config) -> Arc<Self> {
+        let ledger = ledger::Ledger::new(backends.apps());
         Arc::new(Dispatcher {
             metrics: crate::metrics::DispatchMetrics::new(&backends),
             backends,
@@ -178,7 +179,7 @@ impl Dispatcher {
             clock: ReceivedClock::default(),
             background: Arc::default(),
             stats: DispatchStats::default(),
-            ledger: ledger::Ledger::default(),
+            ledger,
         })
     }
 

@@ -206,7 +206,12 @@ impl Service {
     }
 
     /// Runs a job that needs the database or a provider in its own task.
-    async fn spawn(self: &Arc<Self>, iq: Iq, job: Job) {
+    async fn spawn(self: &Arc<Self>, mut iq: Iq, job: Job) {
+        // A publish's request holds what it needs of the payload: the
+        // parsed tree would only add to what every push in flight holds.
+        if matches!(job, Job::Publish { .. }) {
+            iq.payload = None;
+        }
         let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
             return; // closed semaphore: shutting down
         };

@@ -185,6 +185,22 @@ pub(crate) fn base_url(url: &str) -> Result<String, SetupError> {
     Ok(parsed.as_str().trim_end_matches('/').to_owned())
 }
 
+/// Parses a URL built from a [`base_url`] once, at set-up: per request, a
+/// clone of it with segments added saves parsing the host each time.
+pub(crate) fn parse_url(url: &str) -> Result<reqwest::Url, SetupError> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| SetupError::Url {
+        url: url.to_owned(),
+        why: e.to_string(),
+    })?;
+    if parsed.cannot_be_a_base() {
+        return Err(SetupError::Url {
+            url: url.to_owned(),
+            why: "not a base URL".into(),
+        });
+    }
+    Ok(parsed)
+}
+
 /// The longest wait a provider's `Retry-After` is taken at its word for; a
 /// larger value is clamped rather than parking pushes for days.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);

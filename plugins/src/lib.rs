@@ -19,6 +19,7 @@ mod config;
 pub mod fcm;
 mod fit;
 mod http;
+mod json;
 pub use apns::ClientKind;
 pub use config::{BackendConfigError, ProviderConfig, build_backend};
 pub use http::SetupError;

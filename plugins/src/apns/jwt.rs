@@ -19,6 +19,8 @@ use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use rustls::pki_types::PrivatePkcs8KeyDer;
 use rustls::pki_types::pem::PemObject;
 
+use reqwest::header::HeaderValue;
+
 use crate::clock::Clock;
 
 /// Why a provider token could not be made.
@@ -98,8 +100,30 @@ pub const MAX_REFRESH: Duration = Duration::from_secs(60 * 60);
 
 #[derive(Debug, Clone)]
 struct Cached {
-    jwt: Arc<str>,
+    jwt: Jwt,
     iat: u64,
+}
+
+/// A provider token and its `authorization` header value, built once per
+/// token rather than per push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Jwt {
+    /// The signed token.
+    pub token: Arc<str>,
+    /// `bearer <token>`.
+    pub header: HeaderValue,
+}
+
+impl Jwt {
+    fn new(token: String) -> Result<Self, JwtError> {
+        // A JWT is base64url and dots: always a valid header value.
+        let header =
+            HeaderValue::from_str(&format!("bearer {token}")).map_err(|_| JwtError::Sign)?;
+        Ok(Jwt {
+            token: token.into(),
+            header,
+        })
+    }
 }
 
 /// The current provider token of one app, shared by all its pushes.
@@ -123,7 +147,7 @@ impl ProviderToken {
 
     /// The token to send now: the cached one while it is younger than
     /// `refresh_after`, else a new one.
-    pub(crate) fn current(&self) -> Result<Arc<str>, JwtError> {
+    pub(crate) fn current(&self) -> Result<Jwt, JwtError> {
         let now = self.clock.unix_secs();
         if let Some(jwt) = self.fresh(now) {
             return Ok(jwt);
@@ -133,7 +157,7 @@ impl ProviderToken {
         if let Some(c) = cached.as_ref().filter(|c| self.is_fresh(c, now)) {
             return Ok(c.jwt.clone());
         }
-        let jwt: Arc<str> = self.key.sign(now)?.into();
+        let jwt = Jwt::new(self.key.sign(now)?)?;
         tracing::debug!(key_id = %self.key.key_id, iat = now, "signed a new APNs provider token");
         *cached = Some(Cached {
             jwt: jwt.clone(),
@@ -146,12 +170,12 @@ impl ProviderToken {
     /// newer token already replaced it.
     pub(crate) fn invalidate(&self, rejected: &str) {
         let mut cached = self.cached.write().unwrap_or_else(|e| e.into_inner());
-        if cached.as_ref().is_some_and(|c| &*c.jwt == rejected) {
+        if cached.as_ref().is_some_and(|c| &*c.jwt.token == rejected) {
             *cached = None;
         }
     }
 
-    fn fresh(&self, now: u64) -> Option<Arc<str>> {
+    fn fresh(&self, now: u64) -> Option<Jwt> {
         let cached = self.cached.read().unwrap_or_else(|e| e.into_inner());
         cached
             .as_ref()
@@ -263,12 +287,12 @@ pub(crate) mod tests {
             first,
             "unrelated rejection kept it"
         );
-        tokens.invalidate(&first);
+        tokens.invalidate(&first.token);
         clock.advance(Duration::from_secs(1)); // a new iat, so a new token
         let second = tokens.current().unwrap();
         assert_ne!(second, first);
         // A late rejection of the first token must not drop the second.
-        tokens.invalidate(&first);
+        tokens.invalidate(&first.token);
         assert_eq!(tokens.current().unwrap(), second);
     }
 }

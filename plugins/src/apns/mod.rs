@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::HeaderValue;
+use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use crate::clock::{Clock, SystemClock};
@@ -42,6 +42,21 @@ use jwt::{JwtError, ProviderToken, SigningKey};
 pub use payload::{ClientKind, UnknownClientKind};
 use payload::{PayloadSettings, PushType, Recipient};
 use response::Verdict;
+
+const APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
+const APNS_PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
+const APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
+const APNS_EXPIRATION: HeaderName = HeaderName::from_static("apns-expiration");
+const APNS_COLLAPSE_ID: HeaderName = HeaderName::from_static("apns-collapse-id");
+
+/// `apns-priority` (APNs knows 10, 5 and 1).
+fn priority_value(priority: u8) -> HeaderValue {
+    match priority {
+        10 => HeaderValue::from_static("10"),
+        5 => HeaderValue::from_static("5"),
+        other => HeaderValue::from(u16::from(other)),
+    }
+}
 
 /// APNs production endpoint.
 pub const PRODUCTION_URL: &str = "https://api.push.apple.com";
@@ -252,15 +267,16 @@ pub struct ApnsBackend {
 #[derive(Debug)]
 struct DeviceUrls {
     /// `endpoint`: devices whose registration names no environment.
-    configured: String,
-    sandbox: String,
-    production: String,
+    configured: reqwest::Url,
+    sandbox: reqwest::Url,
+    production: reqwest::Url,
 }
 
 impl DeviceUrls {
     fn new(config: &ApnsConfig) -> Result<Self, SetupError> {
         let url = |endpoint: &ApnsEndpoint| {
-            http::base_url(endpoint.url()).map(|base| format!("{base}/3/device/"))
+            let base = http::base_url(endpoint.url())?;
+            http::parse_url(&format!("{base}/3/device"))
         };
         Ok(Self {
             configured: url(&config.endpoint)?,
@@ -269,13 +285,20 @@ impl DeviceUrls {
         })
     }
 
-    /// The URL prefix for a device of `environment`.
-    fn of(&self, environment: Option<Environment>) -> &str {
-        match environment {
-            None => &self.configured,
-            Some(Environment::Sandbox) => &self.sandbox,
-            Some(Environment::Production) => &self.production,
+    /// The URL of a push to `token` of a device of `environment`: the
+    /// parsed base with one more path segment, so that no push parses a
+    /// URL (host names and all).
+    fn of(&self, environment: Option<Environment>, token: &str) -> reqwest::Url {
+        let mut url = match environment {
+            None => self.configured.clone(),
+            Some(Environment::Sandbox) => self.sandbox.clone(),
+            Some(Environment::Production) => self.production.clone(),
+        };
+        // An http(s) URL always has path segments (`http::parse_url`).
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.push(token);
         }
+        url
     }
 }
 
@@ -461,8 +484,8 @@ impl Inner {
             (Recipient::Token, Some(ttl)) => Expiration::After(ttl),
             (Recipient::Token, None) => Expiration::ProvidersPolicy,
         };
-        let url = format!("{}{token}", self.device_urls.of(device.environment));
-        let outcome = self.send(&url, topic, expiration, &payload, device).await;
+        let url = self.device_urls.of(device.environment, token);
+        let outcome = self.send(url, topic, expiration, payload, device).await;
         match outcome {
             Outcome::InvalidToken { reason } if !which.is_empty() => Outcome::InvalidToken {
                 reason: format!("{which}{reason}"),
@@ -475,13 +498,13 @@ impl Inner {
     /// once.
     async fn send(
         &self,
-        url: &str,
+        url: reqwest::Url,
         topic: &HeaderValue,
         expiration: Expiration,
-        payload: &payload::ApnsPayload,
+        payload: payload::ApnsPayload,
         device: &Device,
     ) -> Outcome {
-        let body = Bytes::from(payload.body.clone());
+        let body = Bytes::from(payload.body);
         let mut refreshed = false;
         loop {
             let jwt = match self.provider_token.as_ref().map(ProviderToken::current) {
@@ -493,24 +516,27 @@ impl Inner {
                     };
                 }
             };
+            // Names and values built once: no header is parsed per push.
             let mut request = self
                 .http
                 .next()
-                .post(url)
-                .header("apns-topic", topic.clone())
-                .header("apns-push-type", payload.push_type.header())
-                .header("apns-priority", payload.priority.to_string())
+                .post(url.clone())
+                .header(APNS_TOPIC, topic.clone())
+                .header(APNS_PUSH_TYPE, payload.push_type.header_value())
+                .header(APNS_PRIORITY, priority_value(payload.priority))
                 .body(body.clone());
             if let Some(jwt) = &jwt {
-                request = request.header("authorization", format!("bearer {jwt}"));
+                request = request.header(AUTHORIZATION, jwt.header.clone());
             }
             match expiration {
                 Expiration::ProvidersPolicy => {}
-                Expiration::Immediately => request = request.header("apns-expiration", "0"),
+                Expiration::Immediately => {
+                    request = request.header(APNS_EXPIRATION, HeaderValue::from_static("0"))
+                }
                 Expiration::After(ttl) => {
                     // An absolute UNIX time, computed per push.
                     let at = self.clock.unix_secs().saturating_add(ttl);
-                    request = request.header("apns-expiration", at.to_string());
+                    request = request.header(APNS_EXPIRATION, HeaderValue::from(at));
                 }
             }
             // The registration's own collapse id wins over the app's.
@@ -520,7 +546,7 @@ impl Inner {
                 .filter(|id| !id.is_empty() && id.len() <= MAX_COLLAPSE_ID)
                 .and_then(|id| HeaderValue::from_str(id).ok());
             if let Some(id) = own_collapse_id.or_else(|| self.collapse_id.clone()) {
-                request = request.header("apns-collapse-id", id);
+                request = request.header(APNS_COLLAPSE_ID, id);
             }
 
             let response = match request.send().await {
@@ -545,7 +571,7 @@ impl Inner {
                 Verdict::RefreshProviderToken => match (&self.provider_token, jwt, refreshed) {
                     (Some(tokens), Some(jwt), false) => {
                         tracing::info!(app = %self.app, "APNs: provider token expired; signing a new one");
-                        tokens.invalidate(&jwt);
+                        tokens.invalidate(&jwt.token);
                         refreshed = true;
                     }
                     _ => {

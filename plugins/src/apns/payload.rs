@@ -25,7 +25,7 @@
 //! variant only), a silent push, the priority of an alert, the sound and
 //! `mutable-content`.
 
-use serde_json::{Map, Value};
+use crate::json::JsonObject;
 
 use crate::{Device, EncryptedPayload, Notification};
 
@@ -109,6 +109,11 @@ impl PushType {
             PushType::Background => "background",
             PushType::Voip => "voip",
         }
+    }
+
+    /// [`Self::header`] as a header value (static: nothing built per push).
+    pub fn header_value(self) -> reqwest::header::HeaderValue {
+        reqwest::header::HeaderValue::from_static(self.header())
     }
 
     /// The default `apns-priority`: 10 delivers at once; 5 lets iOS save
@@ -298,16 +303,16 @@ fn render(
     content: &Content<'_>,
 ) -> Vec<u8> {
     let options = &device.options;
-    let mut aps = Map::new();
+    let mut aps = JsonObject::new();
     match push_type {
         PushType::Alert => {
-            let mut alert = Map::new();
+            let mut alert = JsonObject::new();
             let title = match settings.kind {
                 ClientKind::Monal => Some(content.sender.unwrap_or(MONAL_TITLE)),
                 ClientKind::Generic | ClientKind::Siskin => content.sender,
             };
             if let Some(title) = title {
-                alert.insert("title".into(), title.into());
+                alert.insert("title", title);
             }
             // With ciphertext the extension writes the text it decrypts;
             // until then (and if it cannot) the configured one shows.
@@ -315,86 +320,86 @@ fn render(
                 Some(_) => settings.alert_body.as_str(),
                 None => content.body.unwrap_or(&settings.alert_body),
             };
-            alert.insert("body".into(), text.into());
-            aps.insert("alert".into(), alert.into());
+            alert.insert("body", text);
+            aps.insert("alert", alert);
             let sound = options.sound.as_deref().unwrap_or(&settings.sound);
             if !sound.is_empty() {
-                aps.insert("sound".into(), sound.into());
+                aps.insert("sound", sound);
             }
             // Ciphertext is useless without the extension that decrypts it.
             if content.ciphertext.is_some() || options.mutable_content != Some(false) {
-                aps.insert("mutable-content".into(), 1.into());
+                aps.insert("mutable-content", 1);
             }
         }
         PushType::Background => {
-            aps.insert("content-available".into(), 1.into());
+            aps.insert("content-available", 1);
         }
         // PushKit delivers the whole dictionary to the app; `aps` stays
         // empty.
         PushType::Voip => {}
     }
-    let mut root = Map::new();
-    root.insert("aps".into(), aps.into());
+    let mut root = JsonObject::new();
+    root.insert("aps", aps);
     match settings.kind {
         ClientKind::Generic | ClientKind::Monal => {
             if let Some(count) = n.message_count {
-                root.insert("unread-messages".into(), count.into());
+                root.insert("unread-messages", count);
             }
             if let Some(sender) = content.sender {
-                root.insert("sender".into(), sender.into());
+                root.insert("sender", sender);
             }
             // A VoIP payload has no alert to carry the body.
             if push_type == PushType::Voip {
                 if let Some(body) = content.body {
-                    root.insert("body".into(), body.into());
+                    root.insert("body", body);
                 }
-                root.insert("important".into(), n.is_important().into());
+                root.insert("important", n.is_important());
             }
         }
         ClientKind::Siskin => {
             // Siskin's extension finds the account by `account` (the
             // registering bare JID) and shows `sender`, `nickname`, `body`.
             if let Some(account) = &device.account {
-                root.insert("account".into(), account.as_str().into());
+                root.insert("account", account.as_str());
             }
             if let Some(sender) = content.sender {
-                root.insert("sender".into(), sender.into());
+                root.insert("sender", sender);
                 let nickname = n
                     .fields
                     .iter()
                     .find(|(var, value)| var == "nickname" && !value.is_empty());
                 if let Some((_, nickname)) = nickname {
-                    root.insert("nickname".into(), nickname.as_str().into());
+                    root.insert("nickname", nickname.as_str());
                 }
             }
             if let Some(body) = content.body {
-                root.insert("body".into(), body.into());
+                root.insert("body", body);
             }
             if let Some(count) = n.message_count {
-                root.insert("unread-messages".into(), count.into());
+                root.insert("unread-messages", count);
             }
         }
     }
     if let Some(call) = &n.call {
         if let Some(sid) = &call.sid {
-            root.insert("sid".into(), sid.as_str().into());
+            root.insert("sid", sid.as_str());
         }
         if !call.media.is_empty() {
-            root.insert("media".into(), call.media.clone().into());
+            root.insert("media", call.media.as_slice());
         }
     }
     if let Some(ciphertext) = content.ciphertext {
-        root.insert("encrypted".into(), ciphertext.data.as_str().into());
-        root.insert("iv".into(), ciphertext.iv.as_str().into());
+        root.insert("encrypted", ciphertext.data.as_str());
+        root.insert("iv", ciphertext.iv.as_str());
     }
-    Value::Object(root).to_string().into_bytes()
+    root.to_vec()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{Call, PushOptions};
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn settings() -> PayloadSettings {
         PayloadSettings {

@@ -22,6 +22,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::clock::{Clock, SystemClock};
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
+
 use crate::http::{self, Http2Clients, SetupError};
 use crate::{BoxFuture, Device, Notification, Outcome, PushBackend};
 use auth::{AccessTokens, AuthError};
@@ -115,7 +117,7 @@ pub struct FcmBackend {
 #[derive(Debug)]
 struct Inner {
     app: String,
-    send_url: String,
+    send_url: reqwest::Url,
     settings: MessageSettings,
     tokens: AccessTokens,
     http: Http2Clients,
@@ -184,7 +186,7 @@ impl FcmBackend {
         Ok(Self {
             inner: Arc::new(Inner {
                 app: app.to_owned(),
-                send_url: format!("{base}/v1/projects/{project}/messages:send"),
+                send_url: http::parse_url(&format!("{base}/v1/projects/{project}/messages:send"))?,
                 settings: MessageSettings {
                     include_sender: config.include_sender,
                     include_body: config.include_body,
@@ -234,9 +236,13 @@ impl Inner {
             let request = self
                 .http
                 .next()
-                .post(&self.send_url)
+                // Parsed once at set-up, as the content type is.
+                .post(self.send_url.clone())
                 .bearer_auth(&token)
-                .header("content-type", "application/json; charset=UTF-8")
+                .header(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/json; charset=UTF-8"),
+                )
                 .body(body.clone());
             let response = match request.send().await {
                 Ok(response) => response,

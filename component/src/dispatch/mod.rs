@@ -349,27 +349,27 @@ impl Dispatcher {
         let notification = Arc::new(notification);
         let mut sending = Box::pin(self.clone().send_owned(reg.clone(), notification.clone()));
         if let Ok(outcome) = tokio::time::timeout(self.settings.answer_within, &mut sending).await {
-            let verdict = self
-                .settle(&reg, &notification, received_us, outcome, None)
-                .await;
-            self.finish(&reg.node, &verdict).await;
+            // Boxed, as below: a push waiting for its provider is what
+            // every push in flight holds, and the paths after the answer
+            // (settling, the outbox) would otherwise add their size to it.
+            let verdict =
+                Box::pin(self.settle(&reg, &notification, received_us, outcome, None)).await;
+            Box::pin(self.finish(&reg.node, &verdict)).await;
             return verdict;
         }
         // Not taken in time: make it durable, then let the send finish on
         // its own. A row that is there already holds publishes merged
         // since, which are newer; it will be delivered after this send.
         let due = now_ms() + millis(self.settings.claim_for());
-        let inserted = self
-            .outbox
-            .insert_new(
-                &reg.node,
-                &notification,
-                stateless_device(&reg),
-                received_us,
-                due,
-                self.expires_at(),
-            )
-            .await;
+        let inserted = Box::pin(self.outbox.insert_new(
+            &reg.node,
+            &notification,
+            stateless_device(&reg),
+            received_us,
+            due,
+            self.expires_at(),
+        ))
+        .await;
         let carried = match &inserted {
             Ok(Some(seq)) => {
                 self.slots.set_queued(&reg.node, true);
@@ -483,9 +483,15 @@ impl Dispatcher {
                         ?retry_after,
                         "push failed for now; queued for a retry"
                     );
-                    return self
-                        .retry_later(&reg, notification, received_us, carried, retry_after, why)
-                        .await;
+                    return Box::pin(self.retry_later(
+                        &reg,
+                        notification,
+                        received_us,
+                        carried,
+                        retry_after,
+                        why,
+                    ))
+                    .await;
                 }
                 Outcome::Rejected { reason } => {
                     error!(outcome = "rejected", %reason, "provider rejected the push request; not retried");
@@ -496,7 +502,7 @@ impl Dispatcher {
                     return Verdict::ProviderRejected;
                 }
                 Outcome::InvalidToken { reason } => {
-                    match self.dead_token(&reg, &reason, carried).await {
+                    match Box::pin(self.dead_token(&reg, &reason, carried)).await {
                         DeadToken::Settled(verdict) => return verdict,
                         DeadToken::NewToken(fresh) if resend => {
                             info!("device registered a new token meanwhile; pushing to it");

@@ -48,7 +48,7 @@ async fn open(db: &TestDb) -> RegistrationStore {
 /// The `i`th publish of a test: every third one silent, the others with a
 /// body, received in an order that is not the order issued.
 fn publish(i: usize) -> (Notification, i64) {
-    let body = (i % 3 != 0).then(|| format!("message {i}"));
+    let body = (!i.is_multiple_of(3)).then(|| format!("message {i}"));
     let notification = Notification {
         message_count: Some(u32::try_from(i).unwrap()),
         last_message_body: body,

@@ -41,6 +41,14 @@
 //! ([`ABSENT_CAPACITY`], apart from the rows', so that a flood does not
 //! evict the rows in use), and nodes longer than [`ABSENT_MAX_NODE_LEN`]
 //! are not kept (each then costs a read, as before).
+//!
+//! Memory: a cached row costs about 0.7 KB of RSS (the `Registration`
+//! struct, ~350 bytes, its seven or so heap strings, the key, the entry and
+//! the allocator's rounding), measured by filling the cache from a SQLite
+//! database of 1M registrations; so the cache, not SQLite's page cache (2 MB
+//! per connection by default), is what grows with the registrations. Its
+//! capacity (`storage.cache_capacity`, `component/src/config.rs`) is the
+//! bound.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

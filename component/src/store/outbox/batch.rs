@@ -18,7 +18,8 @@
 //!   batch back; its rows are then written one transaction each, so that a
 //!   row the database refuses fails alone and the others are written as if
 //!   they had not been batched. A failure of the batch as a whole (the
-//!   connection, the commit) answers each of its waiters with that error.
+//!   connection, the commit, a database that is locked, full or read-only)
+//!   answers each of its waiters with that error.
 //! - The writer is a task of its own, so a waiter that stops waiting (its
 //!   publish timed out) neither loses the rows of the others nor leaves a
 //!   half-written batch; its own row is written all the same, as a write
@@ -190,7 +191,10 @@ impl Batcher {
             }
             // A statement refused: which row it was, and whether the others
             // would have gone through alone, is found by writing them alone.
-            Err(sqlx::Error::Database(_)) => {
+            // Not when the database as a whole is unavailable (locked, full,
+            // read-only, shutting down): each row would wait out the same
+            // condition again, one after the other.
+            Err(sqlx::Error::Database(e)) if !concerns_every_row(e.as_ref()) => {
                 for (row, answer) in rows.iter().zip(answers) {
                     let result = self.write_alone(row).await;
                     let _ = answer.send(result);
@@ -244,6 +248,23 @@ impl Batcher {
         );
         Ok(seqs)
     }
+}
+
+/// Whether a database error is one of the database as a whole rather than
+/// of a statement's row: SQLite's busy, locked, read-only, I/O, corrupt,
+/// full and cannot-open codes (primary code, the low byte of the extended
+/// one sqlx reports); PostgreSQL's connection (08), resources (53),
+/// operator intervention (57) and lock-not-available (55P03) states.
+fn concerns_every_row(e: &dyn sqlx::error::DatabaseError) -> bool {
+    let Some(code) = e.code() else {
+        return false;
+    };
+    if let Ok(n) = code.parse::<u32>() {
+        // SQLite: SQLITE_BUSY 5, LOCKED 6, READONLY 8, IOERR 10,
+        // CORRUPT 11, FULL 13, CANTOPEN 14.
+        return matches!(n & 0xff, 5 | 6 | 8 | 10 | 11 | 13 | 14);
+    }
+    code.starts_with("08") || code.starts_with("53") || code.starts_with("57") || code == "55P03"
 }
 
 /// Marks the writer stopped when its task ends in any way: on a panic or

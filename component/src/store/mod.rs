@@ -31,7 +31,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{FromRow, Row};
 
-use cache::RegistrationCache;
+use cache::{Cached, RegistrationCache};
 
 use crate::register::limits::RegisterLimits;
 
@@ -190,6 +190,14 @@ pub enum StoreError {
     },
     #[error("unsupported database URL {0:?}: use sqlite://… or postgres://…")]
     UnsupportedUrl(String),
+    /// A batch of outbox writes failed as a whole (`store/outbox/batch.rs`):
+    /// each of its writes is answered with the one error.
+    #[error("database (batched write): {0}")]
+    Batch(Arc<sqlx::Error>),
+    /// The outbox's writer task stopped (a panic, or the runtime shutting
+    /// down) before the write was answered.
+    #[error("the outbox writer stopped before the write was committed")]
+    WriterGone,
 }
 
 /// Why [`RegistrationStore::ping`] failed.
@@ -222,7 +230,7 @@ mod outbox;
 
 pub use brake::{BrakeRecord, BrakeStore, HeldRemoval};
 pub use listen::ChangeListener;
-pub use outbox::{ExpiredPush, Outbox, OutboxSummary, QueuedPush};
+pub use outbox::{CommitStats, ExpiredPush, Outbox, OutboxSummary, QueuedPush};
 
 /// How long a cached row is used when nothing else says otherwise; see
 /// [`RegistrationStore::with_cache_max_age`].
@@ -469,10 +477,19 @@ impl RegistrationStore {
         Ok(reg)
     }
 
-    /// The registration of a node, from the cache when it is there.
+    /// The registration of a node, from the cache when it is there. That
+    /// the node has none is cached as well (`store/cache.rs`), so a server
+    /// publishing to an unknown node again and again reads the database
+    /// once per cache age, not once per publish.
+    ///
+    /// The read is a prepared statement: sqlx keeps each connection's
+    /// statements (`statement_cache_capacity`, 100 by default), so after a
+    /// connection's first lookup only the bind and step run.
     pub async fn find(&self, node: &str) -> Result<Option<Arc<Registration>>, StoreError> {
-        if let Some(hit) = self.cache.get(node) {
-            return Ok(Some(hit));
+        match self.cache.get(node) {
+            Cached::Found(reg) => return Ok(Some(reg)),
+            Cached::Absent => return Ok(None),
+            Cached::Unknown => {}
         }
         let read_at = self.cache.epoch();
         let sql = concat!("SELECT ", columns!(), " FROM registrations WHERE node = $1");
@@ -481,11 +498,17 @@ impl RegistrationStore {
         });
         #[cfg(test)]
         self.hooks.after_read().await;
-        Ok(found.map(|r| {
-            let r = Arc::new(r);
-            self.cache.fill(r.clone(), read_at);
-            r
-        }))
+        Ok(match found {
+            Some(r) => {
+                let r = Arc::new(r);
+                self.cache.fill(r.clone(), read_at);
+                Some(r)
+            }
+            None => {
+                self.cache.fill_absent(node, read_at);
+                None
+            }
+        })
     }
 
     /// Removes the registration of an account's device (and room); returns
@@ -911,6 +934,51 @@ mod tests {
         assert_eq!(
             now.token, "tok-new",
             "the old row was put back in the cache"
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_miss_racing_a_registration_of_the_node_does_not_cache_its_absence() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("nudge.db").display());
+        let store = RegistrationStore::open(&url, 100).await.unwrap();
+        store.migrate().await.unwrap();
+        let new = NewRegistration {
+            owner: "alice@localhost".into(),
+            device_id: "dev1".into(),
+            muc: String::new(),
+            app: "app".into(),
+            token: "tok".into(),
+            with_secret: true,
+            dialect: "push_appserver",
+            second_token: String::new(),
+            environment: None,
+        };
+        let node = "client-chosen-node";
+
+        // A publish misses the cache and finds no row ...
+        let pause = store.hooks.arm();
+        let reader = tokio::spawn({
+            let store = store.clone();
+            async move { store.find(node).await }
+        });
+        pause.reached.notified().await;
+        // ... the node is registered ...
+        let outcome = store.register_client_node(&new, node, 10).await.unwrap();
+        assert!(matches!(outcome, ClientNodeOutcome::Registered(_)));
+        // ... and the publish caches what it read: nothing.
+        pause.resume.notify_one();
+        assert!(
+            reader.await.unwrap().unwrap().is_none(),
+            "the read came first"
+        );
+
+        let found = store.find(node).await.unwrap();
+        assert_eq!(
+            found.map(|r| r.token.clone()).as_deref(),
+            Some("tok"),
+            "the node's absence was cached over its registration"
         );
         store.close().await;
     }

@@ -39,6 +39,11 @@
 //! merge keeps the newest publish's device. Rows of registered devices
 //! have none: the retry looks the registration up.
 //!
+//! The row writes of publishes ([`Outbox::merge`], [`Outbox::insert_new`])
+//! are committed in groups: writes that arrive while a commit is under way
+//! share the next transaction (`outbox/batch.rs`), each still answered with
+//! its own `seq` and only after its commit.
+//!
 //! A `claimed_by` rather than a claim end time: with only a time, an
 //! instance could not tell its own claim from another's, so a send ending
 //! would either release another instance's claim or need the caller to say
@@ -48,9 +53,14 @@ use std::sync::Arc;
 
 use nudge_plugins::{Notification, PushOptions};
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, Row};
+use sqlx::FromRow;
 
 use super::{Pool, Registration, StoreError};
+
+mod batch;
+
+pub use batch::CommitStats;
+use batch::{Batcher, RowWrite};
 
 /// A push waiting in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,39 +262,32 @@ pub struct Outbox {
     pool: Pool,
     /// This claimer's id in `claimed_by`.
     claimer: Arc<str>,
+    /// The group commit of `merge` and `insert_new`.
+    batcher: Arc<Batcher>,
 }
 
 /// A row as written: the values both writes bind.
-struct NewRow<'a> {
-    json: String,
-    important: i32,
+#[allow(clippy::too_many_arguments)]
+fn row_write(
+    sql: &'static str,
+    node: &str,
+    notification: &Notification,
+    device: Option<&Registration>,
     received_us: i64,
     due_at_ms: i64,
     expires_at: i64,
-    /// The claimer of a new row, or '' for none.
-    claimed_by: &'a str,
-    /// A stateless push's device, as JSON.
-    device: Option<String>,
-}
-
-impl<'a> NewRow<'a> {
-    fn new(
-        notification: &Notification,
-        device: Option<&Registration>,
-        received_us: i64,
-        due_at_ms: i64,
-        expires_at: i64,
-        claimed_by: &'a str,
-    ) -> Self {
-        NewRow {
-            device: device.map(encode_device),
-            json: encode(notification),
-            important: i32::from(notification.is_important()),
-            received_us,
-            due_at_ms,
-            expires_at,
-            claimed_by,
-        }
+    claimed_by: Option<Arc<str>>,
+) -> RowWrite {
+    RowWrite {
+        sql,
+        node: node.to_owned(),
+        device: device.map(encode_device),
+        json: encode(notification),
+        important: i32::from(notification.is_important()),
+        received_us,
+        due_at_ms,
+        expires_at,
+        claimed_by,
     }
 }
 
@@ -321,9 +324,16 @@ macro_rules! outbox_columns {
 impl Outbox {
     pub(super) fn new(pool: Pool) -> Self {
         Outbox {
+            batcher: Arc::new(Batcher::new(pool.clone())),
             pool,
             claimer: super::random_id(12).into(),
         }
+    }
+
+    /// How many transactions the group commit of `merge` and `insert_new`
+    /// took for how many rows, through this handle and its clones.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.batcher.stats()
     }
 
     /// This handle's claimer id (as written in `claimed_by`).
@@ -362,8 +372,17 @@ impl Outbox {
                device = excluded.device \
              RETURNING seq"
         );
-        let row = NewRow::new(notification, device, received_us, due_at_ms, expires_at, "");
-        let seq = self.write(sql, node, &row).await?;
+        let row = row_write(
+            sql,
+            node,
+            notification,
+            device,
+            received_us,
+            due_at_ms,
+            expires_at,
+            None,
+        );
+        let seq = self.batcher.write(row).await?;
         // The upsert returns a row either way.
         Ok(seq.unwrap_or_default())
     }
@@ -387,41 +406,17 @@ impl Outbox {
             insert_row!(),
             " ON CONFLICT (node) DO NOTHING RETURNING seq"
         );
-        let row = NewRow::new(
+        let row = row_write(
+            sql,
+            node,
             notification,
             device,
             received_us,
             due_at_ms,
             expires_at,
-            &self.claimer,
+            Some(self.claimer.clone()),
         );
-        self.write(sql, node, &row).await
-    }
-
-    async fn write(
-        &self,
-        sql: &'static str,
-        node: &str,
-        row: &NewRow<'_>,
-    ) -> Result<Option<i64>, StoreError> {
-        let now = super::now();
-        let seq: Option<i64> = on_pool!(&self.pool, |p| {
-            sqlx::query(sql)
-                .bind(node)
-                .bind(&row.json)
-                .bind(row.important)
-                .bind(now)
-                .bind(row.expires_at)
-                .bind(row.due_at_ms)
-                .bind(row.received_us)
-                .bind(row.claimed_by)
-                .bind(row.device.as_deref())
-                .fetch_optional(p)
-                .await?
-                .map(|r| r.try_get(0))
-                .transpose()?
-        });
-        Ok(seq)
+        self.batcher.write(row).await
     }
 
     /// The node's row, if any.

@@ -53,7 +53,8 @@ pub struct Report {
     pub seed_ms: f64,
     /// Spawn of `nudge run` to the handshake acknowledged, ms.
     pub startup_to_handshake_ms: f64,
-    /// The measured phase: first publish written to the last complete, s.
+    /// The measured phase: first publish written to the last complete
+    /// (`burst`, `outbox`: to the last summary's arrival at the mock), s.
     pub elapsed_s: f64,
     pub replies: usize,
     pub replies_per_s: f64,

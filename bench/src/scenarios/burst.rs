@@ -3,7 +3,7 @@
 //! mock, and how long until the push carrying the last publish's summary
 //! arrives (the coalescing window's cost to the user).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -37,6 +37,7 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
     };
     let result = async {
         let before = sample_and_reset(&h)?;
+        let begin = Instant::now();
         let mut o = crate::load::run(&mut h, &plan).await?;
         check_all_result(&h, &o, n)?;
         let last = u32::try_from(n).unwrap_or(u32::MAX);
@@ -63,6 +64,9 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
             )));
         };
         let after = h.child.sample()?;
+        // The run lasts until the last summary arrived: CPU and replies
+        // are over all of it.
+        o.elapsed = begin.elapsed();
         let last_sent = o.sent_at[n - 1];
         let mut m = Measured {
             outcome: o,

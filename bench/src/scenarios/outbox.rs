@@ -44,6 +44,7 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
     };
     let result = async {
         let before = sample_and_reset(&h)?;
+        let begin = Instant::now();
         let outage_end = Instant::now() + opts.outage;
         h.app
             .set_provider_fault(Provider::Apns, Fault::FailUntil(outage_end));
@@ -81,6 +82,9 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
             collect_arrivals(&mut h, &mut o, wait, &mut note).await;
         }
         let after = h.child.sample()?;
+        // The run lasts until the last summary arrived: CPU and replies
+        // are over all of it.
+        o.elapsed = begin.elapsed();
         let lost = publishing - arrived.len();
         let queued: BTreeSet<u32> = o
             .arrivals

@@ -690,4 +690,28 @@ mod tests {
         let s = p.summary();
         assert_eq!((s.kind.as_str(), s.priority.as_str()), ("silent", "high"));
     }
+
+    #[test]
+    fn arrivals_carry_every_push_with_its_instant() {
+        let r = Recorder::new(1);
+        let mut first = r.arrivals();
+        let second = r.arrivals();
+        let t = Instant::now();
+        let p = r.record_at(new_push("a", 503), t);
+        let a = first.try_recv().expect("an arrival");
+        assert_eq!(
+            (a.id, a.token.as_str(), a.status, a.at),
+            (p.id, "a", 503, t)
+        );
+        // A closed subscriber is dropped; the others still get each push,
+        // whatever the record's bound.
+        drop(second);
+        r.record(new_push("b", 200));
+        r.record(new_push("c", 200));
+        let tokens: Vec<String> = std::iter::from_fn(|| first.try_recv().ok())
+            .map(|a| a.token)
+            .collect();
+        assert_eq!(tokens, ["b", "c"]);
+        assert_eq!(r.arrivals.lock().map(|s| s.len()).unwrap_or(0), 1);
+    }
 }

@@ -189,6 +189,7 @@ pub(crate) async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let arrived = std::time::Instant::now();
     inc(&shared.stats.apns_requests);
     let http_version = format!("{:?}", req.version());
     let given_id = req
@@ -285,19 +286,22 @@ pub(crate) async fn handle(
             )
         }
     };
-    shared.recorder.record(NewPush {
-        provider: Provider::Apns,
-        token: seen.token,
-        environment: Some(environment),
-        headers: seen.headers,
-        payload: seen.payload,
-        status,
-        reason,
-        auth: seen.auth,
-        http_version,
-        warnings: seen.warnings,
-        validate_only: false,
-    });
+    shared.recorder.record_at(
+        NewPush {
+            provider: Provider::Apns,
+            token: seen.token,
+            environment: Some(environment),
+            headers: seen.headers,
+            payload: seen.payload,
+            status,
+            reason,
+            auth: seen.auth,
+            http_version,
+            warnings: seen.warnings,
+            validate_only: false,
+        },
+        arrived,
+    );
     Ok(resp)
 }
 

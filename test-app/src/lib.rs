@@ -80,7 +80,9 @@ use tokio_rustls::TlsAcceptor;
 
 pub use credentials::{ApnsClientIdentity, ApnsCredentials};
 pub use faults::{Fault, FaultSpec};
-pub use recorder::{ApnsEnvironment, AuthMethod, Provider, PushFilter, PushSummary, RecordedPush};
+pub use recorder::{
+    ApnsEnvironment, Arrival, AuthMethod, Provider, PushFilter, PushSummary, RecordedPush,
+};
 pub use stats::Stats;
 pub use tls::TlsError;
 
@@ -461,6 +463,13 @@ impl TestApp {
     /// Removes the provider-wide fault of one mock.
     pub fn clear_provider_fault(&self, provider: Provider) {
         self.shared.faults.clear_provider(provider);
+    }
+
+    /// Every push recorded from now on, as it arrives, with a monotonic
+    /// arrival time (for a load harness: `bench/`). The channel is
+    /// unbounded; drop the receiver to stop.
+    pub fn arrivals(&self) -> tokio::sync::mpsc::UnboundedReceiver<Arrival> {
+        self.shared.recorder.arrivals()
     }
 
     /// Notes that a publish for `token` happens now; the next push for it

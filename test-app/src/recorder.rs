@@ -19,14 +19,21 @@
 //!
 //! The record is bounded (`max_recorded`): the oldest entries go first, so
 //! a benchmark through the mocks cannot exhaust memory.
+//!
+//! # Arrivals
+//! A load harness (`bench/`) needs every push as it arrives, with a
+//! monotonic arrival time, and cannot afford to poll the record:
+//! [`crate::TestApp::arrivals`] hands out a channel that receives an
+//! [`Arrival`] for each recorded push from then on (unbounded, so the mock
+//! never waits for the reader; the reader must keep up or drop it).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, mpsc};
 
 /// Which mock a push went to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -346,6 +353,22 @@ struct Inner {
     publishes: HashMap<String, SystemTime>,
 }
 
+/// One push request as it reached a mock, for a harness that times it
+/// (see the module docs, "Arrivals").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arrival {
+    /// The recorded push's id ([`RecordedPush::id`]).
+    pub id: u64,
+    pub provider: Provider,
+    /// The device token, as in [`RecordedPush::token`].
+    pub token: String,
+    /// When the mock began to read the request (before its checks and any
+    /// `Delay` fault).
+    pub at: Instant,
+    /// The HTTP status the mock answered.
+    pub status: u16,
+}
+
 /// What the live feed carries.
 #[derive(Debug, Clone)]
 pub(crate) enum FeedEvent {
@@ -358,6 +381,8 @@ pub(crate) struct Recorder {
     inner: Mutex<Inner>,
     arrived: Notify,
     feed: broadcast::Sender<FeedEvent>,
+    /// Subscribers to [`Arrival`]s; closed ones are dropped on the next push.
+    arrivals: Mutex<Vec<mpsc::UnboundedSender<Arrival>>>,
     max: usize,
 }
 
@@ -372,6 +397,7 @@ impl Recorder {
             // Page clients that fall this far behind skip ahead; the record
             // itself is unaffected.
             feed: broadcast::channel(1024).0,
+            arrivals: Mutex::new(Vec::new()),
             max: max.max(1),
         }
     }
@@ -381,6 +407,12 @@ impl Recorder {
     }
 
     pub fn record(&self, new: NewPush) -> Arc<RecordedPush> {
+        self.record_at(new, Instant::now())
+    }
+
+    /// Records a push whose request began to arrive at `arrived` (what an
+    /// [`Arrival`] carries).
+    pub fn record_at(&self, new: NewPush, arrived: Instant) -> Arc<RecordedPush> {
         let received_at = SystemTime::now();
         let push = {
             let mut inner = self.lock();
@@ -413,6 +445,19 @@ impl Recorder {
             push
         };
         self.arrived.notify_waiters();
+        {
+            let mut subscribers = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+            if !subscribers.is_empty() {
+                let arrival = Arrival {
+                    id: push.id,
+                    provider: push.provider,
+                    token: push.token.clone(),
+                    at: arrived,
+                    status: push.status,
+                };
+                subscribers.retain(|tx| tx.send(arrival.clone()).is_ok());
+            }
+        }
         // No page open is not an error.
         let _ = self.feed.send(FeedEvent::Push(push.clone()));
         push
@@ -486,6 +531,16 @@ impl Recorder {
 
     pub fn subscribe(&self) -> broadcast::Receiver<FeedEvent> {
         self.feed.subscribe()
+    }
+
+    /// A channel that receives every push recorded from now on.
+    pub fn arrivals(&self) -> mpsc::UnboundedReceiver<Arrival> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.arrivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
+        rx
     }
 
     pub fn reset(&self) {
@@ -634,5 +689,29 @@ mod tests {
         p.payload = serde_json::json!({"token": "t", "data": {"account": "a"}, "android": {"priority": "HIGH"}});
         let s = p.summary();
         assert_eq!((s.kind.as_str(), s.priority.as_str()), ("silent", "high"));
+    }
+
+    #[test]
+    fn arrivals_carry_every_push_with_its_instant() {
+        let r = Recorder::new(1);
+        let mut first = r.arrivals();
+        let second = r.arrivals();
+        let t = Instant::now();
+        let p = r.record_at(new_push("a", 503), t);
+        let a = first.try_recv().expect("an arrival");
+        assert_eq!(
+            (a.id, a.token.as_str(), a.status, a.at),
+            (p.id, "a", 503, t)
+        );
+        // A closed subscriber is dropped; the others still get each push,
+        // whatever the record's bound.
+        drop(second);
+        r.record(new_push("b", 200));
+        r.record(new_push("c", 200));
+        let tokens: Vec<String> = std::iter::from_fn(|| first.try_recv().ok())
+            .map(|a| a.token)
+            .collect();
+        assert_eq!(tokens, ["b", "c"]);
+        assert_eq!(r.arrivals.lock().map(|s| s.len()).unwrap_or(0), 1);
     }
 }

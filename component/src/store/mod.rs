@@ -198,6 +198,14 @@ pub enum StoreError {
     /// down) before the write was answered.
     #[error("the outbox writer stopped before the write was committed")]
     WriterGone,
+    /// A batch of registration lookups failed (`store/lookup.rs`): each
+    /// of its lookups is answered with the one error.
+    #[error("database (batched lookup): {0}")]
+    Lookup(Arc<sqlx::Error>),
+    /// The lookup's reader task stopped (a panic, or the runtime shutting
+    /// down) before the lookup was answered.
+    #[error("the registration reader stopped before the lookup was answered")]
+    ReaderGone,
 }
 
 /// Why [`RegistrationStore::ping`] failed.
@@ -244,6 +252,8 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrati
 pub struct RegistrationStore {
     pool: Pool,
     cache: Arc<RegistrationCache>,
+    /// The cache's misses, read in batches (`lookup.rs`).
+    lookups: Arc<lookup::Lookups>,
     /// The limits of registration commands. They travel with the store
     /// because the command handlers get the store handle, and they guard
     /// what it holds; the cap itself is enforced by [`Self::register_within`].
@@ -260,6 +270,9 @@ macro_rules! columns {
          dialect, second_token, environment"
     };
 }
+
+mod lookup;
+pub use lookup::LookupStats;
 
 impl RegistrationStore {
     /// Opens the database at `url` (`sqlite://path` or `postgres://…`);
@@ -301,6 +314,7 @@ impl RegistrationStore {
         // rows only while a change listener hears about their changes.
         let listening = matches!(pool, Pool::Sqlite(_));
         Ok(RegistrationStore {
+            lookups: Arc::new(lookup::Lookups::new(pool.clone())),
             pool,
             cache: Arc::new(RegistrationCache::new(
                 cache_capacity,
@@ -477,6 +491,11 @@ impl RegistrationStore {
         Ok(reg)
     }
 
+    /// How many queries the cache's misses took (`lookup.rs`).
+    pub fn lookup_stats(&self) -> LookupStats {
+        self.lookups.stats()
+    }
+
     /// The registration of a node, from the cache when it is there. That
     /// the node has none is cached as well (`store/cache.rs`), so a server
     /// publishing to an unknown node again and again reads the database
@@ -492,10 +511,8 @@ impl RegistrationStore {
             Cached::Unknown => {}
         }
         let read_at = self.cache.epoch();
-        let sql = concat!("SELECT ", columns!(), " FROM registrations WHERE node = $1");
-        let found: Option<Registration> = on_pool!(&self.pool, |p| {
-            sqlx::query_as(sql).bind(node).fetch_optional(p).await?
-        });
+        // With the other misses of the moment, in one query.
+        let found = self.lookups.find(node).await?;
         #[cfg(test)]
         self.hooks.after_read().await;
         Ok(match found {

@@ -11,8 +11,8 @@
 use std::path::Path;
 use std::str::FromStr;
 
-use sqlx::ConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection};
 
 /// The account domain of every seeded registration (the `from` of the
 /// publishes; Nudge accepts a publish only from its registration's domain).
@@ -65,7 +65,7 @@ pub async fn seed(db: &Path, app: &str, count: u32) -> Result<(), SeedError> {
         .await
         .map_err(err)?;
     if count == 0 {
-        return Ok(());
+        return conn.close().await.map_err(err);
     }
     // The same strings as node(), secret(), token() above: SQLite's
     // printf('%064x') is Rust's {:064x}.
@@ -82,6 +82,13 @@ pub async fn seed(db: &Path, app: &str, count: u32) -> Result<(), SeedError> {
     .execute(&mut conn)
     .await
     .map_err(err)?;
+    // As a database an operator stopped cleanly: the rows in the main file,
+    // not in a write-ahead log Nudge would have to read at start-up.
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&mut conn)
+        .await
+        .map_err(err)?;
+    conn.close().await.map_err(err)?;
     Ok(())
 }
 

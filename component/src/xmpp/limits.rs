@@ -259,18 +259,14 @@ impl Cutter {
     /// memchr), which is most of a stanza's bytes. Zero when the next byte
     /// needs the state machine.
     fn plain_run(&self, rest: &[u8]) -> usize {
-        let (end, room) = match self.state {
-            State::Content if !self.mark_pending && self.text_here() => (
-                memchr::memchr2(b'<', b'&', rest).unwrap_or(rest.len()),
-                self.text_cap().saturating_sub(self.text_len),
-            ),
-            State::AttrValue(quote) if !self.attr_skip => (
-                memchr::memchr3(quote, b'<', b'&', rest).unwrap_or(rest.len()),
-                MAX_ATTR_VALUE.saturating_sub(self.value_len),
-            ),
+        let room = match self.state {
+            State::Content if !self.mark_pending && self.text_here() => {
+                self.text_cap().saturating_sub(self.text_len)
+            }
+            State::AttrValue(_) if !self.attr_skip => MAX_ATTR_VALUE.saturating_sub(self.value_len),
             _ => return 0,
         };
-        let mut n = end.min(room);
+        let mut n = room.min(rest.len());
         if self.stanza_open {
             n = n.min(MAX_KEPT.saturating_sub(self.stanza_kept));
             if !self.oversize {
@@ -280,8 +276,15 @@ impl Cutter {
         }
         // The rest of a character that was dropped stays dropped.
         match rest.first() {
-            Some(&b) if self.keep_char || is_lead(b) => n,
-            _ => 0,
+            Some(&b) if n > 0 && (self.keep_char || is_lead(b)) => {}
+            _ => return 0,
+        }
+        // Only as far as could be passed: a text beyond its cap is dropped
+        // byte by byte, and must not be scanned again for every byte.
+        let window = &rest[..n];
+        match self.state {
+            State::AttrValue(quote) => memchr::memchr3(quote, b'<', b'&', window).unwrap_or(n),
+            _ => memchr::memchr2(b'<', b'&', window).unwrap_or(n),
         }
     }
 

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::PushBackend;
 use crate::apns::{ApnsBackend, ApnsConfig};
 use crate::fcm::{FcmBackend, FcmConfig};
+use crate::webpush::{WebPushBackend, WebPushConfig};
 
 /// One app's backend settings; `provider` selects the variant.
 #[derive(Debug, Clone, Deserialize)]
@@ -19,6 +20,9 @@ pub enum ProviderConfig {
     Apns(ApnsConfig),
     /// Firebase Cloud Messaging HTTP v1 (`provider = "fcm"`).
     Fcm(FcmConfig),
+    /// Web Push: browsers and UnifiedPush distributors
+    /// (`provider = "webpush"`).
+    WebPush(WebPushConfig),
 }
 
 /// Numbers and booleans of a provider table may also be written as text
@@ -101,6 +105,9 @@ pub async fn build_backend(
             .map(|b| Arc::new(b) as Arc<dyn PushBackend>)
             .map_err(|e| fail(e.to_string())),
         ProviderConfig::Fcm(c) => FcmBackend::new(app, c)
+            .map(|b| Arc::new(b) as Arc<dyn PushBackend>)
+            .map_err(|e| fail(e.to_string())),
+        ProviderConfig::WebPush(c) => WebPushBackend::new(app, c)
             .map(|b| Arc::new(b) as Arc<dyn PushBackend>)
             .map_err(|e| fail(e.to_string())),
     }

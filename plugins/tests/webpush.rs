@@ -69,11 +69,11 @@ async fn answer(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    shared.received.lock().unwrap().push(Received {
-        id,
-        headers,
-        body,
-    });
+    shared
+        .received
+        .lock()
+        .unwrap()
+        .push(Received { id, headers, body });
     reply(status, &retry)
 }
 
@@ -85,13 +85,18 @@ async fn answer_slowly(
 ) -> Response {
     let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(if id == "stall" { 3000 } else { 100 })).await;
+    tokio::time::sleep(Duration::from_millis(if id == "stall" {
+        3000
+    } else {
+        100
+    }))
+    .await;
     shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-    shared.received.lock().unwrap().push(Received {
-        id,
-        headers,
-        body,
-    });
+    shared
+        .received
+        .lock()
+        .unwrap()
+        .push(Received { id, headers, body });
     reply(201, "none")
 }
 
@@ -306,7 +311,10 @@ async fn a_push_decrypts_to_the_payload_and_carries_a_valid_vapid_token() {
         assert_eq!(claims["sub"], "mailto:ops@nudge.example");
         let exp = claims["exp"].as_u64().unwrap();
         let now = now_secs();
-        assert!(exp > now && exp <= now + 12 * 3600 + 60, "exp {exp}, now {now}");
+        assert!(
+            exp > now && exp <= now + 12 * 3600 + 60,
+            "exp {exp}, now {now}"
+        );
     })
     .await
 }
@@ -350,10 +358,7 @@ async fn silent_pushes_are_normal_urgency_and_options_are_honoured() {
 
         // One registration keeps one topic; another gets its own.
         let again = device(browser.token(&format!("{}/push/201/none/wake", service.origin())));
-        assert_eq!(
-            backend.send(&again, &important()).await,
-            Outcome::Delivered
-        );
+        assert_eq!(backend.send(&again, &important()).await, Outcome::Delivered);
         let both: Vec<Received> = service
             .received()
             .into_iter()
@@ -364,7 +369,10 @@ async fn silent_pushes_are_normal_urgency_and_options_are_honoured() {
         let other = Browser::new();
         let third = device(other.token(&format!("{}/push/201/none/other", service.origin())));
         assert_eq!(backend.send(&third, &important()).await, Outcome::Delivered);
-        assert_ne!(service.only("other").headers["topic"], both[0].headers["topic"]);
+        assert_ne!(
+            service.only("other").headers["topic"],
+            both[0].headers["topic"]
+        );
         // Each push has its own encryption: the same summary twice gives
         // two different bodies, both readable.
         assert_ne!(both[0].body, both[1].body);
@@ -496,12 +504,18 @@ async fn network_failures_are_transient() {
         drop(listener);
         let token = browser.token(&format!("http://{closed}/push"));
         let o = backend.send(&device(token), &important()).await;
-        assert!(matches!(&o, Outcome::Transient { reason, .. } if reason.starts_with("connect")), "{o:?}");
+        assert!(
+            matches!(&o, Outcome::Transient { reason, .. } if reason.starts_with("connect")),
+            "{o:?}"
+        );
         // A push service slower than the timeout.
         let service = PushService::start().await;
         let token = browser.token(&format!("{}/slow/stall", service.origin()));
         let o = backend.send(&device(token), &important()).await;
-        assert!(matches!(&o, Outcome::Transient { reason, .. } if reason.starts_with("timeout")), "{o:?}");
+        assert!(
+            matches!(&o, Outcome::Transient { reason, .. } if reason.starts_with("timeout")),
+            "{o:?}"
+        );
     })
     .await
 }
@@ -511,8 +525,9 @@ async fn bad_and_local_tokens_are_refused() {
     bounded(async {
         let service = PushService::start().await;
         let keys = keys();
-        let strict = WebPushBackend::new("web", &config(&keys, "allow_local_endpoints = false"))
-            .unwrap();
+        let mut c = config(&keys, "");
+        c.allow_local_endpoints = false;
+        let strict = WebPushBackend::new("web", &c).unwrap();
         let browser = Browser::new();
         let local = browser.token(&format!("{}/push/201/none/local", service.origin()));
         assert!(strict.validate_token(&local).is_err());
@@ -520,7 +535,10 @@ async fn bad_and_local_tokens_are_refused() {
         // registration.
         let o = strict.send(&device(local), &important()).await;
         assert!(matches!(o, Outcome::Rejected { .. }), "{o:?}");
-        assert!(service.received().is_empty(), "nothing sent to a local address");
+        assert!(
+            service.received().is_empty(),
+            "nothing sent to a local address"
+        );
         // A token that is no subscription can never be pushed to.
         let o = strict
             .send(&device("https://push.example/no-keys".into()), &important())

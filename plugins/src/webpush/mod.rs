@@ -230,7 +230,11 @@ impl WebPushBackend {
             .timeout(timeout)
             .build()
             .map_err(SetupError::from)?;
-        tracing::debug!(app, public_key = vapid.key().public_key_base64(), "Web Push backend ready");
+        tracing::debug!(
+            app,
+            public_key = vapid.key().public_key_base64(),
+            "Web Push backend ready"
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
@@ -372,10 +376,11 @@ pub fn topic(device: &Device) -> HeaderValue {
         && source
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if valid && device.collapse_id.is_some() {
-        if let Ok(v) = HeaderValue::from_str(source) {
-            return v;
-        }
+    if valid
+        && device.collapse_id.is_some()
+        && let Ok(v) = HeaderValue::from_str(source)
+    {
+        return v;
     }
     let digest = ring::digest::digest(&ring::digest::SHA256, source.as_bytes());
     // 24 bytes are 32 base64url characters.
@@ -500,7 +505,8 @@ mod tests {
         assert!(c.ca_file.is_none() && c.vapid_private_key_file.is_none());
         let shown = format!("{c:?}");
         assert!(
-            shown.contains("<redacted>") && !shown.contains(c.vapid_private_key.as_deref().unwrap()),
+            shown.contains("<redacted>")
+                && !shown.contains(c.vapid_private_key.as_deref().unwrap()),
             "{shown}"
         );
         let text = config("ttl_secs = \"60\"\nmax_concurrent_per_origin = \"5\"");
@@ -519,14 +525,24 @@ mod tests {
             ("ttl_secs = 2419201", "ttl_secs"),
             ("max_concurrent_per_origin = 0", "max_concurrent_per_origin"),
             ("timeout_secs = 0", "timeout_secs"),
-            ("vapid_private_key_file = \"/nonexistent/vapid.pem\"", "exactly one"),
+            (
+                "vapid_private_key_file = \"/nonexistent/vapid.pem\"",
+                "exactly one",
+            ),
         ] {
-            let err = WebPushBackend::new("a", &config(extra)).unwrap_err().to_string();
+            let err = WebPushBackend::new("a", &config(extra))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(needle), "{extra}: {err}");
         }
         let mut c = config("");
         c.vapid_private_key = None;
-        assert!(WebPushBackend::new("a", &c).unwrap_err().to_string().contains("exactly one"));
+        assert!(
+            WebPushBackend::new("a", &c)
+                .unwrap_err()
+                .to_string()
+                .contains("exactly one")
+        );
         c.vapid_private_key_file = Some("/nonexistent/vapid.pem".into());
         assert!(
             WebPushBackend::new("a", &c)
@@ -564,7 +580,11 @@ mod tests {
             assert!(strict.validate_token(&token).is_err(), "{endpoint}");
             assert!(lax.validate_token(&token).is_ok(), "{endpoint}");
         }
-        for endpoint in ["https://push.example/p", "https://8.8.8.8/p", "https://[2001:db8::1]/p"] {
+        for endpoint in [
+            "https://push.example/p",
+            "https://8.8.8.8/p",
+            "https://[2001:db8::1]/p",
+        ] {
             let token = format!("{endpoint}#p256dh={P256DH}&auth={AUTH}");
             assert!(strict.validate_token(&token).is_ok(), "{endpoint}");
         }
@@ -583,13 +603,23 @@ mod tests {
         let b = topic(&device("https://push.example/b#k", None));
         assert_ne!(a, b);
         assert_eq!(a, topic(&device("https://push.example/a#k", None)));
-        for t in [&a, &b, &topic(&device("x", Some("room@muc.example/with spaces")))] {
+        for t in [
+            &a,
+            &b,
+            &topic(&device("x", Some("room@muc.example/with spaces"))),
+        ] {
             let s = t.to_str().unwrap();
             assert_eq!(s.len(), 32);
-            assert!(s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+            assert!(
+                s.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+            );
         }
         assert_eq!(topic(&device("x", Some("chat-1_a"))), "chat-1_a");
-        assert_ne!(topic(&device("x", Some(&"a".repeat(33)))), "a".repeat(33).as_str());
+        assert_ne!(
+            topic(&device("x", Some(&"a".repeat(33)))),
+            "a".repeat(33).as_str()
+        );
     }
 
     #[test]

@@ -44,9 +44,7 @@ pub enum PayloadError {
 pub fn build(notification: &Notification) -> Result<Vec<u8>, PayloadError> {
     let mut fields: BTreeMap<&str, Value> = BTreeMap::new();
     for (var, value) in &notification.fields {
-        if value.is_empty()
-            || matches!(var.as_str(), "FORM_TYPE" | MESSAGE_COUNT | SENDER | BODY)
-        {
+        if value.is_empty() || matches!(var.as_str(), "FORM_TYPE" | MESSAGE_COUNT | SENDER | BODY) {
             continue;
         }
         // A field given twice: the first wins, as the typed fields do.

@@ -163,8 +163,8 @@ impl Subscription {
         if point[0] != 0x04 {
             return Err(SubscriptionError::InvalidPoint);
         }
-        let p256dh =
-            p256::PublicKey::from_sec1_bytes(&point).map_err(|_| SubscriptionError::InvalidPoint)?;
+        let p256dh = p256::PublicKey::from_sec1_bytes(&point)
+            .map_err(|_| SubscriptionError::InvalidPoint)?;
         let auth_bytes = decode_key(KeyName::Auth, auth, AUTH_LEN)?;
         let mut auth = [0u8; AUTH_LEN];
         auth.copy_from_slice(&auth_bytes);
@@ -376,8 +376,14 @@ pub(crate) mod tests {
         let compressed = URL_SAFE_NO_PAD.encode(compressed);
         let cases: Vec<(String, SubscriptionError)> = vec![
             (MOZILLA.into(), E::NoKeys),
-            (format!("{MOZILLA}#auth={AUTH}"), E::MissingKey(KeyName::P256dh)),
-            (format!("{MOZILLA}#p256dh={P256DH}"), E::MissingKey(KeyName::Auth)),
+            (
+                format!("{MOZILLA}#auth={AUTH}"),
+                E::MissingKey(KeyName::P256dh),
+            ),
+            (
+                format!("{MOZILLA}#p256dh={P256DH}"),
+                E::MissingKey(KeyName::Auth),
+            ),
             (
                 format!("{MOZILLA}#p256dh={P256DH}&auth={AUTH}&auth={AUTH}"),
                 E::DuplicateKey(KeyName::Auth),
@@ -447,6 +453,9 @@ pub(crate) mod tests {
     fn debug_hides_the_secret() {
         let s = Subscription::parse(&token(MOZILLA)).unwrap();
         let shown = format!("{s:?}");
-        assert!(!shown.contains(AUTH) && shown.contains("mozilla"), "{shown}");
+        assert!(
+            !shown.contains(AUTH) && shown.contains("mozilla"),
+            "{shown}"
+        );
     }
 }

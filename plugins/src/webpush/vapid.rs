@@ -103,8 +103,8 @@ impl VapidKey {
         if scalar.len() != 32 {
             return Err(VapidError::Key(format!("{} bytes", scalar.len())));
         }
-        let secret =
-            p256::SecretKey::from_slice(scalar).map_err(|_| VapidError::Key("out of range".into()))?;
+        let secret = p256::SecretKey::from_slice(scalar)
+            .map_err(|_| VapidError::Key("out of range".into()))?;
         let public = uncompressed(&secret.public_key());
         let rng = SystemRandom::new();
         let key = EcdsaKeyPair::from_private_key_and_public_key(
@@ -190,9 +190,7 @@ impl VapidKey {
 fn sec1_scalar(der: &[u8]) -> Result<&[u8], VapidError> {
     const PREFIX: [u8; 5] = [0x02, 0x01, 0x01, 0x04, 0x20];
     match der {
-        [0x30, len, rest @ ..]
-            if *len < 0x80 && rest.len() >= 37 && rest[..5] == PREFIX =>
-        {
+        [0x30, len, rest @ ..] if *len < 0x80 && rest.len() >= 37 && rest[..5] == PREFIX => {
             Ok(&rest[5..37])
         }
         _ => Err(VapidError::Pem("not a P-256 EC PRIVATE KEY".into())),
@@ -384,7 +382,10 @@ mod tests {
         let pem = crate::apns::jwt::tests::test_p8();
         let key = VapidKey::from_pem(pem.as_bytes()).unwrap();
         assert_eq!(
-            URL_SAFE_NO_PAD.decode(key.public_key_base64()).unwrap().len(),
+            URL_SAFE_NO_PAD
+                .decode(key.public_key_base64())
+                .unwrap()
+                .len(),
             65
         );
         // SEC1, as `openssl ecparam -name prime256v1 -genkey -noout` writes:
@@ -396,7 +397,9 @@ mod tests {
         let b64 = base64::engine::general_purpose::STANDARD.encode(&sec1);
         let pem = format!("-----BEGIN EC PRIVATE KEY-----\n{b64}\n-----END EC PRIVATE KEY-----\n");
         assert_eq!(
-            VapidKey::from_pem(pem.as_bytes()).unwrap().public_key_base64(),
+            VapidKey::from_pem(pem.as_bytes())
+                .unwrap()
+                .public_key_base64(),
             public
         );
     }
@@ -407,7 +410,10 @@ mod tests {
         let (private, public) = generate_vapid_key().unwrap();
         let b64 = dir.path().join("vapid.key");
         std::fs::write(&b64, format!("{private}\n")).unwrap();
-        assert_eq!(VapidKey::from_file(&b64).unwrap().public_key_base64(), public);
+        assert_eq!(
+            VapidKey::from_file(&b64).unwrap().public_key_base64(),
+            public
+        );
         let pem = dir.path().join("vapid.pem");
         std::fs::write(&pem, crate::apns::jwt::tests::test_p8()).unwrap();
         assert!(VapidKey::from_file(&pem).is_ok());
@@ -436,7 +442,10 @@ mod tests {
             VapidKey::from_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
             Err(VapidError::Key(_))
         ));
-        assert!(matches!(VapidKey::from_pem(b"nothing"), Err(VapidError::Pem(_))));
+        assert!(matches!(
+            VapidKey::from_pem(b"nothing"),
+            Err(VapidError::Pem(_))
+        ));
         for ok in ["mailto:ops@push.example", "https://push.example/contact"] {
             assert_eq!(check_subject(ok), Ok(()), "{ok}");
         }

@@ -4,7 +4,8 @@
 //! secret, as a browser does: it checks the VAPID token with ring, decrypts
 //! the body with web-push-native and compares the plaintext with the
 //! payload; and it answers with whatever status a test asks for, so that
-//! every status's outcome is seen end to end.
+//! every status's outcome is seen end to end. A second service speaks TLS
+//! (its own throw-away CA, rcgen) to show HTTP/2 and HTTP/1.1 by ALPN.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -544,6 +545,125 @@ async fn bad_and_local_tokens_are_refused() {
             .send(&device("https://push.example/no-keys".into()), &important())
             .await;
         assert!(matches!(o, Outcome::InvalidToken { .. }), "{o:?}");
+    })
+    .await
+}
+
+/// A push service over TLS on 127.0.0.1, offering `alpn`; it records the
+/// HTTP version of each push and counts connections.
+struct TlsPushService {
+    addr: SocketAddr,
+    ca_file: tempfile::NamedTempFile,
+    versions: Arc<Mutex<Vec<(hyper::Version, Vec<u8>)>>>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl TlsPushService {
+    async fn start(alpn: &[&[u8]]) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+        let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, &ca_key);
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let mut ca_file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut ca_file, ca_cert.pem().as_bytes()).unwrap();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone(), ca_cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let versions = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (v, c) = (versions.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, v) = (acceptor.clone(), v.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let v = v.clone();
+                            async move {
+                                use http_body_util::BodyExt;
+                                let version = req.version();
+                                let body = req.into_body().collect().await?.to_bytes();
+                                v.lock().unwrap().push((version, body.to_vec()));
+                                let mut response =
+                                    hyper::Response::new(http_body_util::Empty::<Bytes>::new());
+                                *response.status_mut() = hyper::StatusCode::CREATED;
+                                Ok::<_, hyper::Error>(response)
+                            }
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            ca_file,
+            versions,
+            connections,
+        }
+    }
+}
+
+/// HTTP/2 where the push service offers it by ALPN, HTTP/1.1 where it
+/// does not; one connection carries a run of pushes either way.
+#[tokio::test]
+async fn http2_where_offered_http1_otherwise() {
+    bounded(async {
+        for (alpn, want) in [
+            (&[&b"h2"[..], b"http/1.1"][..], hyper::Version::HTTP_2),
+            (&[&b"http/1.1"[..]][..], hyper::Version::HTTP_11),
+        ] {
+            let service = TlsPushService::start(alpn).await;
+            let mut c = config(&keys(), "");
+            c.ca_file = Some(service.ca_file.path().to_owned());
+            let backend = WebPushBackend::new("web", &c).unwrap();
+            let browser = Browser::new();
+            let token = browser.token(&format!("https://{}/push/1", service.addr));
+            for _ in 0..5 {
+                assert_eq!(
+                    backend.send(&device(token.clone()), &important()).await,
+                    Outcome::Delivered
+                );
+            }
+            let seen = service.versions.lock().unwrap().clone();
+            assert_eq!(seen.len(), 5);
+            for (version, body) in &seen {
+                assert_eq!(*version, want);
+                assert_eq!(browser.decrypt(body), payload::build(&important()).unwrap());
+            }
+            assert_eq!(service.connections.load(Ordering::SeqCst), 1, "{want:?}");
+        }
     })
     .await
 }

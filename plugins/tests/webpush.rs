@@ -549,12 +549,15 @@ async fn bad_and_local_tokens_are_refused() {
     .await
 }
 
+/// The HTTP version and body of each push a TLS service received.
+type Seen = Arc<Mutex<Vec<(hyper::Version, Vec<u8>)>>>;
+
 /// A push service over TLS on 127.0.0.1, offering `alpn`; it records the
 /// HTTP version of each push and counts connections.
 struct TlsPushService {
     addr: SocketAddr,
     ca_file: tempfile::NamedTempFile,
-    versions: Arc<Mutex<Vec<(hyper::Version, Vec<u8>)>>>,
+    versions: Seen,
     connections: Arc<AtomicUsize>,
 }
 
@@ -592,7 +595,7 @@ impl TlsPushService {
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let versions = Arc::new(Mutex::new(Vec::new()));
+        let versions: Seen = Arc::default();
         let connections = Arc::new(AtomicUsize::new(0));
         let (v, c) = (versions.clone(), connections.clone());
         tokio::spawn(async move {

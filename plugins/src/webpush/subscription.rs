@@ -280,8 +280,8 @@ pub(crate) mod tests {
 
     /// A P-256 public key, uncompressed (a browser's `p256dh`).
     pub(crate) const P256DH: &str =
-        "BLn9b-VR0ca83knDNZ32dCHGyjJp-1riX9ZTN40MqV8K_LpQmLqxC_DoHvqvFXO_nGdAB4W9dogZb_sM-uV4JbY";
-    pub(crate) const AUTH: &str = "_ordMnz7uTCmrpBTeUV4Bw";
+        "BJl4N79VIYdY6HXJlSGa485lnoWerGQUN9dCbcXimqQDDwBiVYhBcUB7zLof492qZ274loXqijjxe9KqlHkXNqs";
+    pub(crate) const AUTH: &str = "hUo9H3i9y795CHHV5VQLrA";
 
     const CHROME: &str = "https://fcm.googleapis.com/fcm/send/dGx0ZXN0OjE2:APA91bHPdHWfJb6OoRk7bQ1GRe7z3zN0pVxM0dLTq8mK4b3sA1VGfVQ2f4vLHcqYhJ9CH8uLzK5QnX2kNZjyHGGgVe9nLq3D0yHk2J6T0dU3z_n7wQ8XgYkAe";
     const MOZILLA: &str = "https://updates.push.services.mozilla.com/wpush/v2/gAAAAABnQ2x9u1mK8dNbQ4uVbZ3yqTGfjK9wZq5rAxLzP3n2Qe0BvWcR7s_d9YhL4kTmN6oXpJf2gH8iUeV1aC5sD3bF0";

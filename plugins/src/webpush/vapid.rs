@@ -361,19 +361,18 @@ mod tests {
 
     #[test]
     fn known_key_gives_its_public_key() {
-        // A key pair as `web-push generate-vapid-keys` prints it.
-        let key = VapidKey::from_base64("RS0WdYWWo1HajXg3NZR1olzCf31i-ZBGDkFyCs7j1jw").unwrap();
-        let public = URL_SAFE_NO_PAD.decode(key.public_key_base64()).unwrap();
-        assert_eq!(public.len(), 65);
-        assert_eq!(public[0], 4);
+        // A key pair made with `openssl ecparam -name prime256v1 -genkey`,
+        // its scalar and point (`openssl ec -text`) in base64url.
+        const PRIVATE: &str = "1QqhmWPVkGODQg9UvAfQxhFdNkOmtLAmRMCp2VXuhDY";
+        const PUBLIC: &str = "BBUWaOC4Oa_N0lOYQYKeiuwAtS7Tk8UgNVXwd978qEdufc8U9JNc-qoaI8D2lZiE9MsTiUYvbM7SINfuZLp3lP8";
+        let key = VapidKey::from_base64(PRIVATE).unwrap();
+        assert_eq!(key.public_key_base64(), PUBLIC);
         // Padded and standard base64 of the same scalar give the same key.
-        let scalar = URL_SAFE_NO_PAD
-            .decode("RS0WdYWWo1HajXg3NZR1olzCf31i-ZBGDkFyCs7j1jw")
-            .unwrap();
+        let scalar = URL_SAFE_NO_PAD.decode(PRIVATE).unwrap();
         let std = base64::engine::general_purpose::STANDARD.encode(&scalar);
         assert_eq!(
             VapidKey::from_base64(&std).unwrap().public_key_base64(),
-            key.public_key_base64()
+            PUBLIC
         );
     }
 

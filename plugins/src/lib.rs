@@ -253,6 +253,13 @@ pub trait PushBackend: Send + Sync + 'static {
         check_token_chars(token)
     }
 
+    /// The key a client needs before it can subscribe: Web Push's VAPID
+    /// public key (base64url, the `applicationServerKey` of
+    /// `pushManager.subscribe()`); `None` for providers without one.
+    fn application_server_key(&self) -> Option<&str> {
+        None
+    }
+
     /// Sends one push. Never panics on a provider's answer; every failure is
     /// an [`Outcome`].
     fn send<'a>(

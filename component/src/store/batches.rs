@@ -153,6 +153,9 @@ mod tests {
             Err(std::sync::mpsc::TryRecvError::Disconnected),
             "the last worker gone: every queued job dropped"
         );
-        assert!(batches.push(std::sync::mpsc::channel().0), "and the next job starts a worker");
+        assert!(
+            batches.push(std::sync::mpsc::channel().0),
+            "and the next job starts a worker"
+        );
     }
 }

@@ -473,6 +473,10 @@ impl PushBackend for WebPushBackend {
             .map_err(|e| InvalidTokenFormat(e.to_string()))
     }
 
+    fn application_server_key(&self) -> Option<&str> {
+        Some(self.vapid_public_key())
+    }
+
     fn send<'a>(
         &'a self,
         device: &'a Device,

@@ -25,8 +25,8 @@
 //!   half-written batch; its own row is written all the same, as a write
 //!   already sent to the database would be.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::Row;
 use tokio::sync::oneshot;

@@ -36,9 +36,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, broadcast, mpsc};
 
 /// Which mock a push went to.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     Apns,
@@ -54,9 +52,7 @@ impl std::str::FromStr for Provider {
             "apns" => Ok(Provider::Apns),
             "fcm" => Ok(Provider::Fcm),
             "webpush" => Ok(Provider::WebPush),
-            other => Err(format!(
-                "unknown provider {other:?} (apns, fcm or webpush)"
-            )),
+            other => Err(format!("unknown provider {other:?} (apns, fcm or webpush)")),
         }
     }
 }

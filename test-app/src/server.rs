@@ -240,11 +240,7 @@ async fn serve_fcm(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) {
     }
 }
 
-pub(crate) async fn run_webpush(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    shared: Arc<Shared>,
-) {
+pub(crate) async fn run_webpush(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
     accept_loop(listener, "webpush", move |tcp| {
         serve_webpush(tcp, acceptor.clone(), shared.clone())
     })

@@ -83,7 +83,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use web_push_native::p256;
 use web_push_native::p256::elliptic_curve::sec1::ToEncodedPoint;
@@ -111,7 +111,7 @@ pub(crate) const PATH_PREFIX: &str = "/webpush/";
 
 /// A subscription as a browser would hand it to an application, plus the
 /// device token Nudge stores for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebPushSubscription {
     /// The push endpoint (`https://127.0.0.1:PORT/webpush/ID`).
     pub endpoint: String,
@@ -535,7 +535,12 @@ fn decrypt(sub: &Subscription, body: &[u8]) -> Result<Vec<u8>, Rejection> {
             "the key id is not a 65-byte P-256 public key (RFC 8291)",
         ));
     }
-    let auth = web_push_native::Auth::clone_from_slice(&sub.auth);
+    // At least one record: the 16-byte tag and the delimiter. The library
+    // reads no record at all as an empty message.
+    if body.len() < HEADER_LEN + usize::from(KEY_ID_LEN) + 17 {
+        return Err(fail("no record after the header"));
+    }
+    let auth = web_push_native::Auth::from(sub.auth);
     web_push_native::decrypt(body.to_vec(), &sub.secret, &auth)
         .map_err(|e| Rejection::DecryptionFailed(e.to_string()))
 }
@@ -738,10 +743,11 @@ async fn check(
 /// base64, padded or not.
 pub fn decode_key(s: &str) -> Option<Vec<u8>> {
     let bare = s.trim_end_matches('=');
-    URL_SAFE_NO_PAD
-        .decode(bare)
-        .ok()
-        .or_else(|| STANDARD.decode(format!("{bare}{}", "=".repeat((4 - bare.len() % 4) % 4))).ok())
+    URL_SAFE_NO_PAD.decode(bare).ok().or_else(|| {
+        STANDARD
+            .decode(format!("{bare}{}", "=".repeat((4 - bare.len() % 4) % 4)))
+            .ok()
+    })
 }
 
 #[cfg(test)]
@@ -776,23 +782,38 @@ mod tests {
         let header = |claims: Value| format!("vapid t={}, k={k}", sign(&kp, &claims));
         let ok = header(json!({"aud": origin, "exp": now + 3600, "sub": "mailto:a@b"}));
         let (vapid, key) = check_vapid(Some(&ok), origin, now).unwrap();
-        assert_eq!((vapid.sub.as_str(), key.as_str()), ("mailto:a@b", k.as_str()));
+        assert_eq!(
+            (vapid.sub.as_str(), key.as_str()),
+            ("mailto:a@b", k.as_str())
+        );
         // Parameters in the other order, quoted, the scheme in capitals.
         let (t, _) = vapid_params(&ok).unwrap();
         let swapped = format!("Vapid k=\"{k}\",t=\"{t}\"");
         assert!(check_vapid(Some(&swapped), origin, now).is_ok());
 
-        let reason = |h: &str| check_vapid(Some(h), origin, now).unwrap_err().0.reason().to_owned();
+        let reason = |h: &str| {
+            check_vapid(Some(h), origin, now)
+                .unwrap_err()
+                .0
+                .reason()
+                .to_owned()
+        };
         assert_eq!(
-            reason(&header(json!({"aud": "https://x", "exp": now + 60, "sub": "mailto:a"}))),
+            reason(&header(
+                json!({"aud": "https://x", "exp": now + 60, "sub": "mailto:a"})
+            )),
             "BadAudience"
         );
         assert_eq!(
-            reason(&header(json!({"aud": origin, "exp": now - 1, "sub": "mailto:a"}))),
+            reason(&header(
+                json!({"aud": origin, "exp": now - 1, "sub": "mailto:a"})
+            )),
             "Expired"
         );
         assert_eq!(
-            reason(&header(json!({"aud": origin, "exp": now + 90_000, "sub": "mailto:a"}))),
+            reason(&header(
+                json!({"aud": origin, "exp": now + 90_000, "sub": "mailto:a"})
+            )),
             "ExpiryTooFar"
         );
         assert_eq!(
@@ -800,7 +821,9 @@ mod tests {
             "MissingExpiry"
         );
         assert_eq!(
-            reason(&header(json!({"aud": origin, "exp": now + 60, "sub": "a@b"}))),
+            reason(&header(
+                json!({"aud": origin, "exp": now + 60, "sub": "a@b"})
+            )),
             "BadSubject"
         );
         assert_eq!(
@@ -832,12 +855,11 @@ mod tests {
         };
         let enc = Some("aes128gcm");
         assert_eq!(check_headers(&h(&[("ttl", "60")]), enc), Ok(()));
+        assert_eq!(check_headers(&h(&[]), enc), Err(Rejection::MissingTtl));
         assert_eq!(
-            check_headers(&h(&[]), enc),
-            Err(Rejection::MissingTtl)
-        );
-        assert_eq!(
-            check_headers(&h(&[("ttl", "-1")]), enc).unwrap_err().reason(),
+            check_headers(&h(&[("ttl", "-1")]), enc)
+                .unwrap_err()
+                .reason(),
             "BadTtl"
         );
         assert_eq!(
@@ -854,7 +876,10 @@ mod tests {
             400
         );
         assert_eq!(
-            check_headers(&h(&[("ttl", "0"), ("topic", "chat-1"), ("urgency", "high")]), enc),
+            check_headers(
+                &h(&[("ttl", "0"), ("topic", "chat-1"), ("urgency", "high")]),
+                enc
+            ),
             Ok(())
         );
         assert_eq!(
@@ -884,12 +909,15 @@ mod tests {
         let body = web_push_native::encrypt(
             b"{\"a\":1}".to_vec(),
             &p256::PublicKey::from_sec1_bytes(&public).unwrap(),
-            &web_push_native::Auth::clone_from_slice(&auth),
+            &web_push_native::Auth::from(<[u8; 16]>::try_from(auth.as_slice()).unwrap()),
         )
         .unwrap();
         let id = s.endpoint.rsplit('/').next().unwrap();
         let sub = state.lock().live.get(id).cloned().unwrap();
-        assert_eq!(payload_value(&decrypt(&sub, &body).unwrap()), json!({"a": 1}));
+        assert_eq!(
+            payload_value(&decrypt(&sub, &body).unwrap()),
+            json!({"a": 1})
+        );
         // Any change to the body, and bodies too short to be one, fail
         // without a panic.
         let mut tampered = body.clone();

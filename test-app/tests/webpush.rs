@@ -176,9 +176,11 @@ async fn pushes_are_decrypted_and_recorded_over_http2_and_http1() {
         "last-message-sender": "juliet@capulet.example",
         "last-message-body": "Wherefore art thou?",
     });
-    for (h2, version, recorded_version) in [
-        (true, reqwest::Version::HTTP_2, "HTTP/2.0"),
-        (false, reqwest::Version::HTTP_11, "HTTP/1.1"),
+    let h2_client = client(&app, true);
+    let h1_client = client(&app, false);
+    for (c, version, recorded_version) in [
+        (&h2_client, reqwest::Version::HTTP_2, "HTTP/2.0"),
+        (&h1_client, reqwest::Version::HTTP_11, "HTTP/1.1"),
     ] {
         let sub = app.webpush_subscribe();
         assert!(
@@ -190,10 +192,9 @@ async fn pushes_are_decrypted_and_recorded_over_http2_and_http1() {
             sub.token,
             format!("{}#p256dh={}&auth={}", sub.endpoint, sub.p256dh, sub.auth)
         );
-        let c = client(&app, h2);
         let auth = vapid.header(&claims(&app));
         let r = post(
-            &c,
+            c,
             &sub.endpoint,
             &[
                 ("ttl", "3600"),
@@ -242,7 +243,7 @@ async fn pushes_are_decrypted_and_recorded_over_http2_and_http1() {
 
     // A body that is not JSON is kept as a string; no Urgency is normal.
     let sub = app.webpush_subscribe();
-    let r = push(&client(&app, true), &app, &vapid, &sub, b"plain text").await;
+    let r = push(&h2_client, &app, &vapid, &sub, b"plain text").await;
     assert_eq!(r.status, 201, "{}", r.body);
     let p = app.wait_for_push(&sub.token, LIMIT).await.unwrap();
     assert_eq!(p.payload, json!("plain text"));
@@ -261,6 +262,7 @@ async fn pushes_are_decrypted_and_recorded_over_http2_and_http1() {
     let stats = app.stats();
     assert_eq!(stats.webpush_requests, 3);
     assert_eq!(stats.accepted, 3);
+    // The HTTP/2 client's second push reused its connection.
     assert_eq!(stats.webpush_tls_connections, 2);
 }
 

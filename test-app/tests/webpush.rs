@@ -386,6 +386,9 @@ async fn vapid_problems_are_refused_with_the_reason() {
     assert_eq!(app.stats().accepted, 0);
 }
 
+/// Request headers, body, expected status and reason.
+type Case<'a> = (Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+
 #[tokio::test]
 async fn header_and_body_problems_and_unknown_subscriptions() {
     let app = start().await;
@@ -398,7 +401,7 @@ async fn header_and_body_problems_and_unknown_subscriptions() {
     let enc = ("content-encoding", "aes128gcm");
     let a = ("authorization", auth.as_str());
 
-    let cases: Vec<(Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (vec![enc, a], body.clone(), 400, "MissingTtl"),
         (vec![("ttl", "soon"), enc, a], body.clone(), 400, "BadTtl"),
         (

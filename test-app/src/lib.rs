@@ -613,6 +613,10 @@ impl TestApp {
                     "project_id": self.fcm_project_id(),
                     "service_account_file": files.fcm_service_account,
                 },
+                "webpush": {
+                    "url": self.webpush_url(),
+                    "subscriptions": format!("{}/api/webpush/subscriptions", self.control_url()),
+                },
                 "ca_file": files.ca_cert,
             }))
             .unwrap_or_default(),
@@ -621,7 +625,8 @@ impl TestApp {
     }
 
     /// A `[apps.*]` snippet for Nudge's configuration file that points an
-    /// APNs app and an FCM app at the mocks.
+    /// APNs app and an FCM app at the mocks, and a Web Push app, commented
+    /// out, that needs only a VAPID key.
     fn nudge_apps_toml(&self, files: &ExportedFiles) -> String {
         let creds = self.apns_credentials();
         let topic = self
@@ -655,7 +660,17 @@ impl TestApp {
              provider = \"fcm\"\n\
              service_account_path = {sa}\n\
              endpoint = {fcm}\n\
-             ca_file = {ca}\n",
+             ca_file = {ca}\n\
+             \n\
+             # Web Push: subscriptions come from the test-app\n\
+             # (POST {control}/api/webpush/subscriptions), endpoints under {webpush}/webpush/.\n\
+             # Commented out: it needs a VAPID key of Nudge's own.\n\
+             # [apps.testapp-webpush]\n\
+             # provider = \"webpush\"\n\
+             # vapid_private_key = \"<base64url P-256 scalar, from `nudge vapid generate`>\"\n\
+             # vapid_subject = \"mailto:ops@example.org\"\n\
+             # ca_file = {ca}\n\
+             # allow_local_endpoints = true\n",
             topic = toml_string(&topic),
             endpoint = toml_string(&self.apns_url()),
             sandbox = toml_string(&self.apns_sandbox_url()),
@@ -670,6 +685,8 @@ impl TestApp {
             token_uri = self.oauth_token_url(),
             fcm = toml_string(&self.fcm_url()),
             project = self.fcm_project_id(),
+            control = self.control_url(),
+            webpush = self.webpush_url(),
         )
     }
 

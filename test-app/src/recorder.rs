@@ -282,16 +282,23 @@ impl RecordedPush {
     /// silent wake-up. Priority from `Urgency` (`high` is high), app from the
     /// VAPID `sub`.
     fn webpush_summary(&self) -> PushSummary {
+        const TITLE: [&str; 2] = ["title", "last-message-sender"];
+        const BODY: [&str; 2] = ["body", "last-message-body"];
         let p = &self.payload;
         let field = |names: &[&str]| names.iter().find_map(|n| p.get(*n)).map(value_text);
-        let title = field(&["title", "last-message-sender"]);
-        let body = field(&["body", "last-message-body"]);
+        let title = field(&TITLE);
+        let body = field(&BODY);
         let priority = match self.headers.get("urgency").map(String::as_str) {
             Some("high") => "high",
             _ => "normal",
         };
         let data = match p {
-            Value::Object(o) => o.iter().map(|(k, v)| (k.clone(), value_text(v))).collect(),
+            // The fields shown as title and body are not repeated.
+            Value::Object(o) => o
+                .iter()
+                .filter(|(k, _)| !TITLE.contains(&k.as_str()) && !BODY.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), value_text(v)))
+                .collect(),
             Value::Null => BTreeMap::new(),
             other => BTreeMap::from([("payload".to_owned(), value_text(other))]),
         };

@@ -15,68 +15,7 @@ use common::*;
 use nudge_test_app::{
     AuthMethod, Fault, Provider, PushFilter, TestApp, TestAppConfig, WebPushSubscription,
 };
-use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use serde_json::{Value, json};
-use web_push_native::p256;
-
-/// An application server's VAPID key pair, signing with ring as Nudge does.
-struct Vapid {
-    key: EcdsaKeyPair,
-    /// The public key as the `k` parameter carries it.
-    k: String,
-}
-
-impl Vapid {
-    fn new() -> Vapid {
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-            .unwrap();
-        let k = URL_SAFE_NO_PAD.encode(key.public_key().as_ref());
-        Vapid { key, k }
-    }
-
-    /// An ES256 JWT with `claims`.
-    fn jwt(&self, claims: &Value) -> String {
-        let signed = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"ES256"}"#),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let sig = self
-            .key
-            .sign(&SystemRandom::new(), signed.as_bytes())
-            .unwrap();
-        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
-    }
-
-    /// `vapid t=…, k=…` for `claims`, with this key as `k`.
-    fn header(&self, claims: &Value) -> String {
-        format!("vapid t={}, k={}", self.jwt(claims), self.k)
-    }
-}
-
-/// The claims a correct sender puts in for `app`'s endpoints.
-fn claims(app: &TestApp) -> Value {
-    json!({
-        "aud": app.webpush_url(),
-        "exp": now() + 12 * 3600,
-        "sub": "mailto:ops@example.org",
-    })
-}
-
-/// `plaintext` encrypted for `sub` (RFC 8291), from its p256dh and auth.
-fn encrypt(sub: &WebPushSubscription, plaintext: &[u8]) -> Vec<u8> {
-    let public = URL_SAFE_NO_PAD.decode(&sub.p256dh).unwrap();
-    let auth = URL_SAFE_NO_PAD.decode(&sub.auth).unwrap();
-    web_push_native::encrypt(
-        plaintext.to_vec(),
-        &p256::PublicKey::from_sec1_bytes(&public).unwrap(),
-        &web_push_native::Auth::from(<[u8; 16]>::try_from(auth.as_slice()).unwrap()),
-    )
-    .unwrap()
-}
 
 /// A reqwest client trusting the test-app's CA: HTTP/2 when `h2` (offered
 /// by ALPN beside HTTP/1.1, as browsers' push clients do), else HTTP/1.1
@@ -147,7 +86,7 @@ async fn push(
     sub: &WebPushSubscription,
     plaintext: &[u8],
 ) -> Answer {
-    let auth = vapid.header(&claims(app));
+    let auth = vapid.header(&webpush_claims(app));
     post(
         c,
         &sub.endpoint,
@@ -156,7 +95,7 @@ async fn push(
             ("content-encoding", "aes128gcm"),
             ("authorization", &auth),
         ],
-        encrypt(sub, plaintext),
+        webpush_encrypt(sub, plaintext),
     )
     .await
 }
@@ -192,7 +131,7 @@ async fn pushes_are_decrypted_and_recorded_over_http2_and_http1() {
             sub.token,
             format!("{}#p256dh={}&auth={}", sub.endpoint, sub.p256dh, sub.auth)
         );
-        let auth = vapid.header(&claims(&app));
+        let auth = vapid.header(&webpush_claims(&app));
         let r = post(
             c,
             &sub.endpoint,
@@ -204,7 +143,7 @@ async fn pushes_are_decrypted_and_recorded_over_http2_and_http1() {
                 ("content-type", "application/octet-stream"),
                 ("authorization", &auth),
             ],
-            encrypt(&sub, payload.to_string().as_bytes()),
+            webpush_encrypt(&sub, payload.to_string().as_bytes()),
         )
         .await;
         assert_eq!(r.status, 201, "{}", r.body);
@@ -272,8 +211,8 @@ async fn vapid_problems_are_refused_with_the_reason() {
     let c = client(&app, true);
     let vapid = Vapid::new();
     let sub = app.webpush_subscribe();
-    let body = encrypt(&sub, b"{}");
-    let good = claims(&app);
+    let body = webpush_encrypt(&sub, b"{}");
+    let good = webpush_claims(&app);
     let with = |field: &str, value: Value| {
         let mut c = good.clone();
         c[field] = value;
@@ -394,10 +333,10 @@ async fn header_and_body_problems_and_unknown_subscriptions() {
     let app = start().await;
     let c = client(&app, false);
     let vapid = Vapid::new();
-    let auth = vapid.header(&claims(&app));
+    let auth = vapid.header(&webpush_claims(&app));
     let sub = app.webpush_subscribe();
     let other = app.webpush_subscribe();
-    let body = encrypt(&sub, b"{\"n\":1}");
+    let body = webpush_encrypt(&sub, b"{\"n\":1}");
     let enc = ("content-encoding", "aes128gcm");
     let a = ("authorization", auth.as_str());
 
@@ -431,7 +370,7 @@ async fn header_and_body_problems_and_unknown_subscriptions() {
         // Encrypted for another subscription.
         (
             vec![("ttl", "60"), enc, a],
-            encrypt(&other, b"{}"),
+            webpush_encrypt(&other, b"{}"),
             400,
             "DecryptionFailed",
         ),
@@ -449,7 +388,7 @@ async fn header_and_body_problems_and_unknown_subscriptions() {
         ),
         (
             vec![("ttl", "60"), enc, a],
-            encrypt(&sub, &[b'x'; 4096]),
+            webpush_encrypt(&sub, &[b'x'; 4096]),
             413,
             "PayloadTooLarge",
         ),
@@ -468,7 +407,7 @@ async fn header_and_body_problems_and_unknown_subscriptions() {
         cases.len()
     );
     // The largest body that fits is taken.
-    let most = encrypt(&sub, &[b'x'; 4096 - 103]);
+    let most = webpush_encrypt(&sub, &[b'x'; 4096 - 103]);
     assert_eq!(most.len(), 4096);
     let r = post(&c, &sub.endpoint, &[("ttl", "0"), enc, a], most).await;
     assert_eq!(r.status, 201, "{}", r.body);

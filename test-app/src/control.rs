@@ -16,7 +16,7 @@
 //! | `GET /api/provider-faults` | faults set for every token of a mock |
 //! | `PUT /api/provider-faults/{apns\|fcm\|webpush}` [`FaultSpec`](crate::FaultSpec) | a provider-wide fault, e.g. an outage `{"kind":"fail_for","ms":10000}`; a token's own fault still wins |
 //! | `DELETE /api/provider-faults/{apns\|fcm\|webpush}` | remove it |
-//! | `POST /api/webpush/subscriptions` (optional `{"name"}`) | 201 and a new Web Push subscription `{"endpoint","p256dh","auth","token"}`; a name starts its id (fault prefixes) |
+//! | `POST /api/webpush/subscriptions` (optional [`SubscribeOptions`](crate::SubscribeOptions) `{"name","application_server_key"}`) | 201 and a new Web Push subscription `{"endpoint","p256dh","auth","token"}`; a name starts its id (fault prefixes) |
 //! | `DELETE /api/webpush/subscriptions/{id}` | end it (later pushes get 410); 404 when no live one has that id |
 //! | `GET /api/stats` | [`Stats`](crate::Stats) |
 //! | `POST /api/oauth/revoke` | invalidate every issued access token |
@@ -47,7 +47,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tower_service::Service;
 
 use crate::recorder::{FeedEvent, Provider, PushFilter};
-use crate::{FaultSpec, Shared};
+use crate::{FaultSpec, Shared, SubscribeOptions};
 
 type AppState = State<Arc<Shared>>;
 
@@ -311,30 +311,19 @@ async fn clear_provider_fault(State(shared): AppState, Path(provider): Path<Stri
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SubscribeBody {
-    name: Option<String>,
-}
-
 async fn webpush_subscribe(State(shared): AppState, body: Bytes) -> Response {
-    let body = if body.iter().all(u8::is_ascii_whitespace) {
-        SubscribeBody::default()
+    let options = if body.iter().all(u8::is_ascii_whitespace) {
+        SubscribeOptions::default()
     } else {
-        match serde_json::from_slice::<SubscribeBody>(&body) {
-            Ok(b) => b,
+        match serde_json::from_slice::<SubscribeOptions>(&body) {
+            Ok(o) => o,
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         }
     };
-    let base = &shared.urls.webpush;
-    let sub = match body.name.as_deref() {
-        None => shared.webpush.subscribe(base),
-        Some(name) => match shared.webpush.subscribe_named(base, name) {
-            Ok(sub) => sub,
-            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-        },
-    };
-    (StatusCode::CREATED, axum::Json(sub)).into_response()
+    match shared.webpush.subscribe(&shared.urls.webpush, &options) {
+        Ok(sub) => (StatusCode::CREATED, axum::Json(sub)).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
 }
 
 async fn webpush_unsubscribe(State(shared): AppState, Path(id): Path<String>) -> Response {

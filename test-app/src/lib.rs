@@ -93,7 +93,7 @@ pub use recorder::{
 };
 pub use stats::Stats;
 pub use tls::TlsError;
-pub use webpush::{WebPushError, WebPushSubscription};
+pub use webpush::{SubscribeOptions, WebPushError, WebPushSubscription};
 
 /// How to run the test-app. `TestAppConfig::default()` is usable as-is:
 /// ephemeral ports on 127.0.0.1, topic `org.example.app`, project
@@ -419,16 +419,32 @@ impl TestApp {
     /// to register with Nudge ([`WebPushSubscription::token`]); pushes are
     /// recorded under that token. Its id matches no fault prefix.
     pub fn webpush_subscribe(&self) -> WebPushSubscription {
-        self.shared.webpush.subscribe(&self.shared.urls.webpush)
+        self.shared
+            .webpush
+            .subscribe_plain(&self.shared.urls.webpush)
     }
 
     /// A new Web Push subscription whose id starts with `name` (1 to 64
     /// characters of `A-Z a-z 0-9 - _`), so that a fault prefix in the name
     /// applies to it: `webpush_subscribe_named("dead")` is answered 410.
     pub fn webpush_subscribe_named(&self, name: &str) -> Result<WebPushSubscription, WebPushError> {
+        self.webpush_subscribe_with(&SubscribeOptions {
+            name: Some(name.to_owned()),
+            ..SubscribeOptions::default()
+        })
+    }
+
+    /// A new Web Push subscription as `options` say: a name (see
+    /// [`webpush_subscribe_named`](Self::webpush_subscribe_named)), the
+    /// application server key it is for (pushes signed with another VAPID
+    /// key get 403, as from a browser's push service).
+    pub fn webpush_subscribe_with(
+        &self,
+        options: &SubscribeOptions,
+    ) -> Result<WebPushSubscription, WebPushError> {
         self.shared
             .webpush
-            .subscribe_named(&self.shared.urls.webpush, name)
+            .subscribe(&self.shared.urls.webpush, options)
     }
 
     /// Ends a subscription, given its token, endpoint or id, as a browser

@@ -20,6 +20,9 @@
 //! [`crate::TestApp::wait_for_push`] takes the subscription's `token`.
 //! [`crate::TestApp::webpush_unsubscribe`] ends a subscription: later pushes
 //! to it get 410, as from a browser that dropped it.
+//! [`crate::TestApp::webpush_subscribe_with`] takes a name (see Faults) and
+//! the application server key the subscription is for, as a browser's
+//! `pushManager.subscribe({applicationServerKey})` does.
 //!
 //! # Checks on `POST /webpush/{id}`, in order (the first failure answers)
 //! 1. path `/webpush/{id}` (404 `NotFound`) and method `POST` (405
@@ -39,7 +42,9 @@
 //!    `BadVapidSignature`); its claims: `aud` the endpoint's origin (403
 //!    `BadAudience`), `exp` in the future (403 `Expired`) and at most 24 hours
 //!    ahead (403 `ExpiryTooFar`; missing: 403 `MissingExpiry`), `sub` a
-//!    `mailto:` or `https:` URI (403 `BadSubject`).
+//!    `mailto:` or `https:` URI (403 `BadSubject`); for a subscription made
+//!    for an application server key ([`SubscribeOptions`]), `k` is that key
+//!    (403 `VapidKeyMismatch`, as a browser's push service answers).
 //! 5. the body: at most 4096 bytes (413 `PayloadTooLarge`), and it decrypts
 //!    with the subscription's private key and auth secret (400
 //!    `DecryptionFailed`). A push without a body is legal in RFC 8030 but
@@ -130,6 +135,26 @@ pub enum WebPushError {
     /// A name must be 1 to 64 characters of `A-Z a-z 0-9 - _`.
     #[error("bad subscription name {0:?}: 1 to 64 characters of A-Z a-z 0-9 - _")]
     BadName(String),
+    /// An application server key must be a 65-byte uncompressed P-256
+    /// point in base64url or base64.
+    #[error("bad application server key {0:?}: a 65-byte uncompressed P-256 point in base64url")]
+    BadApplicationServerKey(String),
+}
+
+/// How to make a subscription; the default is a plain one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeOptions {
+    /// Starts the subscription's id (`NAME-` then random hex), so that a
+    /// fault prefix in it applies; 1 to 64 characters of
+    /// `A-Z a-z 0-9 - _`. Without one the id is random hex starting with
+    /// `0`, which matches no prefix.
+    pub name: Option<String>,
+    /// The VAPID public key the subscription is for, as a browser's
+    /// `applicationServerKey` (base64url or base64, a 65-byte uncompressed
+    /// P-256 point). Pushes signed with another key are refused with 403
+    /// `VapidKeyMismatch`. Without one any key is accepted.
+    pub application_server_key: Option<String>,
 }
 
 /// What the mock keeps about one subscription.
@@ -137,6 +162,7 @@ struct Subscription {
     secret: p256::SecretKey,
     auth: [u8; 16],
     token: String,
+    application_server_key: Option<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -183,30 +209,47 @@ impl WebPushState {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes a subscription under `base_url` (the Web Push port's URL) with
-    /// a random hex id starting with `0`, which matches no fault prefix.
-    pub fn subscribe(&self, base_url: &str) -> WebPushSubscription {
+    /// Makes a plain subscription under `base_url` (the Web Push port's
+    /// URL): a random id that matches no fault prefix, any VAPID key.
+    pub fn subscribe_plain(&self, base_url: &str) -> WebPushSubscription {
         let mut random: [u8; 16] = rand::random();
         random[0] &= 0x0f;
-        self.insert(base_url, hex::encode(random))
+        self.insert(base_url, hex::encode(random), None)
     }
 
-    /// Like [`subscribe`](Self::subscribe) with an id that starts with
-    /// `name` (`NAME-` then random hex), so that a fault prefix in the name
-    /// applies.
-    pub fn subscribe_named(
+    /// Makes a subscription under `base_url` (the Web Push port's URL), as
+    /// `options` say.
+    pub fn subscribe(
         &self,
         base_url: &str,
-        name: &str,
+        options: &SubscribeOptions,
     ) -> Result<WebPushSubscription, WebPushError> {
-        if !valid_name(name) {
-            return Err(WebPushError::BadName(name.to_owned()));
-        }
-        let random: [u8; 16] = rand::random();
-        Ok(self.insert(base_url, format!("{name}-{}", hex::encode(random))))
+        let key = match &options.application_server_key {
+            None => None,
+            Some(k) => Some(
+                decode_key(k)
+                    .filter(|key| key.len() == 65 && key[0] == 0x04)
+                    .ok_or_else(|| WebPushError::BadApplicationServerKey(k.clone()))?,
+            ),
+        };
+        let mut random: [u8; 16] = rand::random();
+        let id = match &options.name {
+            Some(n) if !valid_name(n) => return Err(WebPushError::BadName(n.clone())),
+            Some(n) => format!("{n}-{}", hex::encode(random)),
+            None => {
+                random[0] &= 0x0f;
+                hex::encode(random)
+            }
+        };
+        Ok(self.insert(base_url, id, key))
     }
 
-    fn insert(&self, base_url: &str, id: String) -> WebPushSubscription {
+    fn insert(
+        &self,
+        base_url: &str,
+        id: String,
+        application_server_key: Option<Vec<u8>>,
+    ) -> WebPushSubscription {
         let secret = new_secret_key();
         let public = secret.public_key().to_encoded_point(false);
         let auth: [u8; 16] = rand::random();
@@ -220,6 +263,7 @@ impl WebPushState {
                 secret,
                 auth,
                 token: token.clone(),
+                application_server_key,
             }),
         );
         WebPushSubscription {
@@ -305,6 +349,8 @@ enum Rejection {
     ServiceUnavailable,
     #[error("the subscription was made for another application server key")]
     Forbidden,
+    #[error("the VAPID key k is not the application server key the subscription was made for")]
+    VapidKeyMismatch,
     #[error("{reason}")]
     Respond { status: u16, reason: String },
 }
@@ -332,7 +378,8 @@ impl Rejection {
             | Rejection::Expired { .. }
             | Rejection::ExpiryTooFar { .. }
             | Rejection::BadSubject(_)
-            | Rejection::Forbidden => 403,
+            | Rejection::Forbidden
+            | Rejection::VapidKeyMismatch => 403,
             Rejection::PayloadTooLarge => 413,
             Rejection::TooManyRequests(_) => 429,
             Rejection::ServiceUnavailable => 503,
@@ -368,6 +415,7 @@ impl Rejection {
             Rejection::TooManyRequests(_) => "TooManyRequests",
             Rejection::ServiceUnavailable => "ServiceUnavailable",
             Rejection::Forbidden => "Forbidden",
+            Rejection::VapidKeyMismatch => "VapidKeyMismatch",
             Rejection::Respond { reason, .. } => reason,
         }
     }
@@ -393,11 +441,15 @@ impl Rejection {
     }
 }
 
-/// The claims of a VAPID token that verified.
+/// A VAPID header that verified: its claims and key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Vapid {
     aud: String,
     sub: String,
+    /// `k` as sent.
+    k: String,
+    /// `k` decoded: the uncompressed P-256 point.
+    key: Vec<u8>,
 }
 
 /// Decodes base64url with or without padding.
@@ -442,7 +494,7 @@ fn check_vapid(
     authorization: Option<&str>,
     origin: &str,
     now: u64,
-) -> Result<(Vapid, String), (Rejection, Option<String>)> {
+) -> Result<Vapid, (Rejection, Option<String>)> {
     let value = authorization.ok_or((Rejection::MissingAuthorization, None))?;
     let (t, k) = vapid_params(value).map_err(|r| (r, None))?;
     let key_sent = Some(k.to_owned());
@@ -472,13 +524,12 @@ fn check_vapid(
     }
     let sub = parsed.claim_str("sub");
     match sub {
-        Some(s) if s.starts_with("mailto:") || s.starts_with("https:") => Ok((
-            Vapid {
-                aud: origin.to_owned(),
-                sub: s.to_owned(),
-            },
-            k.to_owned(),
-        )),
+        Some(s) if s.starts_with("mailto:") || s.starts_with("https:") => Ok(Vapid {
+            aud: origin.to_owned(),
+            sub: s.to_owned(),
+            k: k.to_owned(),
+            key,
+        }),
         other => Err(fail(Rejection::BadSubject(other.map(str::to_owned)))),
     }
 }
@@ -700,10 +751,17 @@ async fn check(
 
     // 4. VAPID.
     match check_vapid(authorization, &shared.urls.webpush, unix_now()) {
-        Ok((vapid, key)) => {
+        Ok(vapid) => {
             seen.headers.insert("vapid-aud".into(), vapid.aud);
             seen.headers.insert("vapid-sub".into(), vapid.sub);
-            seen.auth = AuthMethod::Vapid { key: Some(key) };
+            seen.auth = AuthMethod::Vapid { key: Some(vapid.k) };
+            if sub
+                .application_server_key
+                .as_ref()
+                .is_some_and(|expected| *expected != vapid.key)
+            {
+                return Err(Rejection::VapidKeyMismatch);
+            }
         }
         Err((r, key)) => {
             if authorization.is_some() {
@@ -781,7 +839,8 @@ mod tests {
         let now = 1_000_000;
         let header = |claims: Value| format!("vapid t={}, k={k}", sign(&kp, &claims));
         let ok = header(json!({"aud": origin, "exp": now + 3600, "sub": "mailto:a@b"}));
-        let (vapid, key) = check_vapid(Some(&ok), origin, now).unwrap();
+        let vapid = check_vapid(Some(&ok), origin, now).unwrap();
+        let key = vapid.k.clone();
         assert_eq!(
             (vapid.sub.as_str(), key.as_str()),
             ("mailto:a@b", k.as_str())
@@ -894,10 +953,19 @@ mod tests {
         );
     }
 
+    fn with_name(name: &str) -> SubscribeOptions {
+        SubscribeOptions {
+            name: Some(name.into()),
+            ..SubscribeOptions::default()
+        }
+    }
+
     #[test]
     fn subscriptions_decrypt_what_is_encrypted_for_them() {
         let state = WebPushState::default();
-        let s = state.subscribe("https://127.0.0.1:9");
+        let s = state
+            .subscribe("https://127.0.0.1:9", &SubscribeOptions::default())
+            .unwrap();
         assert!(s.endpoint.starts_with("https://127.0.0.1:9/webpush/0"));
         assert_eq!(
             s.token,
@@ -938,10 +1006,10 @@ mod tests {
         bad[20] = 64;
         assert!(decrypt(&sub, &bad).is_err());
 
-        let named = state.subscribe_named("https://h", "dead").unwrap();
+        let named = state.subscribe("https://h", &with_name("dead")).unwrap();
         assert!(named.endpoint.starts_with("https://h/webpush/dead-"));
         assert_eq!(
-            state.subscribe_named("https://h", "a/b"),
+            state.subscribe("https://h", &with_name("a/b")),
             Err(WebPushError::BadName("a/b".into()))
         );
         assert!(state.unsubscribe(&named.token));

@@ -13,7 +13,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::*;
 use nudge_test_app::{
-    AuthMethod, Fault, Provider, PushFilter, TestApp, TestAppConfig, WebPushSubscription,
+    AuthMethod, Fault, Provider, PushFilter, SubscribeOptions, TestApp, TestAppConfig,
+    WebPushError, WebPushSubscription,
 };
 use serde_json::{Value, json};
 
@@ -597,4 +598,60 @@ async fn subscriptions_through_the_control_api() {
         .await
         .json();
     assert_eq!(listed["webpush"]["kind"], "throttle");
+}
+
+#[tokio::test]
+async fn a_subscription_for_an_application_server_key_takes_only_that_key() {
+    let app = start().await;
+    let c = client(&app, true);
+    let ours = Vapid::new();
+    let theirs = Vapid::new();
+    // Browsers hand the key to the push service in standard base64 too.
+    let raw = URL_SAFE_NO_PAD.decode(&ours.k).unwrap();
+    let sub = app
+        .webpush_subscribe_with(&SubscribeOptions {
+            name: None,
+            application_server_key: Some(base64::engine::general_purpose::STANDARD.encode(&raw)),
+        })
+        .unwrap();
+    assert_eq!(push(&c, &app, &ours, &sub, b"{}").await.status, 201);
+    let r = push(&c, &app, &theirs, &sub, b"{}").await;
+    assert_eq!((r.status, r.reason()), (403, "VapidKeyMismatch".into()));
+    let p = app.pushes(PushFilter::token(sub.token.clone()));
+    assert_eq!(
+        p[1].auth,
+        AuthMethod::Vapid {
+            key: Some(theirs.k.clone())
+        }
+    );
+
+    assert!(matches!(
+        app.webpush_subscribe_with(&SubscribeOptions {
+            name: None,
+            application_server_key: Some("AAAA".into()),
+        }),
+        Err(WebPushError::BadApplicationServerKey(_))
+    ));
+
+    // The same through the control API, with a name.
+    let url = format!("{}/api/webpush/subscriptions", app.control_url());
+    let r = send_json(
+        "POST",
+        &url,
+        &json!({"name": "fa111", "application_server_key": ours.k}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let sub: WebPushSubscription = serde_json::from_value(r.json()).unwrap();
+    assert_eq!(push(&c, &app, &theirs, &sub, b"{}").await.status, 403);
+    assert_eq!(push(&c, &app, &ours, &sub, b"{}").await.status, 503);
+    assert_eq!(push(&c, &app, &ours, &sub, b"{}").await.status, 201);
+    let r = send_json("POST", &url, &json!({"application_server_key": "AAAA"})).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("application server key")
+    );
 }

@@ -90,6 +90,19 @@ enum Command {
         #[command(subcommand)]
         command: BrakeCommand,
     },
+    /// Web Push's VAPID key pair (needs no configuration).
+    Vapid {
+        #[command(subcommand)]
+        command: VapidCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum VapidCommand {
+    /// Print a new VAPID key pair: the private key for a webpush app's
+    /// `vapid_private_key`, the public key for web clients'
+    /// `applicationServerKey`.
+    Generate,
 }
 
 #[derive(Subcommand)]
@@ -137,12 +150,37 @@ enum RegistrationsCommand {
     },
 }
 
+/// `nudge vapid generate`: a new key pair, as the config and web clients
+/// take it.
+fn vapid_generate() -> ExitCode {
+    match nudge_plugins::webpush::generate_vapid_key() {
+        Ok((private, public)) => {
+            println!("# [apps.NAME] with provider = \"webpush\": keep this secret");
+            println!("vapid_private_key = \"{private}\"");
+            println!("# applicationServerKey for web clients' pushManager.subscribe()");
+            println!("# (also in the form of register-push-NAME executed without one)");
+            println!("public key: {public}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("nudge: cannot generate a VAPID key pair: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Exit status when another instance holds the SQLite database: a unit that
 /// restarts on failure must not retry it (`deploy/nudge.service`).
 const EXIT_REFUSED: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Vapid {
+        command: VapidCommand::Generate,
+    } = cli.command
+    {
+        return vapid_generate();
+    }
     let config_path = cli.config.clone();
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
@@ -267,6 +305,13 @@ async fn execute(command: Command, config: Config, config_path: PathBuf) -> Resu
             let store = open_store(&config).await?;
             store.migrate().await?;
             brake(&store, command, &config).await
+        }
+        // Handled before the configuration is read (`main`).
+        Command::Vapid {
+            command: VapidCommand::Generate,
+        } => {
+            vapid_generate();
+            Ok(())
         }
     }
 }

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::PushBackend;
 use crate::apns::{ApnsBackend, ApnsConfig};
 use crate::fcm::{FcmBackend, FcmConfig};
+use crate::webpush::{WebPushBackend, WebPushConfig};
 
 /// One app's backend settings; `provider` selects the variant.
 #[derive(Debug, Clone, Deserialize)]
@@ -19,6 +20,9 @@ pub enum ProviderConfig {
     Apns(ApnsConfig),
     /// Firebase Cloud Messaging HTTP v1 (`provider = "fcm"`).
     Fcm(FcmConfig),
+    /// Web Push: browsers and UnifiedPush distributors
+    /// (`provider = "webpush"`).
+    WebPush(WebPushConfig),
 }
 
 /// Numbers and booleans of a provider table may also be written as text
@@ -103,6 +107,9 @@ pub async fn build_backend(
         ProviderConfig::Fcm(c) => FcmBackend::new(app, c)
             .map(|b| Arc::new(b) as Arc<dyn PushBackend>)
             .map_err(|e| fail(e.to_string())),
+        ProviderConfig::WebPush(c) => WebPushBackend::new(app, c)
+            .map(|b| Arc::new(b) as Arc<dyn PushBackend>)
+            .map_err(|e| fail(e.to_string())),
     }
 }
 
@@ -134,12 +141,20 @@ mod tests {
             provider = "fcm"
             service_account_path = "/etc/nudge/firebase.json"
             include_body = false
+
+            [apps.web]
+            provider = "webpush"
+            vapid_private_key_file = "/etc/nudge/vapid.pem"
+            vapid_subject = "mailto:ops@push.example"
+            ttl_secs = "3600"
             "#,
         )
         .unwrap();
         assert!(matches!(&file.apps["ios"], ProviderConfig::Apns(c) if c.ttl_secs == Some(86400)));
         assert!(matches!(&file.apps["android"], ProviderConfig::Fcm(c)
             if c.service_account_path.ends_with("firebase.json")));
+        assert!(matches!(&file.apps["web"], ProviderConfig::WebPush(c)
+            if c.ttl_secs == 3600 && c.max_concurrent_per_origin == 100));
     }
 
     #[test]
@@ -150,6 +165,8 @@ mod tests {
             "[apps.x]\nprovider = \"apns\"\ntopic = \"a\"\nbundle = \"b\"",
             "[apps.x]\nprovider = \"fcm\"\nservice_account_path = \"a\"\nserver_key = \"b\"",
             "[apps.x]\nprovider = \"fcm\"\nservice_account_path = \"a\"\nttl_secs = \"1h\"",
+            "[apps.x]\nprovider = \"webpush\"\nvapid_subject = \"mailto:a@b\"\ngcm_key = \"k\"",
+            "[apps.x]\nprovider = \"webpush\"\nvapid_private_key = \"k\"",
         ] {
             assert!(toml::from_str::<File>(text).is_err(), "{text}");
         }

@@ -20,6 +20,7 @@ pub mod fcm;
 mod fit;
 mod http;
 mod json;
+pub mod webpush;
 pub use apns::ClientKind;
 pub use config::{BackendConfigError, ProviderConfig, build_backend};
 pub use http::SetupError;
@@ -250,6 +251,13 @@ pub trait PushBackend: Send + Sync + 'static {
     /// characters.
     fn validate_token(&self, token: &str) -> Result<(), InvalidTokenFormat> {
         check_token_chars(token)
+    }
+
+    /// The key a client needs before it can subscribe: Web Push's VAPID
+    /// public key (base64url, the `applicationServerKey` of
+    /// `pushManager.subscribe()`); `None` for providers without one.
+    fn application_server_key(&self) -> Option<&str> {
+        None
     }
 
     /// Sends one push. Never panics on a provider's answer; every failure is

@@ -595,6 +595,42 @@ impl Body {
         self.optional(field)?.ok_or(ApiError::MissingField(field))
     }
 
+    /// The device token: `token`, or for a Web Push app `subscription`, a
+    /// browser's `PushSubscription.toJSON()` (`endpoint`, `keys.p256dh`,
+    /// `keys.auth`), turned into the token form (README, "Web Push").
+    fn token(&mut self, provider: Option<&str>) -> Result<String, ApiError> {
+        let Some(subscription) = self.members.remove("subscription") else {
+            return self.required("token");
+        };
+        if self.members.contains_key("token") {
+            return Err(ApiError::InvalidField {
+                field: "subscription",
+                reason: "give either token or subscription, not both".into(),
+            });
+        }
+        if provider != Some(nudge_plugins::webpush::PROVIDER) {
+            return Err(ApiError::InvalidField {
+                field: "subscription",
+                reason: "only for an app whose provider is webpush; send token".into(),
+            });
+        }
+        let invalid = |reason: String| ApiError::InvalidField {
+            field: "subscription",
+            reason,
+        };
+        let text = |v: Option<&Value>, name: &str| match v {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            _ => Err(invalid(format!("{name} must be a non-empty string"))),
+        };
+        let endpoint = text(subscription.get("endpoint"), "endpoint")?;
+        let keys = subscription.get("keys");
+        let p256dh = text(keys.and_then(|k| k.get("p256dh")), "keys.p256dh")?;
+        let auth = text(keys.and_then(|k| k.get("auth")), "keys.auth")?;
+        nudge_plugins::webpush::Subscription::from_parts(&endpoint, &p256dh, &auth)
+            .map(|s| s.to_token())
+            .map_err(|e| invalid(e.to_string()))
+    }
+
     /// A string member that may be missing or `null`; empty counts as
     /// missing.
     fn optional(&mut self, field: &'static str) -> Result<Option<String>, ApiError> {
@@ -646,6 +682,11 @@ fn environment(value: Option<String>) -> Result<Option<nudge_plugins::Environmen
         .transpose()
 }
 
+/// The provider of `app`'s backend.
+fn provider<'s>(state: &'s HttpState, app: &str) -> Option<&'s str> {
+    state.dispatcher.backends().get(app).map(|b| b.provider())
+}
+
 /// The token checked by `app`'s backend.
 fn token(state: &HttpState, app: &str, token: String) -> Result<String, ApiError> {
     crate::register::check_token(state.dispatcher.backends(), app, &token)
@@ -695,7 +736,14 @@ async fn create(
     authorize(&state, &app, request.headers())?;
     let mut body = Body::read(
         request,
-        &["owner", "device_id", "token", "muc", "environment"],
+        &[
+            "owner",
+            "device_id",
+            "token",
+            "subscription",
+            "muc",
+            "environment",
+        ],
     )
     .await?;
     let owner = body.required("owner")?;
@@ -713,7 +761,7 @@ async fn create(
             reason: format!("longer than {MAX_DEVICE_ID_LEN} bytes"),
         });
     }
-    let token = token(&state, &app, body.required("token")?)?;
+    let token = token(&state, &app, body.token(provider(&state, &app))?)?;
     let muc = match body.optional("muc")? {
         Some(room) => bare_jid("muc", &room)?.bare(),
         None => String::new(),
@@ -766,8 +814,8 @@ async fn update(
 ) -> Result<Response, ApiError> {
     let (app, node) = params(path)?;
     authorize(&state, &app, request.headers())?;
-    let mut body = Body::read(request, &["token", "environment"]).await?;
-    let token = token(&state, &app, body.required("token")?)?;
+    let mut body = Body::read(request, &["token", "subscription", "environment"]).await?;
+    let token = token(&state, &app, body.token(provider(&state, &app))?)?;
     let environment = environment(body.optional("environment")?)?;
     let reg = find(&state, &app, &node).await?;
     check_rate(&state, &reg.owner)?;

@@ -9,7 +9,9 @@
 //!   Tigase clients; on with `[dialects.siskin]`);
 //! - `push_appserver`: `v1-register-push` / `v1-unregister-push`
 //!   (mod_push_appserver, older Monal builds; on with
-//!   `[dialects.push_appserver]`).
+//!   `[dialects.push_appserver]`);
+//! - `webpush`: Conversations' nodes for an app whose provider is Web Push,
+//!   with a browser subscription's fields (Converse.js, Movim, UnifiedPush).
 //!
 //! [`Command`] is the one place a command node is matched to its dialect
 //! ([`Command::from_request`]) and run ([`Command::apply`]); disco lists
@@ -22,6 +24,7 @@ pub mod conversations;
 pub mod limits;
 pub mod push_appserver;
 pub mod siskin;
+pub mod webpush;
 
 use crate::config::DialectsConfig;
 use crate::dispatch::{Backends, ResolveError};
@@ -56,6 +59,8 @@ pub enum Command {
     Siskin(siskin::Command),
     /// `v1-register-push` / `v1-unregister-push`.
     PushAppserver(push_appserver::Command),
+    /// `register-push-<name>` / `unregister-push-<name>` of a Web Push app.
+    WebPush(webpush::Command),
 }
 
 impl Command {
@@ -77,6 +82,11 @@ impl Command {
             Ok(cmd) => return Ok(Command::PushAppserver(cmd)),
             Err(request) => request,
         };
+        // Before Conversations': the same nodes, for a Web Push app.
+        let request = match webpush::Command::from_request(request, backends) {
+            Ok(cmd) => return Ok(Command::WebPush(cmd)),
+            Err(request) => request,
+        };
         let request = match conversations::Command::from_request(request, backends) {
             Ok(cmd) => return Ok(Command::Conversations(cmd)),
             Err(request) => request,
@@ -90,6 +100,7 @@ impl Command {
             Command::Conversations(cmd) => cmd.apply(ctx).await,
             Command::Siskin(cmd) => cmd.apply(ctx).await,
             Command::PushAppserver(cmd) => cmd.apply(ctx).await,
+            Command::WebPush(cmd) => cmd.apply(ctx).await,
         }
     }
 }

@@ -20,12 +20,13 @@
 //! - A reader is a task of its own: a waiter that stops waiting leaves the
 //!   others' query alone.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock};
 
 use tokio::sync::oneshot;
 
+use super::batches::Batches;
 use super::{Pool, Registration, StoreError};
 
 /// The most nodes one query reads.
@@ -59,13 +60,6 @@ struct Job {
     answer: oneshot::Sender<Answer>,
 }
 
-#[derive(Default)]
-struct Queue {
-    jobs: VecDeque<Job>,
-    /// Reader tasks running (each takes what is queued).
-    readers: usize,
-}
-
 /// How many queries read how many lookups
 /// ([`super::RegistrationStore::lookup_stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -79,7 +73,7 @@ pub struct LookupStats {
 /// The batched reader of one store and its clones.
 pub(super) struct Lookups {
     pool: Pool,
-    queue: Mutex<Queue>,
+    queue: Batches<Job>,
     queries: AtomicU64,
     lookups: AtomicU64,
 }
@@ -88,7 +82,7 @@ impl Lookups {
     pub(super) fn new(pool: Pool) -> Self {
         Lookups {
             pool,
-            queue: Mutex::default(),
+            queue: Batches::new(READERS, MAX_BATCH),
             queries: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
         }
@@ -102,29 +96,15 @@ impl Lookups {
         }
     }
 
-    fn queue(&self) -> MutexGuard<'_, Queue> {
-        // Never held across a panic of ours; a poisoned queue is still
-        // consistent.
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The registration of `node` in the database, read with the lookups
     /// queued with it. Call within a Tokio runtime (readers are tasks).
     pub(super) async fn find(self: &Arc<Self>, node: &str) -> Answer {
         let (answer, answered) = oneshot::channel();
-        let start = {
-            let mut queue = self.queue();
-            queue.jobs.push_back(Job {
-                node: node.to_owned(),
-                answer,
-            });
-            let start = queue.readers < READERS;
-            if start {
-                queue.readers += 1;
-            }
-            start
+        let job = Job {
+            node: node.to_owned(),
+            answer,
         };
-        if start {
+        if self.queue.push(job) {
             tokio::spawn(self.clone().run());
         }
         answered.await.map_err(|_| StoreError::ReaderGone)?
@@ -132,21 +112,8 @@ impl Lookups {
 
     /// Reads batches until the queue is empty.
     async fn run(self: Arc<Self>) {
-        let mut running = Running {
-            lookups: &self,
-            finished: false,
-        };
-        loop {
-            let batch: Vec<Job> = {
-                let mut queue = self.queue();
-                if queue.jobs.is_empty() {
-                    queue.readers -= 1;
-                    running.finished = true;
-                    return;
-                }
-                let n = queue.jobs.len().min(MAX_BATCH);
-                queue.jobs.drain(..n).collect()
-            };
+        let mut reader = self.queue.worker();
+        while let Some(batch) = reader.next_batch() {
             self.read_batch(batch).await;
         }
     }
@@ -159,35 +126,25 @@ impl Lookups {
         let Some(sql) = QUERIES.get(nodes.len().saturating_sub(1)) else {
             return; // never: a batch has 1 ..= MAX_BATCH nodes
         };
-        let rows: Result<Vec<Registration>, sqlx::Error> = match &self.pool {
-            Pool::Sqlite(p) => {
-                let mut q = sqlx::query_as(sql.as_str());
-                for node in &nodes {
-                    q = q.bind(*node);
-                }
-                q.fetch_all(p).await
+        let rows: Result<Vec<Registration>, sqlx::Error> = on_pool!(&self.pool, |p| {
+            let mut q = sqlx::query_as(sql.as_str());
+            for node in &nodes {
+                q = q.bind(*node);
             }
-            Pool::Postgres(p) => {
-                let mut q = sqlx::query_as(sql.as_str());
-                for node in &nodes {
-                    q = q.bind(*node);
-                }
-                q.fetch_all(p).await
-            }
-        };
+            q.fetch_all(p).await
+        });
         self.queries.fetch_add(1, Ordering::Relaxed);
         self.lookups
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         match rows {
             Ok(rows) => {
-                let mut by_node: HashMap<String, Registration> =
+                let by_node: HashMap<String, Registration> =
                     rows.into_iter().map(|r| (r.node.clone(), r)).collect();
                 for job in batch {
                     // A node asked twice gets its row twice.
                     let row = by_node.get(&job.node).cloned();
                     let _ = job.answer.send(Ok(row));
                 }
-                by_node.clear();
             }
             Err(e) => {
                 let e = Arc::new(e);
@@ -196,31 +153,5 @@ impl Lookups {
                 }
             }
         }
-    }
-}
-
-/// Puts a reader's count back when its task ends, also by a panic or an
-/// abort at runtime shutdown; the queue's waiters are then dropped, and so
-/// answered with an error, rather than left waiting for nobody.
-struct Running<'a> {
-    lookups: &'a Lookups,
-    finished: bool,
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        let orphans = {
-            let mut queue = self.lookups.queue();
-            queue.readers -= 1;
-            if queue.readers == 0 {
-                std::mem::take(&mut queue.jobs)
-            } else {
-                VecDeque::new()
-            }
-        };
-        drop(orphans);
     }
 }

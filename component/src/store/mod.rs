@@ -271,6 +271,7 @@ macro_rules! columns {
     };
 }
 
+mod batches;
 mod lookup;
 pub use lookup::LookupStats;
 

@@ -25,13 +25,13 @@
 //!   half-written batch; its own row is written all the same, as a write
 //!   already sent to the database would be.
 
-use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use sqlx::Row;
 use tokio::sync::oneshot;
 
+use super::super::batches::Batches;
 use super::super::{Pool, StoreError};
 
 /// Binds a row's values to the insert of `outbox.rs` (`$1` node … `$9`
@@ -79,13 +79,6 @@ struct Job {
     answer: oneshot::Sender<Answer>,
 }
 
-#[derive(Default)]
-struct Queue {
-    jobs: VecDeque<Job>,
-    /// A writer task runs (and will take what is queued).
-    writing: bool,
-}
-
 /// How many transactions and rows the writer committed
 /// ([`super::Outbox::commit_stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -99,7 +92,8 @@ pub struct CommitStats {
 /// The group-commit writer of one outbox handle and its clones.
 pub(in crate::store) struct Batcher {
     pool: Pool,
-    queue: Mutex<Queue>,
+    /// One writer at a time: a batch's rows commit in the order they came.
+    queue: Batches<Job>,
     transactions: AtomicU64,
     rows: AtomicU64,
 }
@@ -116,7 +110,7 @@ impl Batcher {
     pub(in crate::store) fn new(pool: Pool) -> Self {
         Batcher {
             pool,
-            queue: Mutex::default(),
+            queue: Batches::new(1, MAX_BATCH),
             transactions: AtomicU64::new(0),
             rows: AtomicU64::new(0),
         }
@@ -130,22 +124,11 @@ impl Batcher {
         }
     }
 
-    fn queue(&self) -> MutexGuard<'_, Queue> {
-        // The lock is never held across a panic of ours; a poisoned one
-        // still holds a consistent queue.
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Writes `row` with the next batch and waits for its commit. Call
     /// within a Tokio runtime (the writer is a task).
     pub(in crate::store) async fn write(self: &Arc<Self>, row: RowWrite) -> Answer {
         let (answer, answered) = oneshot::channel();
-        let start = {
-            let mut queue = self.queue();
-            queue.jobs.push_back(Job { row, answer });
-            !std::mem::replace(&mut queue.writing, true)
-        };
-        if start {
+        if self.queue.push(Job { row, answer }) {
             tokio::spawn(self.clone().run());
         }
         answered.await.map_err(|_| StoreError::WriterGone)?
@@ -153,21 +136,8 @@ impl Batcher {
 
     /// Writes batches until the queue is empty.
     async fn run(self: Arc<Self>) {
-        let mut running = Running {
-            batcher: &self,
-            finished: false,
-        };
-        loop {
-            let batch: Vec<Job> = {
-                let mut queue = self.queue();
-                if queue.jobs.is_empty() {
-                    queue.writing = false;
-                    running.finished = true;
-                    return;
-                }
-                let n = queue.jobs.len().min(MAX_BATCH);
-                queue.jobs.drain(..n).collect()
-            };
+        let mut writer = self.queue.worker();
+        while let Some(batch) = writer.next_batch() {
             self.write_batch(batch).await;
         }
     }
@@ -265,27 +235,4 @@ fn concerns_every_row(e: &dyn sqlx::error::DatabaseError) -> bool {
         return matches!(n & 0xff, 5 | 6 | 8 | 10 | 11 | 13 | 14);
     }
     code.starts_with("08") || code.starts_with("53") || code.starts_with("57") || code == "55P03"
-}
-
-/// Marks the writer stopped when its task ends in any way: on a panic or
-/// when the runtime drops it, the waiters still queued are answered with
-/// [`StoreError::WriterGone`] (their senders are dropped) rather than left
-/// waiting, and the next write starts a new writer.
-struct Running<'a> {
-    batcher: &'a Batcher,
-    finished: bool,
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        let orphans = {
-            let mut queue = self.batcher.queue();
-            queue.writing = false;
-            std::mem::take(&mut queue.jobs)
-        };
-        drop(orphans);
-    }
 }

@@ -14,8 +14,10 @@
 //! | `PUT /api/faults/{token}` [`FaultSpec`](crate::FaultSpec) | set a fault, e.g. `{"kind":"fail_times","times":2}` |
 //! | `DELETE /api/faults/{token}` | remove it |
 //! | `GET /api/provider-faults` | faults set for every token of a mock |
-//! | `PUT /api/provider-faults/{apns\|fcm}` [`FaultSpec`](crate::FaultSpec) | a provider-wide fault, e.g. an outage `{"kind":"fail_for","ms":10000}`; a token's own fault still wins |
-//! | `DELETE /api/provider-faults/{apns\|fcm}` | remove it |
+//! | `PUT /api/provider-faults/{apns\|fcm\|webpush}` [`FaultSpec`](crate::FaultSpec) | a provider-wide fault, e.g. an outage `{"kind":"fail_for","ms":10000}`; a token's own fault still wins |
+//! | `DELETE /api/provider-faults/{apns\|fcm\|webpush}` | remove it |
+//! | `POST /api/webpush/subscriptions` (optional [`SubscribeOptions`](crate::SubscribeOptions) `{"name","application_server_key"}`) | 201 and a new Web Push subscription `{"endpoint","p256dh","auth","token"}`; a name starts its id (fault prefixes) |
+//! | `DELETE /api/webpush/subscriptions/{id}` | end it (later pushes get 410); 404 when no live one has that id |
 //! | `GET /api/stats` | [`Stats`](crate::Stats) |
 //! | `POST /api/oauth/revoke` | invalidate every issued access token |
 //! | `PUT /api/oauth/lifetime` `{"secs"}` | lifetime of tokens issued from now on |
@@ -45,7 +47,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tower_service::Service;
 
 use crate::recorder::{FeedEvent, Provider, PushFilter};
-use crate::{FaultSpec, Shared};
+use crate::{FaultSpec, Shared, SubscribeOptions};
 
 type AppState = State<Arc<Shared>>;
 
@@ -89,6 +91,11 @@ fn router(shared: Arc<Shared>) -> Router {
             put(set_provider_fault)
                 .post(set_provider_fault)
                 .delete(clear_provider_fault),
+        )
+        .route("/api/webpush/subscriptions", post(webpush_subscribe))
+        .route(
+            "/api/webpush/subscriptions/{id}",
+            axum::routing::delete(webpush_unsubscribe),
         )
         .route("/api/stats", get(stats))
         .route("/api/oauth/revoke", post(revoke))
@@ -301,6 +308,29 @@ async fn clear_provider_fault(State(shared): AppState, Path(provider): Path<Stri
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => error(StatusCode::NOT_FOUND, e),
+    }
+}
+
+async fn webpush_subscribe(State(shared): AppState, body: Bytes) -> Response {
+    let options = if body.iter().all(u8::is_ascii_whitespace) {
+        SubscribeOptions::default()
+    } else {
+        match serde_json::from_slice::<SubscribeOptions>(&body) {
+            Ok(o) => o,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        }
+    };
+    match shared.webpush.subscribe(&shared.urls.webpush, &options) {
+        Ok(sub) => (StatusCode::CREATED, axum::Json(sub)).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+async fn webpush_unsubscribe(State(shared): AppState, Path(id): Path<String>) -> Response {
+    if shared.webpush.unsubscribe(&id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, format!("no live subscription {id}"))
     }
 }
 

@@ -7,17 +7,21 @@
 //!    /api/faults/{token}`);
 //! 2. set for every token of one mock, as a provider-wide outage
 //!    ([`crate::TestApp::set_provider_fault`] or `PUT
-//!    /api/provider-faults/{apns|fcm}`);
+//!    /api/provider-faults/{apns|fcm|webpush}`);
 //! 3. the token's name (a prefix, case-insensitive). The prefixes are
-//!    hex-only so they work for APNs tokens, which are hex:
+//!    hex-only so they work for APNs tokens, which are hex. For Web Push the
+//!    name is the subscription's id (the last path segment of its
+//!    endpoint), since its token is a URL:
 //!
-//! | prefix | fault | APNs answer | FCM answer |
-//! |---|---|---|---|
-//! | `dead` | [`Fault::Dead`] | 410 `Unregistered` + `timestamp` | 404 `UNREGISTERED` |
-//! | `badd` | [`Fault::BadToken`] | 400 `BadDeviceToken` | 400 `INVALID_ARGUMENT` |
-//! | `c001`*N* | [`Fault::Throttle`], Retry-After *N* s (default 1) | 429 `TooManyRequests` | 429 `QUOTA_EXCEEDED` |
-//! | `fa11`*N* | [`Fault::FailTimes`] *N* (default 1), then success | 500 `InternalServerError` | 503 `UNAVAILABLE` |
-//! | `de1a`*N* | [`Fault::Delay`] *N* ms (default 1000), then the normal answer | | |
+//! | prefix | fault | APNs answer | FCM answer | Web Push answer |
+//! |---|---|---|---|---|
+//! | `dead` | [`Fault::Dead`] | 410 `Unregistered` + `timestamp` | 404 `UNREGISTERED` | 410 `Gone` |
+//! | `badd` | [`Fault::BadToken`] | 400 `BadDeviceToken` | 400 `INVALID_ARGUMENT` | 404 `NotFound` |
+//! | `c001`*N* | [`Fault::Throttle`], Retry-After *N* s (default 1) | 429 `TooManyRequests` | 429 `QUOTA_EXCEEDED` | 429 `TooManyRequests` |
+//! | `fa11`*N* | [`Fault::FailTimes`] *N* (default 1), then success | 500 `InternalServerError` | 503 `UNAVAILABLE` | 503 `ServiceUnavailable` |
+//! | `de1a`*N* | [`Fault::Delay`] *N* ms (default 1000), then the normal answer | | | |
+//!
+//! [`crate::webpush`] lists the Web Push answer to every fault.
 //!
 //! *N* is the run of decimal digits right after the prefix (at most 5), so
 //! `fa113` followed by non-digits fails three times; pad the rest of an
@@ -37,26 +41,30 @@ use crate::recorder::Provider;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// The token is gone for good (app uninstalled): APNs 410
-    /// `Unregistered` with a `timestamp`, FCM 404 `UNREGISTERED`.
+    /// `Unregistered` with a `timestamp`, FCM 404 `UNREGISTERED`, Web Push
+    /// 410 `Gone`.
     Dead,
     /// The token is malformed or for another environment: APNs 400
-    /// `BadDeviceToken`, FCM 400 `INVALID_ARGUMENT`.
+    /// `BadDeviceToken`, FCM 400 `INVALID_ARGUMENT`, Web Push 404 `NotFound`.
     BadToken,
     /// Too many pushes for this device: APNs 429 `TooManyRequests`, FCM 429
-    /// `QUOTA_EXCEEDED`, both with `Retry-After` (real APNs sends no
+    /// `QUOTA_EXCEEDED`, Web Push 429, all with `Retry-After` (real APNs sends no
     /// Retry-After; it is added so a backend can be tested honouring it).
     Throttle { retry_after_secs: u64 },
     /// The provider fails the next `n` pushes for this token (APNs 500
-    /// `InternalServerError`, FCM 503 `UNAVAILABLE`), then accepts them.
+    /// `InternalServerError`, FCM 503 `UNAVAILABLE`, Web Push 503
+    /// `ServiceUnavailable`), then accepts them.
     FailTimes(u32),
     /// The provider is down until this instant (APNs 503
-    /// `ServiceUnavailable`, FCM 503 `UNAVAILABLE`), then accepts pushes:
+    /// `ServiceUnavailable`, FCM 503 `UNAVAILABLE`, Web Push 503
+    /// `ServiceUnavailable`), then accepts pushes:
     /// an outage of a given length, whatever the number of attempts.
     FailUntil(Instant),
     /// The answer (whatever it is) comes after this delay.
     Delay(Duration),
     /// The token belongs to another app: APNs 400 `DeviceTokenNotForTopic`,
-    /// FCM 403 `SENDER_ID_MISMATCH`.
+    /// FCM 403 `SENDER_ID_MISMATCH`, Web Push 403 `Forbidden` (made for
+    /// another VAPID key).
     NotForTopic,
     /// Any other answer: the status and APNs reason / FCM error code given.
     Respond { status: u16, reason: String },
@@ -264,7 +272,7 @@ impl Faults {
             .iter()
             .map(|(p, f)| (*p, f.clone()))
             .collect();
-        v.sort_by_key(|(p, _)| matches!(p, Provider::Fcm));
+        v.sort_by_key(|(p, _)| *p);
         v
     }
 
@@ -283,12 +291,19 @@ impl Faults {
     /// Decides what to do with one request to `provider` for `token`,
     /// counting it against a `FailTimes` budget.
     pub fn decide(&self, provider: Provider, token: &str) -> Decision {
+        self.decide_named(provider, token, token)
+    }
+
+    /// [`decide`](Self::decide) for a token whose name prefix is read from
+    /// `name` instead of the token itself (Web Push: the subscription id,
+    /// as the token starts with the endpoint URL).
+    pub fn decide_named(&self, provider: Provider, token: &str, name: &str) -> Decision {
         let mut inner = self.lock();
         let (fault, provider_wide) = match inner.explicit.get(token) {
             Some(f) => (Some(f.clone()), false),
             None => match inner.provider.get(&provider) {
                 Some(f) => (Some(f.clone()), true),
-                None => (Fault::from_token_name(token), false),
+                None => (Fault::from_token_name(name), false),
             },
         };
         let Some(fault) = fault else {

@@ -11,6 +11,11 @@
 //!   ([`TestApp::apns_sandbox_url`], [`RecordedPush::environment`]);
 //! - a **mock FCM HTTP v1** (TLS, HTTP/2 or 1.1):
 //!   `POST /v1/projects/{project}/messages:send`, with bearer tokens from
+//! - a **Web Push endpoint** (TLS, HTTP/2 or 1.1), a stand-in for a
+//!   browser's push service: [`TestApp::webpush_subscribe`] makes a
+//!   subscription (key pair and auth secret kept here), `POST
+//!   /webpush/{id}` checks VAPID, decrypts the `aes128gcm` body and records
+//!   the plaintext ([`webpush`] module docs list every check);
 //! - a **mock OAuth token endpoint** (the service-account JWT-bearer grant),
 //!   served over plain HTTP on the control port (`/token`, the default
 //!   `token_uri`) and over HTTPS on the FCM port (`/token`);
@@ -27,14 +32,16 @@
 //! # Token naming convention (faults without a control call)
 //! | token starts with | fault |
 //! |---|---|
-//! | `dead` | always dead: APNs 410 `Unregistered`, FCM 404 `UNREGISTERED` |
-//! | `badd` | malformed: APNs 400 `BadDeviceToken`, FCM 400 `INVALID_ARGUMENT` |
+//! | `dead` | always dead: APNs 410 `Unregistered`, FCM 404 `UNREGISTERED`, Web Push 410 |
+//! | `badd` | malformed: APNs 400 `BadDeviceToken`, FCM 400 `INVALID_ARGUMENT`, Web Push 404 |
 //! | `c001`*N* | throttled: 429 with `Retry-After: N` (default 1) |
-//! | `fa11`*N* | fails *N* times (default 1) with APNs 500 / FCM 503, then succeeds |
+//! | `fa11`*N* | fails *N* times (default 1) with APNs 500 / FCM 503 / Web Push 503, then succeeds |
 //! | `de1a`*N* | answers after *N* ms (default 1000) |
 //!
 //! Prefixes are case-insensitive hex, so they work for APNs tokens; *N* is
-//! the decimal digits right after the prefix (at most 5). See
+//! the decimal digits right after the prefix (at most 5). A Web Push
+//! subscription takes its name from [`TestApp::webpush_subscribe_named`].
+//! See
 //! [`faults`] for details and [`TestApp::set_fault`] for the
 //! explicit way. [`random_apns_token`] makes tokens that match no prefix.
 //!
@@ -68,6 +75,7 @@ pub mod recorder;
 mod server;
 pub mod stats;
 mod tls;
+pub mod webpush;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -85,6 +93,7 @@ pub use recorder::{
 };
 pub use stats::Stats;
 pub use tls::TlsError;
+pub use webpush::{SubscribeOptions, WebPushError, WebPushSubscription};
 
 /// How to run the test-app. `TestAppConfig::default()` is usable as-is:
 /// ephemeral ports on 127.0.0.1, topic `org.example.app`, project
@@ -97,6 +106,8 @@ pub struct TestAppConfig {
     pub apns_port: u16,
     /// Port of the mock FCM and the HTTPS token endpoint (0: ephemeral).
     pub fcm_port: u16,
+    /// Port of the Web Push endpoint (0: ephemeral).
+    pub webpush_port: u16,
     /// Port of the control API, live page and HTTP token endpoint (0:
     /// ephemeral).
     pub control_port: u16,
@@ -140,6 +151,7 @@ impl Default for TestAppConfig {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             apns_port: 0,
             fcm_port: 0,
+            webpush_port: 0,
             control_port: 0,
             apns_topics: vec!["org.example.app".into()],
             apns_key_id: None,
@@ -190,6 +202,7 @@ pub(crate) struct Shared {
     pub recorder: recorder::Recorder,
     pub faults: faults::Faults,
     pub stats: stats::Counters,
+    pub webpush: webpush::WebPushState,
 }
 
 /// Where the endpoints listen.
@@ -197,6 +210,7 @@ pub(crate) struct Shared {
 pub(crate) struct Urls {
     pub apns: String,
     pub fcm: String,
+    pub webpush: String,
     pub oauth_token: String,
     pub control: String,
 }
@@ -238,9 +252,11 @@ fn local_addr(endpoint: &'static str, l: &TcpListener, ip: IpAddr) -> Result<Soc
 pub async fn start(config: TestAppConfig) -> Result<TestApp, Error> {
     let apns_l = bind("APNs", config.bind, config.apns_port).await?;
     let fcm_l = bind("FCM", config.bind, config.fcm_port).await?;
+    let webpush_l = bind("Web Push", config.bind, config.webpush_port).await?;
     let control_l = bind("control", config.bind, config.control_port).await?;
     let apns_addr = local_addr("APNs", &apns_l, config.bind)?;
     let fcm_addr = local_addr("FCM", &fcm_l, config.bind)?;
+    let webpush_addr = local_addr("Web Push", &webpush_l, config.bind)?;
     let control_addr = local_addr("control", &control_l, config.bind)?;
 
     // URLs name 127.0.0.1 when bound to every address: it is where the
@@ -264,6 +280,7 @@ pub async fn start(config: TestAppConfig) -> Result<TestApp, Error> {
     let urls = Urls {
         apns: format!("https://{host}:{}", apns_addr.port()),
         fcm: format!("https://{host}:{}", fcm_addr.port()),
+        webpush: format!("https://{host}:{}", webpush_addr.port()),
         oauth_token: if config.oauth_token_uri_https {
             https_token
         } else {
@@ -280,6 +297,7 @@ pub async fn start(config: TestAppConfig) -> Result<TestApp, Error> {
     let pki = tls::Pki::generate(Some(config.bind), &first_topic)?;
     let apns_acceptor = TlsAcceptor::from(pki.apns_server_config()?);
     let fcm_acceptor = TlsAcceptor::from(pki.fcm_server_config()?);
+    let webpush_acceptor = TlsAcceptor::from(pki.webpush_server_config()?);
     let apns_key =
         credentials::ApnsKey::generate(config.apns_key_id.clone(), config.apns_team_id.clone())?;
     let service_account = credentials::ServiceAccount::generate(&config.fcm_project_id)?;
@@ -298,16 +316,23 @@ pub async fn start(config: TestAppConfig) -> Result<TestApp, Error> {
         urls,
         faults: faults::Faults::default(),
         stats: stats::Counters::default(),
+        webpush: webpush::WebPushState::default(),
     });
 
     let tasks = vec![
         tokio::spawn(server::run_apns(apns_l, apns_acceptor, shared.clone())),
         tokio::spawn(server::run_fcm(fcm_l, fcm_acceptor, shared.clone())),
+        tokio::spawn(server::run_webpush(
+            webpush_l,
+            webpush_acceptor,
+            shared.clone(),
+        )),
         tokio::spawn(control::serve(control_l, shared.clone())),
     ];
     tracing::info!(
         apns = %shared.urls.apns,
         fcm = %shared.urls.fcm,
+        webpush = %shared.urls.webpush,
         control = %shared.urls.control,
         "test-app started"
     );
@@ -383,6 +408,52 @@ impl TestApp {
         self.shared.urls.fcm.clone()
     }
 
+    /// `https://127.0.0.1:PORT`: the Web Push endpoint's origin (TLS,
+    /// HTTP/2 or 1.1); subscriptions' endpoints are under `/webpush/`, and
+    /// a VAPID token's `aud` must be this.
+    pub fn webpush_url(&self) -> String {
+        self.shared.urls.webpush.clone()
+    }
+
+    /// A new Web Push subscription: its endpoint, keys and the device token
+    /// to register with Nudge ([`WebPushSubscription::token`]); pushes are
+    /// recorded under that token. Its id matches no fault prefix.
+    pub fn webpush_subscribe(&self) -> WebPushSubscription {
+        self.shared
+            .webpush
+            .subscribe_plain(&self.shared.urls.webpush)
+    }
+
+    /// A new Web Push subscription whose id starts with `name` (1 to 64
+    /// characters of `A-Z a-z 0-9 - _`), so that a fault prefix in the name
+    /// applies to it: `webpush_subscribe_named("dead")` is answered 410.
+    pub fn webpush_subscribe_named(&self, name: &str) -> Result<WebPushSubscription, WebPushError> {
+        self.webpush_subscribe_with(&SubscribeOptions {
+            name: Some(name.to_owned()),
+            ..SubscribeOptions::default()
+        })
+    }
+
+    /// A new Web Push subscription as `options` say: a name (see
+    /// [`webpush_subscribe_named`](Self::webpush_subscribe_named)), the
+    /// application server key it is for (pushes signed with another VAPID
+    /// key get 403, as from a browser's push service).
+    pub fn webpush_subscribe_with(
+        &self,
+        options: &SubscribeOptions,
+    ) -> Result<WebPushSubscription, WebPushError> {
+        self.shared
+            .webpush
+            .subscribe(&self.shared.urls.webpush, options)
+    }
+
+    /// Ends a subscription, given its token, endpoint or id, as a browser
+    /// that unsubscribed: later pushes to it get 410 `Gone`. False when no
+    /// live subscription matched.
+    pub fn webpush_unsubscribe(&self, token: &str) -> bool {
+        self.shared.webpush.unsubscribe(token)
+    }
+
     /// The `token_uri` written into the service account JSON.
     pub fn oauth_token_url(&self) -> String {
         self.shared.urls.oauth_token.clone()
@@ -393,7 +464,7 @@ impl TestApp {
         self.shared.urls.control.clone()
     }
 
-    /// The CA certificate (PEM) that both TLS endpoints chain to.
+    /// The CA certificate (PEM) that every TLS endpoint chains to.
     pub fn ca_cert_pem(&self) -> String {
         self.shared.pki.ca_cert_pem.clone()
     }
@@ -558,6 +629,10 @@ impl TestApp {
                     "project_id": self.fcm_project_id(),
                     "service_account_file": files.fcm_service_account,
                 },
+                "webpush": {
+                    "url": self.webpush_url(),
+                    "subscriptions": format!("{}/api/webpush/subscriptions", self.control_url()),
+                },
                 "ca_file": files.ca_cert,
             }))
             .unwrap_or_default(),
@@ -566,7 +641,8 @@ impl TestApp {
     }
 
     /// A `[apps.*]` snippet for Nudge's configuration file that points an
-    /// APNs app and an FCM app at the mocks.
+    /// APNs app and an FCM app at the mocks, and a Web Push app, commented
+    /// out, that needs only a VAPID key.
     fn nudge_apps_toml(&self, files: &ExportedFiles) -> String {
         let creds = self.apns_credentials();
         let topic = self
@@ -600,7 +676,17 @@ impl TestApp {
              provider = \"fcm\"\n\
              service_account_path = {sa}\n\
              endpoint = {fcm}\n\
-             ca_file = {ca}\n",
+             ca_file = {ca}\n\
+             \n\
+             # Web Push: subscriptions come from the test-app\n\
+             # (POST {control}/api/webpush/subscriptions), endpoints under {webpush}/webpush/.\n\
+             # Commented out: it needs a VAPID key of Nudge's own.\n\
+             # [apps.testapp-webpush]\n\
+             # provider = \"webpush\"\n\
+             # vapid_private_key = \"<base64url P-256 scalar, from `nudge vapid generate`>\"\n\
+             # vapid_subject = \"mailto:ops@example.org\"\n\
+             # ca_file = {ca}\n\
+             # allow_local_endpoints = true\n",
             topic = toml_string(&topic),
             endpoint = toml_string(&self.apns_url()),
             sandbox = toml_string(&self.apns_sandbox_url()),
@@ -615,6 +701,8 @@ impl TestApp {
             token_uri = self.oauth_token_url(),
             fcm = toml_string(&self.fcm_url()),
             project = self.fcm_project_id(),
+            control = self.control_url(),
+            webpush = self.webpush_url(),
         )
     }
 

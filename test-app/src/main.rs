@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 #[command(
     name = "nudge-test-app",
     version,
-    about = "Mock APNs/FCM providers and a live push page for testing Nudge"
+    about = "Mock APNs/FCM/Web Push providers and a live push page for testing Nudge"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -40,6 +40,9 @@ struct ServeArgs {
     /// Mock FCM port (0: any free port).
     #[arg(long, default_value_t = 0)]
     fcm_port: u16,
+    /// Web Push endpoint port (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    webpush_port: u16,
     /// Write the CA, APNs key, client identity, service account JSON and a
     /// Nudge config snippet into this directory.
     #[arg(long)]
@@ -91,6 +94,7 @@ async fn serve(args: ServeArgs) -> Result<(), nudge_test_app::Error> {
         bind: args.bind,
         apns_port: args.apns_port,
         fcm_port: args.fcm_port,
+        webpush_port: args.webpush_port,
         control_port: args.control_port,
         apns_topics: if args.any_topic {
             Vec::new()
@@ -109,6 +113,7 @@ async fn serve(args: ServeArgs) -> Result<(), nudge_test_app::Error> {
     println!("control + live page: {}/", app.control_url());
     println!("mock APNs:           {}", app.apns_url());
     println!("mock FCM:            {}", app.fcm_url());
+    println!("Web Push endpoint:   {}/webpush/", app.webpush_url());
     println!("OAuth token_uri:     {}", app.oauth_token_url());
     if let Some(dir) = &args.export_dir {
         let files = app.export(dir)?;

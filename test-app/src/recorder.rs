@@ -36,11 +36,13 @@ use serde_json::Value;
 use tokio::sync::{Notify, broadcast, mpsc};
 
 /// Which mock a push went to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     Apns,
     Fcm,
+    /// The Web Push endpoint (`"webpush"`), see [`crate::webpush`].
+    WebPush,
 }
 
 impl std::str::FromStr for Provider {
@@ -49,7 +51,8 @@ impl std::str::FromStr for Provider {
         match s.to_ascii_lowercase().as_str() {
             "apns" => Ok(Provider::Apns),
             "fcm" => Ok(Provider::Fcm),
-            other => Err(format!("unknown provider {other:?} (apns or fcm)")),
+            "webpush" => Ok(Provider::WebPush),
+            other => Err(format!("unknown provider {other:?} (apns, fcm or webpush)")),
         }
     }
 }
@@ -101,6 +104,9 @@ pub enum AuthMethod {
     Certificate,
     /// FCM OAuth 2 bearer token.
     OAuth,
+    /// Web Push VAPID (RFC 8292); `key` is the `k` parameter as sent, when
+    /// the header could be read that far.
+    Vapid { key: Option<String> },
     /// No usable credentials.
     None,
 }
@@ -112,16 +118,20 @@ pub struct RecordedPush {
     pub id: u64,
     pub provider: Provider,
     /// The device token (APNs: from the path; FCM: `message.token`, or
-    /// `topic:NAME` / `condition:EXPR` for those targets).
+    /// `topic:NAME` / `condition:EXPR` for those targets; Web Push: the
+    /// subscription's token, `<endpoint>#p256dh=…&auth=…`).
     pub token: String,
     pub received_at: SystemTime,
     /// APNs: the environment whose endpoint the push reached (see
     /// [`ApnsEnvironment`]). FCM: `None`.
     pub environment: Option<ApnsEnvironment>,
     /// APNs: every `apns-*` request header (`apns-topic` and
-    /// `apns-push-type` among them). FCM: empty.
+    /// `apns-push-type` among them). FCM: empty. Web Push: `ttl`,
+    /// `urgency`, `topic` as sent, and the verified VAPID claims as
+    /// `vapid-aud` and `vapid-sub`.
     pub headers: BTreeMap<String, String>,
     /// APNs: the JSON payload. FCM: the `message` object of the request.
+    /// Web Push: the decrypted plaintext (`null` when it did not decrypt).
     /// A body that is not JSON is kept as a JSON string (lossy UTF-8).
     pub payload: Value,
     /// The HTTP status the mock answered.
@@ -178,6 +188,7 @@ impl RecordedPush {
         match self.provider {
             Provider::Apns => self.apns_summary(),
             Provider::Fcm => self.fcm_summary(),
+            Provider::WebPush => self.webpush_summary(),
         }
     }
 
@@ -261,6 +272,46 @@ impl RecordedPush {
             body,
             priority,
             app: None,
+            data,
+        }
+    }
+
+    /// Web Push: the decrypted payload is whatever the sender chose; the
+    /// XEP-0357 summary fields Nudge sends (`last-message-sender`,
+    /// `last-message-body`) or `title`/`body` make an alert, anything else a
+    /// silent wake-up. Priority from `Urgency` (`high` is high), app from the
+    /// VAPID `sub`.
+    fn webpush_summary(&self) -> PushSummary {
+        const TITLE: [&str; 2] = ["title", "last-message-sender"];
+        const BODY: [&str; 2] = ["body", "last-message-body"];
+        let p = &self.payload;
+        let field = |names: &[&str]| names.iter().find_map(|n| p.get(*n)).map(value_text);
+        let title = field(&TITLE);
+        let body = field(&BODY);
+        let priority = match self.headers.get("urgency").map(String::as_str) {
+            Some("high") => "high",
+            _ => "normal",
+        };
+        let data = match p {
+            // The fields shown as title and body are not repeated.
+            Value::Object(o) => o
+                .iter()
+                .filter(|(k, _)| !TITLE.contains(&k.as_str()) && !BODY.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), value_text(v)))
+                .collect(),
+            Value::Null => BTreeMap::new(),
+            other => BTreeMap::from([("payload".to_owned(), value_text(other))]),
+        };
+        PushSummary {
+            kind: if title.is_some() || body.is_some() {
+                "alert".into()
+            } else {
+                "silent".into()
+            },
+            title,
+            body,
+            priority: priority.to_owned(),
+            app: self.headers.get("vapid-sub").cloned(),
             data,
         }
     }

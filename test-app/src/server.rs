@@ -1,5 +1,5 @@
 //! Accept loops: TLS handshakes, protocol checks and hyper connections for
-//! the two provider endpoints.
+//! the provider endpoints (APNs, FCM, Web Push).
 //!
 //! The APNs endpoint only speaks HTTP/2, as Apple's does. Its TLS config
 //! offers only ALPN `h2`, so a client that offers only `http/1.1` fails the
@@ -237,5 +237,31 @@ async fn serve_fcm(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) {
         .await;
     if let Err(e) = result {
         tracing::debug!(error = %e, "FCM connection ended with an error");
+    }
+}
+
+pub(crate) async fn run_webpush(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+    accept_loop(listener, "webpush", move |tcp| {
+        serve_webpush(tcp, acceptor.clone(), shared.clone())
+    })
+    .await
+}
+
+/// One Web Push connection: HTTP/2 or HTTP/1.1, whichever ALPN chose.
+async fn serve_webpush(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        _ => {
+            shared.stats.reject("webpush/tls_handshake");
+            return;
+        }
+    };
+    inc(&shared.stats.webpush_tls_connections);
+    let service = service_fn(move |req| crate::webpush::handle(shared.clone(), req));
+    let result = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tls), service)
+        .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "Web Push connection ended with an error");
     }
 }

@@ -27,11 +27,16 @@ pub struct Stats {
     pub fcm_requests: u64,
     /// Access tokens the OAuth endpoint issued.
     pub oauth_tokens_issued: u64,
-    /// Pushes answered with 2xx, both providers.
+    /// TLS handshakes completed on the Web Push endpoint.
+    pub webpush_tls_connections: u64,
+    /// Requests received by the Web Push endpoint.
+    pub webpush_requests: u64,
+    /// Pushes answered with 2xx, every provider.
     pub accepted: u64,
     /// Rejections by kind: `apns/<reason>`, `fcm/<errorCode or status>`,
-    /// `oauth/<error>`, plus connection-level ones: `apns/tls_handshake`,
-    /// `apns/not_http2`, `fcm/tls_handshake`.
+    /// `webpush/<reason>`, `oauth/<error>`, plus connection-level ones:
+    /// `apns/tls_handshake`, `apns/not_http2`, `fcm/tls_handshake`,
+    /// `webpush/tls_handshake`.
     pub rejected: BTreeMap<String, u64>,
 }
 
@@ -50,6 +55,8 @@ pub(crate) struct Counters {
     pub fcm_tls_connections: AtomicU64,
     pub fcm_requests: AtomicU64,
     pub oauth_tokens_issued: AtomicU64,
+    pub webpush_tls_connections: AtomicU64,
+    pub webpush_requests: AtomicU64,
     pub accepted: AtomicU64,
     jwts: Mutex<HashSet<String>>,
     rejected: Mutex<BTreeMap<String, u64>>,
@@ -86,6 +93,8 @@ impl Counters {
             fcm_tls_connections: get(&self.fcm_tls_connections),
             fcm_requests: get(&self.fcm_requests),
             oauth_tokens_issued: get(&self.oauth_tokens_issued),
+            webpush_tls_connections: get(&self.webpush_tls_connections),
+            webpush_requests: get(&self.webpush_requests),
             accepted: get(&self.accepted),
             rejected: self
                 .rejected
@@ -103,6 +112,8 @@ impl Counters {
             &self.fcm_tls_connections,
             &self.fcm_requests,
             &self.oauth_tokens_issued,
+            &self.webpush_tls_connections,
+            &self.webpush_requests,
             &self.accepted,
         ] {
             c.store(0, Ordering::Relaxed);

@@ -2,7 +2,7 @@
 //! from it.
 //!
 //! One throw-away CA is made at start (rcgen). It issues the server
-//! certificate both TLS endpoints present (valid for `localhost`,
+//! certificate every TLS endpoint presents (valid for `localhost`,
 //! `127.0.0.1` and `::1`) and the client certificate that the mock APNs
 //! accepts for certificate-based authentication. Clients trust the CA
 //! ([`crate::TestApp::ca_cert_pem`]), never the leaf: webpki refuses a CA
@@ -132,6 +132,12 @@ impl Pki {
             .with_single_cert(self.chain(), self.key())?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
+    }
+
+    /// The Web Push endpoint: HTTP/2 or HTTP/1.1, as browsers' push
+    /// services offer both (the same configuration as FCM's).
+    pub fn webpush_server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        self.fcm_server_config()
     }
 
     /// FCM and the HTTPS token endpoint: HTTP/2 or HTTP/1.1, like Google's

@@ -237,7 +237,7 @@ async fn pushes_appear_live_on_the_page_in_headless_chromium() {
     assert_eq!(before[0]["token"], history);
 
     // Live pushes: an alert, a silent wake-up, a rejected push to a dead
-    // token, and an FCM data message with a publish time.
+    // token, an FCM data message with a publish time, and a Web Push.
     let alert_token = "0bbb000000000000000000000000000000000000000000000000000000000002";
     let silent_token = "0ccc000000000000000000000000000000000000000000000000000000000003";
     let dead_token = "dead000000000000000000000000000000000000000000000000000000000004";
@@ -283,9 +283,26 @@ async fn pushes_appear_live_on_the_page_in_headless_chromium() {
         )
         .await;
     assert_eq!(r.status, 200);
+    // A Web Push to a subscription, decrypted by the test-app.
+    let sub = app.webpush_subscribe();
+    let vapid = Vapid::new();
+    let mut webpush = H2::connect(&app.webpush_url(), &app.ca_cert_pem(), None).await;
+    let mut headers = webpush_headers(&app, &vapid);
+    headers.push(("urgency".into(), "high".into()));
+    let path = sub.endpoint.strip_prefix(&app.webpush_url()).unwrap();
+    let payload = json!({"last-message-sender": "romeo@montague.example",
+        "last-message-body": "By yonder window"});
+    let r = webpush
+        .post(
+            path,
+            &as_refs(&headers),
+            webpush_encrypt(&sub, payload.to_string().as_bytes()),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
 
     let shown = cdp
-        .eval_until("the live pushes to appear", CARDS, |v| cards(v).len() == 5)
+        .eval_until("the live pushes to appear", CARDS, |v| cards(v).len() == 6)
         .await;
     let shown = cards(&shown);
     let a = card(&shown, alert_token);
@@ -316,11 +333,25 @@ async fn pushes_appear_live_on_the_page_in_headless_chromium() {
         "{text}"
     );
     assert!(text.contains("ms from publish"), "{text}");
+    let w = card(&shown, &sub.token);
+    assert_eq!(
+        (w["kind"].as_str(), w["status"].as_str()),
+        (Some("alert"), Some("201"))
+    );
+    let text = w["text"].as_str().unwrap();
+    assert!(
+        text.contains("WEB PUSH")
+            && text.contains("romeo@montague.example")
+            && text.contains("By yonder window")
+            && text.contains("high priority")
+            && text.contains("VAPID mailto:ops@example.org"),
+        "{text}"
+    );
     // One phone per device.
     let phones = cdp
         .eval("document.querySelectorAll('section.phone').length")
         .await;
-    assert_eq!(phones, 5);
+    assert_eq!(phones, 6);
 
     let shot = cdp
         .call("Page.captureScreenshot", json!({"format": "png"}))

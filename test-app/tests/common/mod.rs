@@ -1,11 +1,19 @@
 //! Test clients for the mocks: an HTTP/2-over-TLS client that trusts the
 //! test-app's CA (optionally with the APNs client identity), a raw TLS
-//! connector for protocol tests, and a plain HTTP/1.1 client for the
-//! control API. Each test binary uses a subset.
+//! connector for protocol tests, a plain HTTP/1.1 client for the
+//! control API, and what a Web Push sender needs (a VAPID key signing with
+//! ring, RFC 8291 encryption). Each test binary uses a subset.
 #![allow(dead_code)]
 
 use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use nudge_test_app::WebPushSubscription;
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use web_push_native::p256;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -296,4 +304,71 @@ pub async fn token_request(app: &TestApp, claims: &Value, key_pem: Option<&str>)
 /// A path for the FCM send endpoint of `app`'s project.
 pub fn fcm_path(app: &TestApp) -> String {
     format!("/v1/projects/{}/messages:send", app.fcm_project_id())
+}
+
+/// An application server's VAPID key pair, signing with ring as Nudge does.
+pub struct Vapid {
+    pub key: EcdsaKeyPair,
+    /// The public key as the `k` parameter carries it.
+    pub k: String,
+}
+
+impl Vapid {
+    pub fn new() -> Vapid {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        let k = URL_SAFE_NO_PAD.encode(key.public_key().as_ref());
+        Vapid { key, k }
+    }
+
+    /// An ES256 JWT with `claims`.
+    pub fn jwt(&self, claims: &Value) -> String {
+        let signed = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"ES256"}"#),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = self
+            .key
+            .sign(&SystemRandom::new(), signed.as_bytes())
+            .unwrap();
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    }
+
+    /// `vapid t=…, k=…` for `claims`, with this key as `k`.
+    pub fn header(&self, claims: &Value) -> String {
+        format!("vapid t={}, k={}", self.jwt(claims), self.k)
+    }
+}
+
+/// The claims a correct sender puts in for `app`'s endpoints.
+pub fn webpush_claims(app: &TestApp) -> Value {
+    serde_json::json!({
+        "aud": app.webpush_url(),
+        "exp": now() + 12 * 3600,
+        "sub": "mailto:ops@example.org",
+    })
+}
+
+/// `plaintext` encrypted for `sub` (RFC 8291), from its p256dh and auth.
+pub fn webpush_encrypt(sub: &WebPushSubscription, plaintext: &[u8]) -> Vec<u8> {
+    let public = URL_SAFE_NO_PAD.decode(&sub.p256dh).unwrap();
+    let auth = URL_SAFE_NO_PAD.decode(&sub.auth).unwrap();
+    web_push_native::encrypt(
+        plaintext.to_vec(),
+        &p256::PublicKey::from_sec1_bytes(&public).unwrap(),
+        &web_push_native::Auth::from(<[u8; 16]>::try_from(auth.as_slice()).unwrap()),
+    )
+    .unwrap()
+}
+
+/// Headers of a correct push from `vapid` to an endpoint of `app`.
+pub fn webpush_headers(app: &TestApp, vapid: &Vapid) -> Vec<(String, String)> {
+    vec![
+        ("ttl".into(), "60".into()),
+        ("content-encoding".into(), "aes128gcm".into()),
+        ("authorization".into(), vapid.header(&webpush_claims(app))),
+    ]
 }

@@ -7,9 +7,12 @@
 //! stanza must survive being written and read again unchanged; the sender's
 //! JID is read as the registration code reads it and must print back to
 //! itself; each dialect (`component/src/register/`, all of them enabled
-//! here) is offered the command and its forms; and every answer the
-//! command code can build (`completed`, `executing`, `canceled`) must be
-//! well-formed.
+//! here) is offered the command and its forms; a Web Push subscription in
+//! a form (`endpoint`, `p256dh`, `auth`, or `token`, as
+//! `component/src/register/webpush.rs` reads it) that parses must write
+//! back to a token that parses to the same subscription; and every answer
+//! the command code can build (`completed`, `executing`, `canceled`) must
+//! be well-formed.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -57,6 +60,7 @@ fuzz_target!(|data: &[u8]| {
                     let _ = siskin::UnregisterForm::try_from(form);
                     let _ = push_appserver::RegisterForm::try_from(form);
                     let _ = push_appserver::UnregisterForm::try_from(form);
+                    check_subscription(form);
                     for var in ["muc", "channel"] {
                         if let Some(room) = form.non_empty(var) {
                             check_jid(room);
@@ -88,6 +92,27 @@ fn dialects() -> DialectsConfig {
             types: BTreeMap::from([("apns".into(), app("ios")), ("fcm".into(), app("android"))]),
         }),
         ..DialectsConfig::default()
+    }
+}
+
+fn check_subscription(form: &DataForm) {
+    use nudge_plugins::webpush::Subscription;
+    let parts = (
+        form.non_empty("endpoint"),
+        form.non_empty("p256dh"),
+        form.non_empty("auth"),
+    );
+    let mut found = Vec::new();
+    if let (Some(endpoint), Some(p256dh), Some(auth)) = parts {
+        found.push(Subscription::from_parts(endpoint, p256dh, auth));
+    }
+    if let Some(token) = form.non_empty("token") {
+        found.push(Subscription::parse(token));
+    }
+    for sub in found.into_iter().flatten() {
+        let token = sub.to_token();
+        let again = Subscription::parse(&token).expect("a written token parses");
+        assert_eq!(again.to_token(), token, "a subscription changed on the way out");
     }
 }
 

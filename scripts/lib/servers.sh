@@ -16,7 +16,7 @@ USER_DOMAIN=localhost
 # for the scenarios with several users (scripts/interop-test); frank, grace,
 # heidi and ivan join them for issue 16's stream of messages; sam (Siskin)
 # and mona (Monal, mod_push_appserver) speak issue 17's dialects.
-USERS=(alice bob carol dave erin frank grace heidi ivan sam mona)
+USERS=(alice bob carol dave erin frank grace heidi ivan sam mona wendy)
 NUDGE="$ROOT/target/debug/nudge"
 TEST_APP="$ROOT/target/debug/nudge-test-app"
 VENV="$ROOT/target/interop-venv"

@@ -231,6 +231,15 @@ class TestApp:
         pushes = self.pushes()
         return pushes[-1]["id"] if pushes else 0
 
+    def webpush_subscribe(self, application_server_key: str) -> dict[str, str]:
+        """A browser's subscription at the test-app's push service, for a
+        VAPID public key: `endpoint`, `p256dh`, `auth`, `token`."""
+        return self._call("POST", "/api/webpush/subscriptions", {"application_server_key": application_server_key})
+
+    def webpush_unsubscribe(self, endpoint: str) -> None:
+        """The browser unsubscribes: later pushes to it are answered 410."""
+        self._call("DELETE", "/api/webpush/subscriptions/" + quote(endpoint.rsplit("/", 1)[-1], safe=""))
+
     def set_fault(self, token: str, spec: dict[str, Any]) -> None:
         self._call("PUT", "/api/faults/" + quote(token, safe=""), spec)
 
@@ -476,6 +485,10 @@ def push_body(push: dict[str, Any]) -> str | None:
     """The message body a push carries (the apps forward it:
     scripts/lib/servers.sh sets include_body)."""
     payload = push.get("payload") or {}
+    if push.get("provider") == "webpush":
+        # The summary the server sent, decrypted by the test-app.
+        value = payload.get("last-message-body")
+        return value if isinstance(value, str) else None
     if push.get("provider") == "fcm":
         value = (payload.get("data") or {}).get("last-message-body")
         return value if isinstance(value, str) else None
@@ -2406,6 +2419,93 @@ class Phases:
         await bob.logout()
 
 
+    async def webpush(self) -> None:
+        """wendy uses a browser-based client: it learns the VAPID key from
+        the blank register-push-webpush form, subscribes at the test-app's
+        push service (standing in for the browser's) and registers the
+        subscription; bob writes to her while she is offline and the push
+        arrives decrypted; then the browser unsubscribes, the push service
+        answers 410 and the registration goes."""
+        s = self.s
+        found: dict[str, Any] = {}
+        clients: dict[str, Client] = {}
+
+        async def blank_form() -> str:
+            clients["wendy"] = await login(s, "wendy", "browser")
+            clients["bob"] = await login(s, "bob", "laptop")
+            iq = await clients["wendy"].plugin["xep_0050"].send_command(
+                s.push_jid, "register-push-webpush", timeout=10
+            )
+            values = iq["command"]["form"].get_values()
+            key = values.get("vapid-public-key") or ""
+            if isinstance(key, list):  # slixmpp reads a hidden field as multi-valued
+                key = key[0] if len(key) == 1 else ""
+            key = str(key)
+            if len(key) != 87 or not set(key) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"):
+                raise StepFailed(f"vapid-public-key {key!r} is not a base64url P-256 point; form {values}")
+            found["key"] = key
+            return f"the blank form carries vapid-public-key {key[:16]}… and fields {sorted(values)}"
+
+        await self.r.step("register-push-webpush without a form: the blank form carries the VAPID public key", blank_form)
+        wendy, bob = clients["wendy"], clients["bob"]
+
+        async def register() -> str:
+            sub = self.app.webpush_subscribe(found["key"])
+            found["sub"] = sub
+            form = wendy.plugin["xep_0004"].make_form(ftype="submit")
+            for var in ("endpoint", "p256dh", "auth"):
+                form.add_field(var=var, value=sub[var])
+            iq = await wendy.plugin["xep_0050"].send_command(
+                s.push_jid, "register-push-webpush", payload=form, timeout=10
+            )
+            cmd = iq["command"]
+            values = cmd["form"].get_values()
+            jid, node, secret = values.get("jid"), values.get("node"), values.get("secret")
+            if cmd["status"] != "completed" or str(jid) != s.push_jid or not node or not secret:
+                raise StepFailed(f"status {cmd['status']!r}, answer form {values}")
+            found["device"] = Device("webpush", "browser", sub["token"], str(node), str(secret))
+            await enable_push(wendy, s.push_jid, found["device"])
+            await wendy.logout()
+            return f"endpoint {sub['endpoint']} → node {node}; push enabled, wendy offline"
+
+        await self.r.step("wendy registers a browser subscription (endpoint, p256dh, auth) and enables push", register)
+
+        async def push() -> str:
+            mark = self.app.last_id()
+            body = f"Hello wendy in the browser {uuid.uuid4().hex[:8]}"
+            sent = send_chat(bob, f"wendy@{s.domain}", body)
+            p = await self.app.wait_body(found["sub"]["token"], mark, body)
+            headers = p.get("headers") or {}
+            if headers.get("urgency") != "high":
+                raise StepFailed(f"urgency {headers.get('urgency')!r} for a message, headers {headers}")
+            return (
+                f"Web Push {p['status']} after {latency(p, sent):.2f} s over {p.get('http_version')}: "
+                f"VAPID checked, decrypted to the body; urgency {headers.get('urgency')}, ttl {headers.get('ttl')}"
+            )
+
+        await self.r.step("bob → wendy: the push reaches her subscription, decrypted, VAPID checked", push)
+
+        async def gone() -> str:
+            self.app.webpush_unsubscribe(found["sub"]["endpoint"])
+            mark = self.app.last_id()
+            send_chat(bob, f"wendy@{s.domain}", "after unsubscribing")
+            p = await self.app.wait_push(found["sub"]["token"], mark, status=410)
+            node = found["device"].node
+
+            async def removed() -> bool:
+                return node not in nudge_nodes(s)
+
+            end = time.monotonic() + PUSH_DEADLINE
+            while not await removed():
+                if time.monotonic() >= end:
+                    raise StepFailed(f"the registration {node} is still there after the 410")
+                await asyncio.sleep(0.2)
+            return f"the push service answered {p['status']}; registration {node} removed"
+
+        await self.r.step("the browser unsubscribes: 410 from its push service removes the registration", gone)
+        await bob.logout()
+
+
 # --------------------------------------------------------------------------
 
 
@@ -2429,6 +2529,7 @@ PHASES = {
     "away-setup": "away_setup",
     "away-reregister": "away_reregister",
     "dialects": "dialects",
+    "webpush": "webpush",
 }
 
 

@@ -321,3 +321,45 @@ async fn the_http_api_takes_a_browser_subscription() {
     );
     s.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregister_by_endpoint_or_device_id() {
+    let mut s = setup().await;
+    let unregister = |id: &str, field: &str, value: &str| {
+        format!(
+            "<iq id='unreg-{id}' type='set' from='alice@localhost/browser' to='{domain}'>\
+             <command node='unregister-push-web' action='execute' xmlns='http://jabber.org/protocol/commands'>\
+             <x xmlns='jabber:x:data' type='submit'><field var='{field}'><value>{value}</value></field></x></command></iq>",
+            domain = common::DOMAIN,
+        )
+    };
+    // Registered without a device id: the endpoint names the device.
+    let by_endpoint = s.app.webpush_subscribe();
+    let (node, _) = s.register(&by_endpoint).await;
+    let a = s
+        .conn
+        .request(&unregister("1", "endpoint", &by_endpoint.endpoint))
+        .await;
+    assert_eq!(answer_kind(&a).0, "result", "{a:?}");
+    assert!(s.nudge.store.find(&node).await.unwrap().is_none());
+    let a = s
+        .conn
+        .request(&unregister("2", "endpoint", &by_endpoint.endpoint))
+        .await;
+    assert_eq!(answer_kind(&a), ("cancel".into(), "item-not-found".into()));
+
+    // Registered with one: unregistered by it.
+    let with_id = s.app.webpush_subscribe();
+    let a = s
+        .conn
+        .request(&register_iq(&with_id, Some("firefox")))
+        .await;
+    let (_, node, _) = common::registration_form(&a).unwrap();
+    let a = s
+        .conn
+        .request(&unregister("3", "device-id", "firefox"))
+        .await;
+    assert_eq!(answer_kind(&a).0, "result", "{a:?}");
+    assert!(s.nudge.store.find(&node).await.unwrap().is_none());
+    s.finish().await;
+}

@@ -20,6 +20,7 @@ pub mod fcm;
 mod fit;
 mod http;
 mod json;
+mod jws;
 pub mod webpush;
 pub use apns::ClientKind;
 pub use config::{BackendConfigError, ProviderConfig, build_backend};

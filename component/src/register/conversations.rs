@@ -60,11 +60,7 @@ impl Command {
         request: CommandRequest,
         backends: &Backends,
     ) -> Result<Command, CommandRequest> {
-        let (registering, name) = if let Some(name) = request.node.strip_prefix(REGISTER_PREFIX) {
-            (true, name)
-        } else if let Some(name) = request.node.strip_prefix(UNREGISTER_PREFIX) {
-            (false, name)
-        } else {
+        let Some((registering, name)) = split_node(&request.node) else {
             return Err(request);
         };
         let app = super::resolve_app(backends, name);
@@ -167,6 +163,18 @@ async fn register(
     };
     let reg = super::register(ctx.store, &new).await?;
     Ok(cmd.completed(Some(super::credentials_form(ctx.component_jid, &reg))))
+}
+
+/// Whether `node` registers (`register-push-<name>`) or unregisters
+/// (`unregister-push-<name>`), and the name; `None` for other nodes. The
+/// Web Push dialect (`webpush.rs`) answers the same nodes.
+pub fn split_node(node: &str) -> Option<(bool, &str)> {
+    if let Some(name) = node.strip_prefix(REGISTER_PREFIX) {
+        Some((true, name))
+    } else {
+        node.strip_prefix(UNREGISTER_PREFIX)
+            .map(|name| (false, name))
+    }
 }
 
 /// The commands this dialect offers: a register and an unregister command

@@ -32,7 +32,7 @@ use crate::xmpp::jid::Jid;
 use crate::xmpp::stanza::StanzaError;
 
 use super::adhoc::CommandRequest;
-use super::conversations::{REGISTER_PREFIX, UNREGISTER_PREFIX};
+use super::conversations::split_node;
 use super::{Begun, Context};
 
 /// The dialect's name in the registrations table.
@@ -59,11 +59,7 @@ impl Command {
         request: CommandRequest,
         backends: &Backends,
     ) -> Result<Command, CommandRequest> {
-        let (registering, name) = if let Some(name) = request.node.strip_prefix(REGISTER_PREFIX) {
-            (true, name)
-        } else if let Some(name) = request.node.strip_prefix(UNREGISTER_PREFIX) {
-            (false, name)
-        } else {
+        let Some((registering, name)) = split_node(&request.node) else {
             return Err(request);
         };
         let Ok(app) = backends.resolve(name) else {
@@ -134,13 +130,17 @@ pub fn endpoint_device_id(endpoint: &str) -> String {
     format!("endpoint-{}", &hex::encode(digest)[..20])
 }
 
-/// A room's bare JID, normalised, or a bad request.
-fn room(value: &str, field: &str) -> Result<String, StanzaError> {
+/// The room a form's `var` names, normalised (empty: none, the account's
+/// own registration), or a bad request.
+fn room(form: &DataForm, var: &str) -> Result<String, StanzaError> {
+    let Some(value) = form.non_empty(var) else {
+        return Ok(String::new());
+    };
     Jid::parse(value)
         .ok()
         .filter(|j| j.resource().is_none() && j.local().is_some())
         .map(|j| j.bare())
-        .ok_or_else(|| StanzaError::bad_request(format!("{field} is not a room's bare JID")))
+        .ok_or_else(|| StanzaError::bad_request(format!("{var} is not a room's bare JID")))
 }
 
 async fn register(
@@ -155,10 +155,7 @@ async fn register(
     // The app's own checks too (loopback and private endpoints, length).
     super::validate_token(ctx.backends, &app, &token)?;
     let device_id = device_id(form, Some(subscription.endpoint.as_str()))?;
-    let muc = match form.non_empty("muc") {
-        Some(value) => room(value, "muc")?,
-        None => String::new(),
-    };
+    let muc = room(form, "muc")?;
     let new = NewRegistration {
         owner,
         device_id,
@@ -181,16 +178,16 @@ async fn unregister(
     owner: String,
     app: String,
 ) -> Result<Element, StanzaError> {
+    // As registered: the endpoint as a parsed URL writes it (a whole
+    // subscription token is taken too).
     let endpoint = form.non_empty("endpoint").map(|e| {
         Subscription::parse(e)
             .map(|s| s.endpoint.to_string())
+            .or_else(|_| reqwest::Url::parse(e).map(|u| u.to_string()))
             .unwrap_or_else(|_| e.to_owned())
     });
     let device_id = device_id(form, endpoint.as_deref())?;
-    let muc = match form.non_empty("channel") {
-        Some(value) => room(value, "channel")?,
-        None => String::new(),
-    };
+    let muc = room(form, "channel")?;
     let removed = ctx
         .store
         .unregister(&owner, &app, &device_id, &muc)

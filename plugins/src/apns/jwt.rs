@@ -12,8 +12,6 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use rustls::pki_types::PrivatePkcs8KeyDer;
@@ -80,16 +78,8 @@ impl SigningKey {
     pub(crate) fn sign(&self, iat: u64) -> Result<String, JwtError> {
         let header = serde_json::json!({ "alg": "ES256", "kid": self.key_id });
         let claims = serde_json::json!({ "iss": self.team_id, "iat": iat });
-        let mut jwt = URL_SAFE_NO_PAD.encode(header.to_string());
-        jwt.push('.');
-        jwt.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
-        // FIXED signing gives the raw r||s form JWS wants, not DER.
-        let signature = self
-            .key
-            .sign(&self.rng, jwt.as_bytes())
+        let jwt = crate::jws::es256(&self.key, &self.rng, &header, &claims)
             .map_err(|_| JwtError::Sign)?;
-        jwt.push('.');
-        jwt.push_str(&URL_SAFE_NO_PAD.encode(signature.as_ref()));
         Ok(jwt)
     }
 }
@@ -194,6 +184,8 @@ impl ProviderToken {
 pub(crate) mod tests {
     use super::*;
     use crate::clock::ManualClock;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use ring::signature::{ECDSA_P256_SHA256_FIXED, KeyPair, UnparsedPublicKey};
 
     /// A fresh P-256 key as a .p8 PEM, the way Apple hands them out.

@@ -170,16 +170,8 @@ impl VapidKey {
     pub fn sign(&self, aud: &str, exp: u64, sub: &str) -> Result<String, VapidError> {
         let header = serde_json::json!({ "typ": "JWT", "alg": "ES256" });
         let claims = serde_json::json!({ "aud": aud, "exp": exp, "sub": sub });
-        let mut jwt = URL_SAFE_NO_PAD.encode(header.to_string());
-        jwt.push('.');
-        jwt.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
-        // FIXED signing: the raw r||s that JWS wants, not DER.
-        let signature = self
-            .key
-            .sign(&self.rng, jwt.as_bytes())
+        let jwt = crate::jws::es256(&self.key, &self.rng, &header, &claims)
             .map_err(|_| VapidError::Sign)?;
-        jwt.push('.');
-        jwt.push_str(&URL_SAFE_NO_PAD.encode(signature.as_ref()));
         Ok(jwt)
     }
 }

@@ -18,6 +18,65 @@ fn nudge() -> Command {
     c
 }
 
+/// `nudge vapid generate` needs no configuration (the config path given
+/// does not exist) and prints a key pair that a Web Push app takes, whose
+/// public half is what that app hands out.
+#[test]
+fn vapid_generate_prints_a_key_pair_a_webpush_app_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = nudge()
+        .args(["--config", "/nonexistent/nudge.toml", "vapid", "generate"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let private = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("vapid_private_key = \"")?.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no private key line in {stdout}"));
+    let public = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("public key: "))
+        .unwrap_or_else(|| panic!("no public key line in {stdout}"));
+    // A second run gives another pair.
+    let again = nudge().args(["vapid", "generate"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&again.stdout).contains(private));
+
+    let config = dir.path().join("nudge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[component]\ndomain = 'push.localhost'\nsecret = 's'\n\
+             [apps.web]\nprovider = 'webpush'\nvapid_private_key = '{private}'\n\
+             vapid_subject = 'mailto:ops@example.org'\n"
+        ),
+    )
+    .unwrap();
+    let out = nudge()
+        .args(["--config", config.to_str().unwrap(), "check-config"])
+        .env("NUDGE_STORAGE__DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let backend = nudge_plugins::webpush::WebPushBackend::new(
+        "web",
+        &toml::from_str(&format!(
+            "vapid_private_key = '{private}'\nvapid_subject = 'mailto:ops@example.org'"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(backend.vapid_public_key(), public);
+}
+
 #[test]
 fn the_example_config_is_valid() {
     let dir = tempfile::tempdir().unwrap();

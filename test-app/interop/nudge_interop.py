@@ -499,6 +499,15 @@ def push_body(push: dict[str, Any]) -> str | None:
     return alert if isinstance(alert, str) else None
 
 
+def later_push_within_deadline(first_at: dict[str, float], sent_at: dict[str, float], bodies: list[str], i: int) -> bool:
+    """Whether a push carrying one of the messages after message i reached
+    the phone (`first_at`: body → first delivery, epoch s) within
+    PUSH_DEADLINE of message i being sent: coalescing, or the rate limit
+    deferring a push through the outbox, lets a later push carry an
+    accepted message (away_figures, away_reregister)."""
+    return any(first_at.get(b, float("inf")) <= sent_at[bodies[i]] + PUSH_DEADLINE for b in bodies[i + 1:])
+
+
 def short(text: str | None, n: int = 40) -> str:
     if text is None:
         return "None"
@@ -1932,10 +1941,7 @@ class Phases:
         first_at: dict[str, dict[str, float]] = {}  # token → body → first delivery (epoch s)
 
         def later_push_in_time(token: str, bodies: list[str], i: int) -> bool:
-            """A push carrying one of the user's later messages reached the
-            phone within PUSH_DEADLINE of message i."""
-            at = first_at[token]
-            return any(at.get(b, float("inf")) <= sent_at[bodies[i]] + PUSH_DEADLINE for b in bodies[i + 1:])
+            return later_push_within_deadline(first_at[token], sent_at, bodies, i)
 
         for user, ds in devices.items():
             bodies = per_user.get(user, [])
@@ -2103,7 +2109,7 @@ class Phases:
             for i, b in enumerate(bodies):
                 if b in first_at:
                     continue
-                if b in accepted and any(first_at.get(later, float("inf")) <= sent_at[b] + PUSH_DEADLINE for later in bodies[i + 1:]):
+                if b in accepted and later_push_within_deadline(first_at, sent_at, bodies, i):
                     merged += 1
                     continue
                 missing.append(b)

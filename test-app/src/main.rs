@@ -24,6 +24,15 @@ struct Cli {
 enum Command {
     /// Serve the mocks until Ctrl-C or SIGTERM.
     Serve(ServeArgs),
+    /// XEP-0357 conformance kit: check a server or an App Server.
+    #[command(subcommand)]
+    Conformance(ConformanceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConformanceCommand {
+    /// Play the XMPP server (XEP-0114) toward an App Server and check it.
+    AppServer(nudge_test_app::conformance::app_server::cli::AppServerArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,9 +85,12 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Cli {
-        command: Command::Serve(args),
-    } = Cli::parse();
+    let args = match Cli::parse().command {
+        Command::Serve(args) => args,
+        Command::Conformance(ConformanceCommand::AppServer(args)) => {
+            return nudge_test_app::conformance::app_server::cli::main(args).await;
+        }
+    };
     match serve(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -45,6 +45,6 @@ pub async fn check(s: &mut Session) -> Result<Vec<Row>, AppServerError> {
             "wrong-digest",
         )
     };
-    s.broken = Some(format!("no authenticated stream: {observed}"));
+    s.broken = Some("no authenticated stream: the handshake failed".to_owned());
     Ok(vec![r.fail(observed, value)])
 }

@@ -19,7 +19,6 @@ use nudge_test_app::conformance::xml::{
 use nudge_test_app::conformance::{Report, Verdict};
 use nudge_test_app::{TestApp, TestAppConfig};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 
 const DOMAIN: &str = "push.example.org";

@@ -64,6 +64,7 @@
 //! ```
 
 pub mod apns;
+pub mod conformance;
 mod control;
 pub mod credentials;
 pub mod faults;

@@ -367,9 +367,11 @@ VirtualHost "$USER_DOMAIN"
     push_notification_with_body = true
     push_max_devices = 100
 
--- The conformance kit's App Server (scripts/interop-test, "conformance").
+-- The conformance kit's App Server (scripts/interop-test, "conformance"),
+-- with Prosody's default conflict rule (deploy/ sets kick_old globally).
 Component "$KIT_DOMAIN"
     component_secret = "$SECRET"
+    component_conflict_resolve = "kick_new"
 EOF
     for user in "${USERS[@]}"; do
         prosodyctl --config "$dir/prosody.cfg.lua" register "$user" "$USER_DOMAIN" "$PASSWORD" || return 1

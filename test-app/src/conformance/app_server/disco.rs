@@ -9,7 +9,10 @@ use super::session::{Answer, ErrorType, Outcome, Session};
 use crate::conformance::Row;
 use crate::conformance::xml::{Element, ns};
 
-/// Runs the disco and unknown-iq checks.
+/// How long the kit waits for the (optional) software version.
+const VERSION_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs the disco and unknown-iq checks (and asks the software version).
 pub async fn check(s: &mut Session) -> Vec<Row> {
     let mut rows = vec![
         row("disco-info"),
@@ -54,6 +57,24 @@ pub async fn check(s: &mut Session) -> Vec<Row> {
             done.push(info.fail(other.describe(), other.value()));
             done.push(ident.fail("no disco#info result", serde_json::Value::Null));
         }
+    }
+    // The software's name and version for the report (XEP-0092); no row.
+    let id = s.id("version");
+    let query = super::stanzas::iq("get", &id, &from, &s.domain.clone())
+        .with_child(Element::new("query", ns::VERSION));
+    if let Outcome::Answered(Answer::Result(el), _) = s.request_within(&query, VERSION_LIMIT).await
+    {
+        let text = |name: &str| {
+            el.child("query", ns::VERSION)
+                .and_then(|q| q.child(name, ns::VERSION))
+                .map(|c| c.text.trim().to_owned())
+                .filter(|t| !t.is_empty())
+        };
+        s.software = match (text("name"), text("version")) {
+            (Some(n), Some(v)) => Some(format!("{n} {v}")),
+            (Some(n), None) => Some(n),
+            _ => None,
+        };
     }
     let id = s.id("unknown");
     let query = super::stanzas::iq("get", &id, &from, &s.domain.clone())

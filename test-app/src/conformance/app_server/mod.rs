@@ -423,7 +423,16 @@ pub async fn run(opts: AppServerOptions) -> Result<Report, AppServerError> {
     }
     session.close().await;
     // Report order is the table's, whatever order the groups ran in.
-    let order = |r: &Row| ROWS.iter().position(|s| s.id == r.id).unwrap_or(ROWS.len());
+    // The dialect rows go before the run-wide ones (stable sort: they were
+    // produced before them).
+    let order = |r: &Row| {
+        let id = if r.id.starts_with(DIALECT_ROW.id) {
+            "answer-in-time"
+        } else {
+            r.id.as_str()
+        };
+        ROWS.iter().position(|s| s.id == id).unwrap_or(ROWS.len())
+    };
     rows.sort_by_key(order);
     Ok(Report {
         mode: Mode::AppServer,

@@ -685,3 +685,36 @@ async fn answer_request(el: &Element, writer: &tokio::sync::Mutex<OwnedWriteHalf
     };
     let _ = write(writer, &answer.to_xml(ns::COMPONENT)).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_read_by_type_and_condition() {
+        let parse = |xml: &str| {
+            Element::parse(xml)
+                .ok()
+                .and_then(|e| Answer::from_element(&e))
+        };
+        let wait = parse("<iq type='error' id='a'><error type='wait'><remote-server-timeout xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>x</text></error></iq>")
+            .expect("an answer");
+        assert!(wait.is(ErrorType::Wait, "remote-server-timeout"));
+        assert_eq!(wait.describe(), "wait/remote-server-timeout");
+        let bare = parse("<iq type='error' id='b'/>").expect("an answer");
+        assert_eq!(bare.describe(), "(no type)/(no condition)");
+        assert!(!bare.is_error(ErrorType::Cancel));
+        assert!(matches!(
+            parse("<iq type='result' id='c'/>"),
+            Some(Answer::Result(_))
+        ));
+        assert_eq!(parse("<iq type='set' id='d'/>"), None);
+        assert_eq!(parse("<message id='e'/>"), None);
+    }
+
+    #[test]
+    fn error_types_parse() {
+        assert_eq!(ErrorType::try_from("auth"), Ok(ErrorType::Auth));
+        assert!(ErrorType::try_from("fatal").is_err());
+    }
+}

@@ -196,3 +196,66 @@ pub fn iq(kind: &str, id: &str, from: &str, to: &str) -> Element {
         .with_attr("from", from)
         .with_attr("to", to)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::xml::{FieldValue, form_field};
+
+    fn options_form(el: &Element) -> Option<&Element> {
+        el.child("pubsub", ns::PUBSUB)?
+            .child("publish-options", ns::PUBSUB)?
+            .child("x", ns::DATA_FORMS)
+    }
+
+    #[test]
+    fn captures_get_the_kits_node_secret_and_addresses() {
+        let el = publish(
+            Capture::Prosody,
+            "p1",
+            "localhost",
+            "push.example.org",
+            "n<1>",
+            Some("s&1"),
+        );
+        assert_eq!(el.attr("id"), Some("p1"));
+        assert_eq!(el.attr("from"), Some("localhost"));
+        assert_eq!(el.attr("to"), Some("push.example.org"));
+        let publish = el
+            .child("pubsub", ns::PUBSUB)
+            .and_then(|p| p.child("publish", ns::PUBSUB))
+            .expect("publish");
+        assert_eq!(publish.attr("node"), Some("n<1>"));
+        let form = options_form(&el).expect("publish-options");
+        assert_eq!(form_field(form, "secret"), Some(FieldValue::Value("s&1")));
+        // Written into the component stream without a stray xmlns.
+        let xml = el.to_xml(ns::COMPONENT);
+        assert!(xml.starts_with("<iq "), "{xml}");
+        assert!(!xml.contains("xmlns=''"), "{xml}");
+        assert_eq!(
+            Element::parse(&xml).ok().map(|e| e.children),
+            Some(el.children)
+        );
+    }
+
+    #[test]
+    fn no_secret_means_no_publish_options() {
+        let el = publish(Capture::EjabberdEmpty, "p2", "localhost", "push", "n", None);
+        assert!(options_form(&el).is_none(), "{el:?}");
+        let notification = el
+            .child("pubsub", ns::PUBSUB)
+            .and_then(|p| p.child("publish", ns::PUBSUB))
+            .and_then(|p| p.child("item", ns::PUBSUB))
+            .and_then(|i| i.child("notification", ns::PUSH))
+            .expect("notification");
+        assert!(notification.children.is_empty(), "ejabberd's is empty");
+    }
+
+    #[test]
+    fn the_oversize_publish_carries_its_body() {
+        let el = oversize_publish("p3", "localhost", "push", "n", Some("s"), 1000);
+        let xml = el.to_xml(ns::COMPONENT);
+        assert!(xml.contains(&"x".repeat(1000)));
+        assert!(xml.len() > 1000 && xml.len() < 3000, "{}", xml.len());
+    }
+}

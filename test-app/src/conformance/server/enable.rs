@@ -13,7 +13,13 @@ use super::{Ctx, QUIET, Row, ServerError, judge};
 /// refused with a stream error.
 pub(super) async fn wrong_secret(ctx: &mut Ctx) -> Result<Vec<Row>, ServerError> {
     let wrong = format!("{}-wrong", ctx.opts.secret);
-    let row = match Component::connect(&ctx.opts.component, &ctx.opts.domain, &wrong).await {
+    let attempt = Component::connect(&ctx.opts.component, &ctx.opts.domain, &wrong).await;
+    Ok(vec![wrong_secret_row(attempt).await])
+}
+
+/// The row for a handshake attempt with a wrong secret.
+async fn wrong_secret_row(attempt: Result<Component, ComponentError>) -> Row {
+    match attempt {
         Err(ComponentError::Refused(condition)) => judge(
             "component-wrong-secret",
             true,
@@ -41,8 +47,7 @@ pub(super) async fn wrong_secret(ctx: &mut Ctx) -> Result<Vec<Row>, ServerError>
                 "accepted",
             )
         }
-    };
-    Ok(vec![row])
+    }
 }
 
 /// enable, enable-silent.
@@ -120,4 +125,75 @@ pub(super) async fn disable(ctx: &mut Ctx) -> Result<Vec<Row>, ServerError> {
         ),
     };
     Ok(vec![row])
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::conformance::Verdict;
+    use crate::conformance::xml::{
+        Element, StreamEvent, StreamReader, handshake_digest, ns, stream_open,
+    };
+
+    /// A one-connection XEP-0114 server that checks the digest against
+    /// `secret`, or accepts any when `lax`.
+    async fn fake_server(secret: &'static str, lax: bool) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (r, mut w) = tcp.into_split();
+            let mut reader = StreamReader::new(r, 1 << 16);
+            reader.header().await.unwrap();
+            let open = stream_open(ns::COMPONENT, &[("from", "push.localhost"), ("id", "s1")]);
+            w.write_all(open.as_bytes()).await.unwrap();
+            let Ok(StreamEvent::Stanza(handshake)) = reader.next().await else {
+                return;
+            };
+            let reply = if lax || handshake.text == handshake_digest("s1", secret) {
+                "<handshake/>".to_owned()
+            } else {
+                Element::new("error", ns::STREAM)
+                    .with_child(Element::new("not-authorized", ns::STREAM_ERRORS))
+                    .to_xml(ns::COMPONENT)
+            };
+            w.write_all(reply.as_bytes()).await.unwrap();
+            // Hold the connection until the client closes it.
+            let _ = reader.next().await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_refused_wrong_secret_passes() {
+        let addr = fake_server("right", false).await;
+        let attempt = Component::connect(&addr, "push.localhost", "wrong").await;
+        let row = wrong_secret_row(attempt).await;
+        assert_eq!(row.id, "component-wrong-secret");
+        assert_eq!(row.verdict, Verdict::Pass);
+        assert_eq!(row.value, "not-authorized");
+    }
+
+    #[tokio::test]
+    async fn an_accepted_wrong_secret_fails_its_row() {
+        let addr = fake_server("right", true).await;
+        let attempt = Component::connect(&addr, "push.localhost", "wrong").await;
+        let row = wrong_secret_row(attempt).await;
+        assert_eq!(row.id, "component-wrong-secret");
+        assert_eq!(row.verdict, Verdict::Fail);
+        assert_eq!(row.value, "accepted");
+    }
+
+    #[tokio::test]
+    async fn the_right_secret_connects() {
+        let addr = fake_server("right", false).await;
+        let mut c = Component::connect(&addr, "push.localhost", "right")
+            .await
+            .unwrap();
+        assert!(c.is_open());
+        c.close().await;
+    }
 }

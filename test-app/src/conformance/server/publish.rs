@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::classify::{self, From, OptionsCopy};
 use super::{Ctx, PUBLISH_WAIT, QUIET, Row, ServerError, judge, row};
+use crate::conformance::xml::Element;
 
 /// Every row of the group.
 pub(super) async fn run(ctx: &mut Ctx) -> Result<Vec<Row>, ServerError> {
@@ -42,32 +43,65 @@ pub(super) async fn run(ctx: &mut Ctx) -> Result<Vec<Row>, ServerError> {
         rows.extend(no_body_and_burst(ctx).await?);
         return Ok(rows);
     };
-    let iq = &publish.iq;
     rows.push(judge("publish-offline", true, "published", true));
+    let expected = Expected {
+        domain: &ctx.opts.domain,
+        owner: &ctx.opts.owner.jid,
+        sender_full: &ctx.sender.full_jid,
+        node: &reg.node,
+        form: &reg.form,
+        body: &body,
+    };
+    rows.extend(publish_rows(&publish.iq, &expected));
+    rows.extend(no_body_and_burst(ctx).await?);
+    Ok(rows)
+}
+
+/// What a publish is checked against.
+struct Expected<'a> {
+    /// The component domain (the enabled jid).
+    domain: &'a str,
+    /// The owner's bare JID.
+    owner: &'a str,
+    /// The sender's full JID.
+    sender_full: &'a str,
+    /// The enabled node.
+    node: &'a str,
+    /// The form sent with `<enable/>`.
+    form: &'a Element,
+    /// The message body sent.
+    body: &'a str,
+}
+
+/// The envelope and summary rows for the publish of one message with a
+/// body.
+fn publish_rows(iq: &Element, e: &Expected<'_>) -> Vec<Row> {
+    let mut rows = Vec::new();
 
     let to = iq.attr("to").unwrap_or("");
     rows.push(judge(
         "publish-to",
-        to == ctx.opts.domain,
+        to == e.domain,
         format!("to='{to}'"),
-        to == ctx.opts.domain,
+        to == e.domain,
     ));
-    // next_publish matched the node; say so.
-    let node = publish.node().unwrap_or("");
+    let node = classify::publish_el(iq)
+        .and_then(|p| p.attr("node"))
+        .unwrap_or("");
     rows.push(judge(
         "publish-node",
-        node == reg.node,
+        node == e.node,
         "node = the enabled node",
-        node == reg.node,
+        node == e.node,
     ));
-    let from = From::of(iq.attr("from"), &ctx.opts.owner.jid);
+    let from = From::of(iq.attr("from"), e.owner);
     rows.push(judge(
         "publish-from",
         true,
         format!("from='{}'", iq.attr("from").unwrap_or("")),
         from.value(),
     ));
-    let copy = OptionsCopy::of(iq, &reg.form);
+    let copy = OptionsCopy::of(iq, e.form);
     rows.push(judge(
         "publish-options",
         copy == OptionsCopy::Verbatim,
@@ -122,17 +156,14 @@ pub(super) async fn run(ctx: &mut Ctx) -> Result<Vec<Row>, ServerError> {
         format!("message-count: {count}"),
         count,
     ));
-    let sender = classify::last_message_sender(summary, &ctx.sender.full_jid);
+    let sender = classify::last_message_sender(summary, e.sender_full);
     rows.push(judge(
         "summary-last-message-sender",
         true,
-        format!(
-            "last-message-sender: {sender} (sender {})",
-            ctx.sender.full_jid
-        ),
+        format!("last-message-sender: {sender} (sender {})", e.sender_full),
         sender,
     ));
-    let body_value = classify::last_message_body(summary, &body);
+    let body_value = classify::last_message_body(summary, e.body);
     rows.push(judge(
         "summary-last-message-body",
         true,
@@ -146,8 +177,7 @@ pub(super) async fn run(ctx: &mut Ctx) -> Result<Vec<Row>, ServerError> {
         format!("summary fields without a value: {unset}"),
         unset,
     ));
-    rows.extend(no_body_and_burst(ctx).await?);
-    Ok(rows)
+    rows
 }
 
 /// publish-no-body and publish-burst, each on a registration of its own.
@@ -198,4 +228,94 @@ async fn no_body_and_burst(ctx: &mut Ctx) -> Result<Vec<Row>, ServerError> {
         }),
     );
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::Verdict;
+    use crate::conformance::xml::submit_form;
+
+    fn fixture(name: &str, node: &str, secret: &str) -> Element {
+        let path = format!(
+            "{}/../component/tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let xml = std::fs::read_to_string(&path).unwrap();
+        Element::parse(&xml.replace("{NODE}", node).replace("{SECRET}", secret)).unwrap()
+    }
+
+    fn rows(iq: &Element, node: &str, secret: &str) -> Vec<Row> {
+        let form = submit_form(Some(classify::PUBLISH_OPTIONS), &[("secret", secret)]);
+        publish_rows(
+            iq,
+            &Expected {
+                domain: "push.localhost",
+                owner: "alice@localhost",
+                sender_full: "bob@localhost/phone",
+                node,
+                form: &form,
+                body: "Hello offline alice",
+            },
+        )
+    }
+
+    fn get<'a>(rows: &'a [Row], id: &str) -> &'a Row {
+        rows.iter().find(|r| r.id == id).unwrap()
+    }
+
+    #[test]
+    fn the_ejabberd_capture_passes_and_reads_as_documented() {
+        let iq = fixture("ejabberd-publish-summary.xml", "n1", "s1");
+        let rows = rows(&iq, "n1", "s1");
+        assert!(rows.iter().all(|r| r.verdict != Verdict::Fail), "{rows:?}");
+        assert_eq!(get(&rows, "publish-from").value, "domain");
+        assert_eq!(get(&rows, "publish-options").value, "verbatim");
+        assert_eq!(get(&rows, "summary-form-type").value, "submit");
+        assert_eq!(get(&rows, "summary-message-count").value, "absent");
+        assert_eq!(get(&rows, "summary-last-message-sender").value, "full-jid");
+        assert_eq!(get(&rows, "summary-last-message-body").value, "body");
+        assert_eq!(get(&rows, "summary-unset-fields").value, "absent");
+        assert_eq!(get(&rows, "publish-item-id").value, "absent");
+    }
+
+    #[test]
+    fn the_prosody_capture_reads_as_documented() {
+        let iq = fixture("prosody-publish-important.xml", "n1", "s1");
+        let rows = rows(&iq, "n1", "s1");
+        assert!(rows.iter().all(|r| r.verdict != Verdict::Fail), "{rows:?}");
+        assert_eq!(get(&rows, "summary-form-type").value, "form");
+        assert_eq!(get(&rows, "summary-message-count").value, "1");
+        assert_eq!(get(&rows, "summary-last-message-sender").value, "empty");
+        assert_eq!(
+            get(&rows, "summary-last-message-body").value,
+            "static:New Message!"
+        );
+        assert_eq!(get(&rows, "summary-unset-fields").value, "empty");
+    }
+
+    #[test]
+    fn a_changed_secret_fails_publish_options() {
+        let iq = fixture("ejabberd-publish-summary.xml", "n1", "other");
+        let rows = rows(&iq, "n1", "s1");
+        let failed: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.verdict == Verdict::Fail)
+            .map(|r| r.id.as_str())
+            .collect();
+        assert_eq!(failed, ["publish-options"]);
+        assert_eq!(get(&rows, "publish-options").value, "altered");
+    }
+
+    #[test]
+    fn another_node_fails_publish_node() {
+        let iq = fixture("prosody-publish-body-sender.xml", "n2", "s1");
+        let rows = rows(&iq, "n1", "s1");
+        let failed: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.verdict == Verdict::Fail)
+            .map(|r| r.id.as_str())
+            .collect();
+        assert_eq!(failed, ["publish-node"]);
+    }
 }

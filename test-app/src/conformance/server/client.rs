@@ -640,3 +640,174 @@ fn answer_request(iq: &Element) -> Element {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+    use tokio::net::TcpListener;
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// How the fake server's stream ended.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Ending {
+        /// `</stream:stream>`.
+        Closed,
+        /// The TCP connection went away without it.
+        Dropped,
+    }
+
+    /// A one-connection c2s server offering PLAIN only, bind and XEP-0198;
+    /// answers iq gets with a result; reports how the stream ended.
+    async fn fake_c2s(password: &'static str) -> (String, oneshot::Receiver<Ending>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (r, mut w) = tcp.into_split();
+            let mut reader = StreamReader::new(r, 1 << 16);
+            let open = |features: &str| {
+                format!(
+                    "{}<stream:features>{features}</stream:features>",
+                    stream_open(
+                        ns::CLIENT,
+                        &[("from", "localhost"), ("id", "c1"), ("version", "1.0")]
+                    )
+                )
+            };
+            reader.header().await.unwrap();
+            let plain = format!(
+                "<mechanisms xmlns='{}'><mechanism>PLAIN</mechanism></mechanisms>",
+                ns::SASL
+            );
+            w.write_all(open(&plain).as_bytes()).await.unwrap();
+            let Ok(StreamEvent::Stanza(auth)) = reader.next().await else {
+                return;
+            };
+            let expected =
+                base64::engine::general_purpose::STANDARD.encode(format!("\0alice\0{password}"));
+            if auth.text != expected {
+                let failure = format!("<failure xmlns='{}'><not-authorized/></failure>", ns::SASL);
+                w.write_all(failure.as_bytes()).await.unwrap();
+                return;
+            }
+            w.write_all(format!("<success xmlns='{}'/>", ns::SASL).as_bytes())
+                .await
+                .unwrap();
+            let mut reader = StreamReader::new(reader.into_inner(), 1 << 16);
+            reader.header().await.unwrap();
+            let features = format!("<bind xmlns='{}'/><sm xmlns='{}'/>", ns::BIND, ns::SM);
+            w.write_all(open(&features).as_bytes()).await.unwrap();
+            let ending = loop {
+                let el = match reader.next().await {
+                    Ok(StreamEvent::Stanza(el)) => el,
+                    Ok(StreamEvent::End) => break Ending::Closed,
+                    Err(_) => break Ending::Dropped,
+                };
+                let reply = if el.child("bind", ns::BIND).is_some() {
+                    format!(
+                        "<iq type='result' id='{}'><bind xmlns='{}'><jid>alice@localhost/r</jid></bind></iq>",
+                        el.attr("id").unwrap_or(""),
+                        ns::BIND
+                    )
+                } else if el.is("enable", ns::SM) {
+                    format!("<enabled xmlns='{}' resume='true' id='sm1'/>", ns::SM)
+                } else if el.is("iq", ns::CLIENT) && el.attr("type") == Some("get") {
+                    format!("<iq type='result' id='{}'/>", el.attr("id").unwrap_or(""))
+                } else {
+                    continue;
+                };
+                let _ = w.write_all(reply.as_bytes()).await;
+            };
+            if ending == Ending::Closed {
+                let _ = w.write_all(STREAM_CLOSE.as_bytes()).await;
+            }
+            let _ = tx.send(ending);
+        });
+        (addr, rx)
+    }
+
+    fn alice(password: &str) -> Account {
+        Account {
+            jid: "alice@localhost".into(),
+            password: password.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn plain_login_bind_sm_iq_and_a_clean_close() {
+        let (addr, ended) = fake_c2s("pw").await;
+        let mut client = Client::login(
+            &addr,
+            &TlsOptions::default(),
+            &alice("pw"),
+            "r",
+            true,
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(client.full_jid, "alice@localhost/r");
+        assert!(client.sm_enabled);
+        let answer = client
+            .iq(Element::new("iq", ns::CLIENT).with_attr("type", "get"))
+            .await
+            .unwrap();
+        assert_eq!(answer.attr("type"), Some("result"));
+        client.close().await;
+        assert_eq!(ended.await.unwrap(), Ending::Closed);
+    }
+
+    #[tokio::test]
+    async fn an_abrupt_drop_sends_no_stream_close() {
+        let (addr, ended) = fake_c2s("pw").await;
+        let client = Client::login(
+            &addr,
+            &TlsOptions::default(),
+            &alice("pw"),
+            "r",
+            true,
+            false,
+        )
+        .await
+        .unwrap();
+        client.drop_abruptly().await;
+        assert_eq!(ended.await.unwrap(), Ending::Dropped);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_is_an_auth_failure() {
+        let (addr, _ended) = fake_c2s("pw").await;
+        let err = Client::login(
+            &addr,
+            &TlsOptions::default(),
+            &alice("nope"),
+            "r",
+            false,
+            false,
+        )
+        .await
+        .err()
+        .unwrap();
+        assert!(
+            matches!(&err, ClientError::AuthFailed { condition, .. } if condition == "not-authorized"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn starttls_required_but_not_offered() {
+        let (addr, _ended) = fake_c2s("pw").await;
+        let tls = TlsOptions {
+            mode: TlsMode::Starttls,
+            ..TlsOptions::default()
+        };
+        let err = Client::login(&addr, &tls, &alice("pw"), "r", false, false)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ClientError::NoStarttls), "{err}");
+    }
+}

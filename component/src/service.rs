@@ -349,7 +349,8 @@ impl Service {
         match node {
             None => Some(DiscoInfo {
                 node: None,
-                // Siskin finds the App Server by this identity (`interop.md`).
+                // Siskin finds the App Server by this identity
+                // (`docs/interop.md`, "Siskin / Tigase dialect").
                 identities: vec![Identity {
                     category: "pubsub",
                     kind: "push",

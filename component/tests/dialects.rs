@@ -126,7 +126,7 @@ fn command_iq(id: &str, account: &str, node: &str, fields: &[(&str, &str)]) -> S
     )
 }
 
-/// Siskin's `register-device` (fields of `interop.md`).
+/// Siskin's `register-device` (fields of `docs/interop.md`).
 fn register_device(id: &str, account: &str, provider: &str, token: &str, second: &str) -> String {
     let mut fields = vec![("provider", provider), ("device-token", token)];
     if !second.is_empty() {

@@ -16,7 +16,12 @@ USER_DOMAIN=localhost
 # for the scenarios with several users (scripts/interop-test); frank, grace,
 # heidi and ivan join them for issue 16's stream of messages; sam (Siskin)
 # and mona (Monal, mod_push_appserver) speak issue 17's dialects.
-USERS=(alice bob carol dave erin frank grace heidi ivan sam mona wendy)
+USERS=(alice bob carol dave erin frank grace heidi ivan sam mona wendy kit-owner kit-peer)
+# The conformance kit (`nudge-test-app conformance server`) plays an App
+# Server of its own beside Nudge, under this domain, with kit-owner's phone
+# and kit-peer writing to it; on Prosody through the same component port,
+# on ejabberd through a listener of its own.
+KIT_DOMAIN=conformance.localhost
 NUDGE="$ROOT/target/debug/nudge"
 TEST_APP="$ROOT/target/debug/nudge-test-app"
 VENV="$ROOT/target/interop-venv"
@@ -361,6 +366,12 @@ VirtualHost "$USER_DOMAIN"
     -- scenario's many devices per user (the default keeps 5).
     push_notification_with_body = true
     push_max_devices = 100
+
+-- The conformance kit's App Server (scripts/interop-test, "conformance"),
+-- with Prosody's default conflict rule (deploy/ sets kick_old globally).
+Component "$KIT_DOMAIN"
+    component_secret = "$SECRET"
+    component_conflict_resolve = "kick_new"
 EOF
     for user in "${USERS[@]}"; do
         prosodyctl --config "$dir/prosody.cfg.lua" register "$user" "$USER_DOMAIN" "$PASSWORD" || return 1
@@ -428,6 +439,13 @@ listen:
     module: ejabberd_c2s
     starttls: false      # no certificates on loopback
     access: c2s
+  # The conformance kit's App Server (scripts/interop-test, "conformance").
+  - port: $EJABBERD_KIT_COMPONENT
+    ip: "127.0.0.1"
+    module: ejabberd_service
+    hosts:
+      "$KIT_DOMAIN":
+        password: "$SECRET"
 shaper_rules:
   # The scenarios leave hundreds of messages offline; over the limit
   # ejabberd would bounce them instead of publishing.
@@ -465,14 +483,15 @@ EOF
 
 start_ejabberd() {
     local dir=$WORK/ejabberd
-    port_free "$EJABBERD_C2S" && port_free "$EJABBERD_COMPONENT" && port_free "$EJABBERD_DIST" ||
-        { echo "port $EJABBERD_C2S, $EJABBERD_COMPONENT or $EJABBERD_DIST is in use"; return 1; }
+    port_free "$EJABBERD_C2S" && port_free "$EJABBERD_COMPONENT" && port_free "$EJABBERD_DIST" &&
+        port_free "$EJABBERD_KIT_COMPONENT" ||
+        { echo "port $EJABBERD_C2S, $EJABBERD_COMPONENT, $EJABBERD_KIT_COMPONENT or $EJABBERD_DIST is in use"; return 1; }
     # Its own process group (ejabberdctl → su → erl → beam.smp), so that a
     # last-resort kill reaches the whole tree.
     setsid "${EJABBERDCTL[@]}" foreground >>"$dir/ejabberd.out" 2>&1 &
     PIDS[ejabberd]=$!
     # Listeners open last, once the modules are up.
-    wait_until 60 ports_open "$EJABBERD_C2S" "$EJABBERD_COMPONENT" ||
+    wait_until 60 ports_open "$EJABBERD_C2S" "$EJABBERD_COMPONENT" "$EJABBERD_KIT_COMPONENT" ||
         { tail -n 20 "$dir/ejabberd.out" "$dir/logs/ejabberd.log"; return 1; }
     echo "ejabberd $(dpkg-query -W -f '${Version}' ejabberd), PID ${PIDS[ejabberd]}, c2s 127.0.0.1:$EJABBERD_C2S"
 }

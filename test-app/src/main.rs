@@ -24,55 +24,17 @@ struct Cli {
 enum Command {
     /// Serve the mocks until Ctrl-C or SIGTERM.
     Serve(ServeArgs),
-    /// XEP-0357 conformance kit.
+    /// XEP-0357 conformance kit: check a server or an App Server.
     #[command(subcommand)]
     Conformance(ConformanceCommand),
 }
 
 #[derive(Debug, Subcommand)]
 enum ConformanceCommand {
+    /// Play the XMPP server (XEP-0114) toward an App Server and check it.
+    AppServer(nudge_test_app::conformance::app_server::cli::AppServerArgs),
     /// Play the App Server and two clients against an XMPP server.
-    Server(ConformanceServerArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct ConformanceServerArgs {
-    /// The server's client port, HOST:PORT.
-    #[arg(long)]
-    c2s: String,
-    /// The server's component port, HOST:PORT.
-    #[arg(long)]
-    component: String,
-    /// The component domain configured for the kit.
-    #[arg(long)]
-    domain: String,
-    /// The component secret.
-    #[arg(long)]
-    secret: String,
-    /// Two accounts, user@domain: the device owner, then the sender.
-    #[arg(long = "user", num_args = 1, required = true)]
-    users: Vec<String>,
-    /// Their passwords, in the same order.
-    #[arg(long = "password", num_args = 1, required = true)]
-    passwords: Vec<String>,
-    /// STARTTLS on the client connections.
-    #[arg(long, value_enum, default_value = "auto")]
-    tls: nudge_test_app::conformance_server::TlsMode,
-    /// Trust this PEM CA bundle for STARTTLS instead of the system roots.
-    #[arg(long)]
-    ca_file: Option<PathBuf>,
-    /// Accept any server certificate.
-    #[arg(long)]
-    insecure: bool,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
-    format: nudge_test_app::conformance::Format,
-    /// Also write the JSON report to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Skip the 40 s no-answer wait and probe error answers 3 times only.
-    #[arg(long)]
-    quick: bool,
+    Server(nudge_test_app::conformance_server::cli::ServerArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -127,8 +89,11 @@ async fn main() -> std::process::ExitCode {
         .init();
     let args = match Cli::parse().command {
         Command::Serve(args) => args,
+        Command::Conformance(ConformanceCommand::AppServer(args)) => {
+            return nudge_test_app::conformance::app_server::cli::main(args).await;
+        }
         Command::Conformance(ConformanceCommand::Server(args)) => {
-            return conformance_server(args).await;
+            return nudge_test_app::conformance_server::cli::main(args).await;
         }
     };
     match serve(args).await {
@@ -179,59 +144,6 @@ async fn serve(args: ServeArgs) -> Result<(), nudge_test_app::Error> {
     println!("shutting down");
     app.shutdown().await;
     Ok(())
-}
-
-/// Exit status: 0 when no row failed, 1 when one did, 2 when the run
-/// could not happen.
-async fn conformance_server(args: ConformanceServerArgs) -> std::process::ExitCode {
-    use nudge_test_app::conformance_server::{Account, ServerOptions, TlsOptions, run};
-    let [owner, sender] = args.users.as_slice() else {
-        eprintln!("nudge-test-app: give --user twice (owner, then sender)");
-        return std::process::ExitCode::from(2);
-    };
-    let [owner_pw, sender_pw] = args.passwords.as_slice() else {
-        eprintln!("nudge-test-app: give --password twice, one per --user");
-        return std::process::ExitCode::from(2);
-    };
-    let opts = ServerOptions {
-        c2s: args.c2s,
-        component: args.component,
-        domain: args.domain,
-        secret: args.secret,
-        owner: Account {
-            jid: owner.clone(),
-            password: owner_pw.clone(),
-        },
-        sender: Account {
-            jid: sender.clone(),
-            password: sender_pw.clone(),
-        },
-        tls: TlsOptions {
-            mode: args.tls,
-            ca_file: args.ca_file,
-            insecure: args.insecure,
-        },
-        quick: args.quick,
-    };
-    let report = match run(opts).await {
-        Ok(report) => report,
-        Err(e) => {
-            eprintln!("nudge-test-app: conformance server: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    println!("{}", args.format.render(&report));
-    if let Some(path) = &args.json
-        && let Err(e) = std::fs::write(path, report.to_json())
-    {
-        eprintln!("nudge-test-app: writing {}: {e}", path.display());
-        return std::process::ExitCode::from(2);
-    }
-    if report.failed().next().is_some() {
-        std::process::ExitCode::from(1)
-    } else {
-        std::process::ExitCode::SUCCESS
-    }
 }
 
 async fn wait_for_signal() {

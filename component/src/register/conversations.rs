@@ -1,10 +1,11 @@
-//! The Conversations dialect (`interop.md`): `register-push-<name>` with
-//! fields `token`, `device-id` (older clients: `android-id`) and optional
-//! `muc`; `unregister-push-<name>` with `device-id`/`android-id` and
-//! `channel`. The registration belongs to the sender's bare JID and device
-//! (and room): the same account and device registering again get the same
-//! node and secret back, with the token updated. The answer is a form with
-//! `jid`, `node` and `secret`, which the client hands to its server in
+//! The Conversations dialect (`docs/interop.md`, "Conversations'
+//! dialect"): `register-push-<name>` with fields `token`, `device-id`
+//! (older clients: `android-id`) and optional `muc`;
+//! `unregister-push-<name>` with `device-id`/`android-id` and `channel`.
+//! The registration belongs to the sender's bare JID and device (and room):
+//! the same account and device registering again get the same node and
+//! secret back, with the token updated. The answer is a form with `jid`,
+//! `node` and `secret`, which the client hands to its server in
 //! `<enable/>`.
 //!
 //! To unregister a room, Conversations does not send the room's JID as

@@ -1,4 +1,4 @@
-//! mod_push_appserver's XEP-0050 dialect, version 1 (`interop.md`, "Monal's
+//! mod_push_appserver's XEP-0050 dialect, version 1 (`docs/interop.md`, "Monal's
 //! older app server"), as older Monal builds send it: `v1-register-push`
 //! with form fields `type` (`apns` | `fcm`), `node` (a device UUID the
 //! client chose) and `token`, answered with `jid`, `node` and `secret`;
@@ -341,7 +341,7 @@ mod tests {
 
     #[test]
     fn register_form_has_the_v1_fields() {
-        // The fields of `interop.md`, "Monal's older app server".
+        // The fields of `docs/interop.md`, "Monal's older app server".
         let f = form(&[("type", "apns"), ("node", UUID), ("token", "a1b2")]);
         assert_eq!(
             RegisterForm::try_from(&f),

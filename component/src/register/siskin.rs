@@ -1,4 +1,4 @@
-//! The Siskin / Tigase dialect (`interop.md`, "Siskin / Tigase dialect"):
+//! The Siskin / Tigase dialect (`docs/interop.md`, "Siskin / Tigase dialect"):
 //! `register-device` with form fields `provider` (`tigase:messenger:apns:1`,
 //! `tigase:messenger:fcm:1`), `device-token` and optional
 //! `device-second-token` (an APNs PushKit token for calls), and
@@ -373,7 +373,7 @@ mod tests {
 
     #[test]
     fn register_form_has_siskins_fields() {
-        // The fields of `interop.md`, "Siskin / Tigase dialect".
+        // The fields of `docs/interop.md`, "Siskin / Tigase dialect".
         let f = form(&[
             ("provider", "tigase:messenger:apns:1"),
             ("device-token", "a1b2c3"),

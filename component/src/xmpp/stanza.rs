@@ -109,7 +109,7 @@ fn reply_base(from: &str, to: &str, id: &str, kind: &str) -> Element {
 }
 
 /// The `type` of a stanza error: what the requester should do about it.
-/// It decides how the user's server treats our answer (`interop.md`): only
+/// It decides how the user's server treats our answer (`docs/answers.md`): only
 /// `wait` is guaranteed never to disable push for the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorType {

@@ -9,7 +9,7 @@
 //! queue in batches (one socket write for every answer ready at that
 //! moment) and sends a whitespace keepalive when the link is idle.
 //!
-//! How it reacts to the server (see `interop.md`):
+//! How it reacts to the server (see `docs/interop.md`, "The component stream"):
 //! - connection lost or closed: reconnect with capped exponential backoff
 //!   (100 ms doubling to `reconnect_max_delay`, 1 s by default), so the
 //!   component is back within a second or two of the server's return;

@@ -13,6 +13,7 @@
 //! ejabberd are in `docs/conformance/`; what they imply for the spec is in
 //! `docs/xep-0357-notes.md`.
 
+pub mod app_server;
 pub mod xml;
 
 use std::fmt::Write as _;
@@ -256,6 +257,65 @@ impl Report {
         out
     }
 
+    /// A Markdown table (what `docs/conformance/` holds): one line per row
+    /// with its requirement, verdict, value and note.
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::new();
+        let cell = |text: &str| one_line(text).replace('|', "\\|");
+        let _ = writeln!(out, "Target: {}", cell(&self.target));
+        if let Some(software) = &self.software {
+            let _ = writeln!(out, "\nSoftware: {}", cell(software));
+        }
+        out.push_str(
+            "\n| id | requirement | reference | verdict | observed | value | note |\n\
+             |---|---|---|---|---|---|---|\n",
+        );
+        for row in &self.rows {
+            let _ = writeln!(
+                out,
+                "| `{}` | {} | {} | {} | {} | `{}` | {} |",
+                row.id,
+                row.requirement.as_str(),
+                cell(&row.reference),
+                row.verdict.as_str(),
+                cell(&row.observed),
+                cell(&row.value.to_string()),
+                cell(&row.note)
+            );
+        }
+        out
+    }
+
+    /// How this run differs from an earlier one (a committed table): rows
+    /// whose verdict or value changed, rows missing on either side. Texts
+    /// (observed, note) are free to differ: they carry timings.
+    pub fn differences(&self, expected: &Report) -> Vec<String> {
+        let mut out = Vec::new();
+        for want in &expected.rows {
+            match self.row(&want.id) {
+                None => out.push(format!("{}: not in this run", want.id)),
+                Some(got) if got.verdict != want.verdict || got.value != want.value => {
+                    out.push(format!(
+                        "{}: expected {} {}, got {} {} ({})",
+                        want.id,
+                        want.verdict.as_str(),
+                        want.value,
+                        got.verdict.as_str(),
+                        got.value,
+                        one_line(&got.observed)
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        for got in &self.rows {
+            if expected.row(&got.id).is_none() {
+                out.push(format!("{}: not in the expected table", got.id));
+            }
+        }
+        out
+    }
+
     /// The report as pretty-printed JSON.
     pub fn to_json(&self) -> String {
         // A report holds only strings, enums and JSON values: serialising
@@ -276,6 +336,8 @@ pub enum Format {
     Text,
     /// The JSON of [`Report`].
     Json,
+    /// A Markdown table.
+    Markdown,
 }
 
 impl Format {
@@ -284,6 +346,7 @@ impl Format {
         match self {
             Format::Text => report.to_table(),
             Format::Json => report.to_json(),
+            Format::Markdown => report.to_markdown(),
         }
     }
 }
@@ -349,6 +412,39 @@ mod tests {
         assert!(json.contains("\"verdict\": \"skipped\""), "{json}");
         let back: Report = serde_json::from_str(&json).expect("parse");
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn differences_name_the_rows_that_changed() {
+        let committed = report();
+        assert!(report().differences(&committed).is_empty());
+        let mut run = report();
+        run.rows[0].observed = "result after 3 ms".into();
+        run.rows[1] = Row::new("answer-cancel", "answer cancel", Requirement::None, "")
+            .judged(false, "kept", "kept");
+        run.rows.pop();
+        let diffs = run.differences(&committed);
+        assert_eq!(diffs.len(), 2, "{diffs:?}");
+        assert!(
+            diffs[0].starts_with("answer-cancel: expected note \"disabled\", got note \"kept\""),
+            "{diffs:?}"
+        );
+        assert!(
+            diffs[1].starts_with("publish-hibernated: not in this run"),
+            "{diffs:?}"
+        );
+    }
+
+    #[test]
+    fn markdown_escapes_pipes_and_keeps_one_line_per_row() {
+        let mut r = report();
+        r.rows[0].observed = "a | b\nc".into();
+        let md = r.to_markdown();
+        assert!(
+            md.contains("| `enable` | MUST | XEP-0357 §5 | pass | a \\| b c | `\"result\"` |  |"),
+            "{md}"
+        );
+        assert_eq!(md.lines().filter(|l| l.starts_with("| `")).count(), 4);
     }
 
     #[test]

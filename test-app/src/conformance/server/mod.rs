@@ -13,6 +13,7 @@
 mod answers;
 mod away;
 mod classify;
+pub mod cli;
 mod client;
 mod component;
 mod connections;

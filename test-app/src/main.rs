@@ -33,6 +33,8 @@ enum Command {
 enum ConformanceCommand {
     /// Play the XMPP server (XEP-0114) toward an App Server and check it.
     AppServer(nudge_test_app::conformance::app_server::cli::AppServerArgs),
+    /// Play the App Server and two clients against an XMPP server.
+    Server(nudge_test_app::conformance_server::cli::ServerArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,6 +91,9 @@ async fn main() -> std::process::ExitCode {
         Command::Serve(args) => args,
         Command::Conformance(ConformanceCommand::AppServer(args)) => {
             return nudge_test_app::conformance::app_server::cli::main(args).await;
+        }
+        Command::Conformance(ConformanceCommand::Server(args)) => {
+            return nudge_test_app::conformance_server::cli::main(args).await;
         }
     };
     match serve(args).await {

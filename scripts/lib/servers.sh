@@ -359,7 +359,8 @@ Include "$dir/nudge.cfg.lua"
 
 VirtualHost "$USER_DOMAIN"
     -- cloud_notify and smacks are the two deploy/prosody.cfg.lua asks for.
-    modules_enabled = { "roster"; "saslauth"; "disco"; "ping"; "carbons"; "mam"; "offline"; "smacks"; "cloud_notify" }
+    -- version: the conformance kit names the server it checked (XEP-0092).
+    modules_enabled = { "roster"; "saslauth"; "disco"; "ping"; "carbons"; "mam"; "offline"; "smacks"; "cloud_notify"; "version" }
     -- For this host only, over deploy/'s global choice: real bodies in the
     -- summary (as ejabberd's include_body: true), so that a push tells which
     -- message it is for and big bodies reach Nudge; room for the brake
@@ -453,6 +454,7 @@ shaper_rules:
 modules:
   mod_disco: {}
   mod_ping: {}
+  mod_version: {}   # the conformance kit names the server it checked (XEP-0092)
   # Debian's default ejabberd.yml loads these, as deploy/ejabberd.yml expects.
   mod_offline:
     access_max_user_messages: max_user_offline_messages

@@ -65,10 +65,6 @@
 
 pub mod apns;
 pub mod conformance;
-/// Server mode of the conformance kit (to move under `conformance` as
-/// `conformance::server`; see the module docs).
-#[path = "conformance/server/mod.rs"]
-pub mod conformance_server;
 mod control;
 pub mod credentials;
 pub mod faults;

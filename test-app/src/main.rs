@@ -34,7 +34,18 @@ enum ConformanceCommand {
     /// Play the XMPP server (XEP-0114) toward an App Server and check it.
     AppServer(nudge_test_app::conformance::app_server::cli::AppServerArgs),
     /// Play the App Server and two clients against an XMPP server.
-    Server(nudge_test_app::conformance_server::cli::ServerArgs),
+    Server(nudge_test_app::conformance::server::cli::ServerArgs),
+    /// Print a saved JSON report as a table (docs/conformance/ holds them).
+    Show(ShowArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ShowArgs {
+    /// The JSON report (`--json FILE` of either mode).
+    file: PathBuf,
+    /// How to print it.
+    #[arg(long, value_enum, default_value_t = nudge_test_app::conformance::Format::Text)]
+    format: nudge_test_app::conformance::Format,
 }
 
 #[derive(Debug, clap::Args)]
@@ -93,14 +104,34 @@ async fn main() -> std::process::ExitCode {
             return nudge_test_app::conformance::app_server::cli::main(args).await;
         }
         Command::Conformance(ConformanceCommand::Server(args)) => {
-            return nudge_test_app::conformance_server::cli::main(args).await;
+            return nudge_test_app::conformance::server::cli::main(args).await;
         }
+        Command::Conformance(ConformanceCommand::Show(args)) => return show(&args),
     };
     match serve(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nudge-test-app: {e}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn show(args: &ShowArgs) -> std::process::ExitCode {
+    let report = std::fs::read_to_string(&args.file)
+        .map_err(|e| e.to_string())
+        .and_then(|text| {
+            serde_json::from_str::<nudge_test_app::conformance::Report>(&text)
+                .map_err(|e| e.to_string())
+        });
+    match report {
+        Ok(report) => {
+            print!("{}", args.format.render(&report));
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("nudge-test-app: {}: {e}", args.file.display());
+            std::process::ExitCode::from(2)
         }
     }
 }

@@ -14,6 +14,7 @@
 //! `docs/xep-0357-notes.md`.
 
 pub mod app_server;
+pub mod server;
 pub mod xml;
 
 use std::fmt::Write as _;
@@ -261,7 +262,14 @@ impl Report {
     /// with its requirement, verdict, value and note.
     pub fn to_markdown(&self) -> String {
         let mut out = String::new();
-        let cell = |text: &str| one_line(text).replace('|', "\\|");
+        // One line each; `|` would end the cell and `<enable/>` would be
+        // read as HTML.
+        let cell = |text: &str| {
+            one_line(text)
+                .replace('|', "\\|")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        };
         let _ = writeln!(out, "Target: {}", cell(&self.target));
         if let Some(software) = &self.software {
             let _ = writeln!(out, "\nSoftware: {}", cell(software));
@@ -438,10 +446,10 @@ mod tests {
     #[test]
     fn markdown_escapes_pipes_and_keeps_one_line_per_row() {
         let mut r = report();
-        r.rows[0].observed = "a | b\nc".into();
+        r.rows[0].observed = "<enable/> a | b\nc".into();
         let md = r.to_markdown();
         assert!(
-            md.contains("| `enable` | MUST | XEP-0357 §5 | pass | a \\| b c | `\"result\"` |  |"),
+            md.contains("| `enable` | MUST | XEP-0357 §5 | pass | &lt;enable/&gt; a \\| b c | `\"result\"` |  |"),
             "{md}"
         );
         assert_eq!(md.lines().filter(|l| l.starts_with("| `")).count(), 4);

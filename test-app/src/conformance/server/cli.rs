@@ -1,6 +1,7 @@
 //! The `nudge-test-app conformance server` command line: its arguments and
 //! its exit status (0: no row failed, 1: a row failed, 2: a usage or
-//! connection error), kept here so that `main.rs` only names the
+//! connection error; with `--expect`, 0: the run matches the expected
+//! table, 3: it differs), kept here so that `main.rs` only names the
 //! subcommand.
 
 use std::path::PathBuf;
@@ -48,6 +49,12 @@ pub struct ServerArgs {
     /// Skip the 40 s no-answer wait and probe error answers 4 times only.
     #[arg(long)]
     pub quick: bool,
+    /// Compare the run with this JSON report (a committed table, e.g.
+    /// docs/conformance/prosody.json): the exit status says whether every
+    /// row's verdict and value are the same (0) or not (3), whatever the
+    /// verdicts; the differences go to standard error.
+    #[arg(long)]
+    pub expect: Option<PathBuf>,
 }
 
 /// Runs the mode and prints the report.
@@ -80,6 +87,20 @@ pub async fn main(args: ServerArgs) -> ExitCode {
         },
         quick: args.quick,
     };
+    let expected = match &args.expect {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                serde_json::from_str::<crate::conformance::Report>(&text).map_err(|e| e.to_string())
+            }) {
+            Ok(report) => Some(report),
+            Err(e) => {
+                eprintln!("nudge-test-app: --expect {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
     let report = match run(opts).await {
         Ok(report) => report,
         Err(e) => {
@@ -93,6 +114,24 @@ pub async fn main(args: ServerArgs) -> ExitCode {
     {
         eprintln!("nudge-test-app: writing {}: {e}", path.display());
         return ExitCode::from(2);
+    }
+    if let Some(expected) = expected {
+        let differences = report.differences(&expected);
+        if differences.is_empty() {
+            return ExitCode::SUCCESS;
+        }
+        eprintln!(
+            "nudge-test-app: the run differs from {} in {} row(s):",
+            args.expect
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            differences.len()
+        );
+        for line in differences {
+            eprintln!("  {line}");
+        }
+        return ExitCode::from(3);
     }
     if report.failed().next().is_some() {
         ExitCode::from(1)

@@ -18,6 +18,8 @@ pub mod server;
 pub mod xml;
 
 use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
 
 use serde::{Deserialize, Serialize};
 
@@ -356,6 +358,29 @@ impl Format {
             Format::Json => report.to_json(),
             Format::Markdown => report.to_markdown(),
         }
+    }
+}
+
+/// What both modes' command lines do with a finished report: print it in
+/// `format` and write its JSON to `json` when given. The error is the exit
+/// status to end with (2: the file could not be written).
+pub fn print_report(report: &Report, format: Format, json: Option<&Path>) -> Result<(), ExitCode> {
+    println!("{}", format.render(report));
+    if let Some(path) = json
+        && let Err(e) = std::fs::write(path, report.to_json())
+    {
+        eprintln!("nudge-test-app: writing {}: {e}", path.display());
+        return Err(ExitCode::from(2));
+    }
+    Ok(())
+}
+
+/// The exit status of a run: 0 when no row failed, 1 when one did.
+pub fn exit_status(report: &Report) -> ExitCode {
+    if report.failed().next().is_some() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

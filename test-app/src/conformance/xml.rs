@@ -59,6 +59,52 @@ pub mod ns {
     pub const VERSION: &str = "jabber:iq:version";
 }
 
+/// The type of a stanza error (RFC 6120 §8.3.2): what the requester should
+/// do about it, and what decides how a server treats an App Server's answer
+/// (docs/answers.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorType {
+    /// Retry after waiting: transient.
+    Wait,
+    /// Do not retry.
+    Cancel,
+    /// Retry with other credentials.
+    Auth,
+    /// Retry with other data.
+    Modify,
+    /// Proceed (a warning).
+    Continue,
+}
+
+impl ErrorType {
+    /// The attribute value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::Wait => "wait",
+            ErrorType::Cancel => "cancel",
+            ErrorType::Auth => "auth",
+            ErrorType::Modify => "modify",
+            ErrorType::Continue => "continue",
+        }
+    }
+}
+
+impl TryFrom<&str> for ErrorType {
+    type Error = String;
+
+    /// The type named by an `<error type='…'>`; the unknown name back.
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        match s {
+            "wait" => Ok(ErrorType::Wait),
+            "cancel" => Ok(ErrorType::Cancel),
+            "auth" => Ok(ErrorType::Auth),
+            "modify" => Ok(ErrorType::Modify),
+            "continue" => Ok(ErrorType::Continue),
+            other => Err(other.to_owned()),
+        }
+    }
+}
+
 /// What went wrong reading or parsing XML.
 #[derive(Debug, thiserror::Error)]
 pub enum XmlError {

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::{AppServerOptions, Dialect, Listen, run};
-use crate::conformance::Format;
+use crate::conformance::{Format, exit_status, print_report};
 
 /// Arguments of `conformance app-server`.
 #[derive(Debug, clap::Args)]
@@ -68,16 +68,8 @@ pub async fn main(args: AppServerArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!("{}", args.format.render(&report));
-    if let Some(path) = &args.json
-        && let Err(e) = std::fs::write(path, report.to_json())
-    {
-        eprintln!("nudge-test-app: writing {}: {e}", path.display());
-        return ExitCode::from(2);
+    if let Err(status) = print_report(&report, args.format, args.json.as_deref()) {
+        return status;
     }
-    if report.failed().next().is_some() {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
+    exit_status(&report)
 }

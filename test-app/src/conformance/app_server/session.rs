@@ -6,6 +6,7 @@
 //! the stream expect the App Server to come back: [`Session::connected`]
 //! accepts the next connection, bounded by the run's wait.
 
+pub use crate::conformance::xml::ErrorType;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,49 +29,6 @@ const HANDSHAKE_STEP: Duration = Duration::from_secs(10);
 /// ejabberd's 32 s (docs/answers.md), so that a late answer is seen late
 /// rather than not at all.
 pub const ANSWER_LIMIT: Duration = Duration::from_secs(33);
-
-/// The type of an iq error (RFC 6120 §8.3.2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorType {
-    /// Retry later.
-    Wait,
-    /// Do not retry.
-    Cancel,
-    /// Retry with other credentials.
-    Auth,
-    /// Retry with other data.
-    Modify,
-    /// Proceed (a warning).
-    Continue,
-}
-
-impl TryFrom<&str> for ErrorType {
-    type Error = String;
-
-    fn try_from(s: &str) -> Result<Self, Self::Error> {
-        match s {
-            "wait" => Ok(ErrorType::Wait),
-            "cancel" => Ok(ErrorType::Cancel),
-            "auth" => Ok(ErrorType::Auth),
-            "modify" => Ok(ErrorType::Modify),
-            "continue" => Ok(ErrorType::Continue),
-            other => Err(other.to_owned()),
-        }
-    }
-}
-
-impl ErrorType {
-    /// The attribute value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorType::Wait => "wait",
-            ErrorType::Cancel => "cancel",
-            ErrorType::Auth => "auth",
-            ErrorType::Modify => "modify",
-            ErrorType::Continue => "continue",
-        }
-    }
-}
 
 /// What an iq answer said.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::{Account, ServerOptions, TlsMode, TlsOptions, run};
-use crate::conformance::Format;
+use crate::conformance::{Format, exit_status, print_report};
 
 /// Arguments of `conformance server`.
 #[derive(Debug, clap::Args)]
@@ -108,12 +108,8 @@ pub async fn main(args: ServerArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!("{}", args.format.render(&report));
-    if let Some(path) = &args.json
-        && let Err(e) = std::fs::write(path, report.to_json())
-    {
-        eprintln!("nudge-test-app: writing {}: {e}", path.display());
-        return ExitCode::from(2);
+    if let Err(status) = print_report(&report, args.format, args.json.as_deref()) {
+        return status;
     }
     if let Some(expected) = expected {
         let differences = report.differences(&expected);
@@ -133,9 +129,5 @@ pub async fn main(args: ServerArgs) -> ExitCode {
         }
         return ExitCode::from(3);
     }
-    if report.failed().next().is_some() {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
+    exit_status(&report)
 }

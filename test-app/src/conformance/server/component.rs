@@ -21,6 +21,8 @@ use crate::conformance::xml::{
     Element, STREAM_CLOSE, StreamEvent, StreamReader, XmlError, handshake_digest, ns, stream_open,
 };
 
+pub use crate::conformance::xml::ErrorType;
+
 use super::client::{STEP_TIMEOUT, stream_error};
 
 /// Publishes carry a message body of the kit's making; ejabberd's
@@ -29,31 +31,6 @@ const MAX_STANZA: usize = 4 << 20;
 /// Events kept unread at most; a server flooding the component past this
 /// blocks the reader (bounded memory).
 const QUEUE: usize = 4096;
-
-/// An XMPP stanza error type (RFC 6120 §8.3.2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorType {
-    /// Retry after waiting.
-    Wait,
-    /// Do not retry.
-    Cancel,
-    /// Retry after providing credentials.
-    Auth,
-    /// Retry after changing the data sent.
-    Modify,
-}
-
-impl ErrorType {
-    /// The attribute value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorType::Wait => "wait",
-            ErrorType::Cancel => "cancel",
-            ErrorType::Auth => "auth",
-            ErrorType::Modify => "modify",
-        }
-    }
-}
 
 /// The defined conditions the kit answers with (docs/answers.md: the one an
 /// App Server uses for each outcome).

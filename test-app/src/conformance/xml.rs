@@ -105,6 +105,129 @@ impl TryFrom<&str> for ErrorType {
     }
 }
 
+/// A stanza error's defined condition (RFC 6120 §8.3.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)] // each is RFC 6120's condition of the same name
+pub enum Condition {
+    BadRequest,
+    Conflict,
+    FeatureNotImplemented,
+    Forbidden,
+    Gone,
+    InternalServerError,
+    ItemNotFound,
+    JidMalformed,
+    NotAcceptable,
+    NotAllowed,
+    NotAuthorized,
+    PolicyViolation,
+    RecipientUnavailable,
+    Redirect,
+    RegistrationRequired,
+    RemoteServerNotFound,
+    RemoteServerTimeout,
+    ResourceConstraint,
+    ServiceUnavailable,
+    SubscriptionRequired,
+    UndefinedCondition,
+    UnexpectedRequest,
+}
+
+/// Every condition with its element name: one table for both directions.
+const CONDITIONS: [(Condition, &str); 22] = [
+    (Condition::BadRequest, "bad-request"),
+    (Condition::Conflict, "conflict"),
+    (Condition::FeatureNotImplemented, "feature-not-implemented"),
+    (Condition::Forbidden, "forbidden"),
+    (Condition::Gone, "gone"),
+    (Condition::InternalServerError, "internal-server-error"),
+    (Condition::ItemNotFound, "item-not-found"),
+    (Condition::JidMalformed, "jid-malformed"),
+    (Condition::NotAcceptable, "not-acceptable"),
+    (Condition::NotAllowed, "not-allowed"),
+    (Condition::NotAuthorized, "not-authorized"),
+    (Condition::PolicyViolation, "policy-violation"),
+    (Condition::RecipientUnavailable, "recipient-unavailable"),
+    (Condition::Redirect, "redirect"),
+    (Condition::RegistrationRequired, "registration-required"),
+    (Condition::RemoteServerNotFound, "remote-server-not-found"),
+    (Condition::RemoteServerTimeout, "remote-server-timeout"),
+    (Condition::ResourceConstraint, "resource-constraint"),
+    (Condition::ServiceUnavailable, "service-unavailable"),
+    (Condition::SubscriptionRequired, "subscription-required"),
+    (Condition::UndefinedCondition, "undefined-condition"),
+    (Condition::UnexpectedRequest, "unexpected-request"),
+];
+
+impl Condition {
+    /// The element name.
+    pub fn as_str(self) -> &'static str {
+        CONDITIONS
+            .iter()
+            .find(|(c, _)| *c == self)
+            .map_or("undefined-condition", |(_, name)| name)
+    }
+}
+
+impl TryFrom<&str> for Condition {
+    type Error = String;
+
+    /// The condition an element name stands for; an unknown name back.
+    fn try_from(name: &str) -> Result<Self, Self::Error> {
+        CONDITIONS
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(c, _)| *c)
+            .ok_or_else(|| name.to_owned())
+    }
+}
+
+/// An iq answering `iq` with `type='{kind}'`: its id, addressed back (`from`
+/// its `to`, `to` its `from`), in the stream's namespace.
+pub fn iq_reply(iq: &Element, stream_ns: &str, kind: &str) -> Element {
+    let mut reply = Element::new("iq", stream_ns)
+        .with_attr("type", kind)
+        .with_attr("id", iq.attr("id").unwrap_or_default());
+    if let Some(to) = iq.attr("to") {
+        reply.set_attr("from", to);
+    }
+    if let Some(from) = iq.attr("from") {
+        reply.set_attr("to", from);
+    }
+    reply
+}
+
+/// An `<error type='…'><condition/></error>` child for a stanza.
+pub fn stanza_error(stream_ns: &str, kind: ErrorType, condition: Condition) -> Element {
+    Element::new("error", stream_ns)
+        .with_attr("type", kind.as_str())
+        .with_child(Element::new(condition.as_str(), ns::STANZAS))
+}
+
+/// The answer to a request nobody serves specially (RFC 6120 §8.4): a
+/// result to a ping, `cancel`/`service-unavailable` to anything else.
+pub fn default_reply(iq: &Element, stream_ns: &str) -> Element {
+    if iq.attr("type") == Some("get") && iq.child("ping", ns::PING).is_some() {
+        iq_reply(iq, stream_ns, "result")
+    } else {
+        iq_reply(iq, stream_ns, "error").with_child(stanza_error(
+            stream_ns,
+            ErrorType::Cancel,
+            Condition::ServiceUnavailable,
+        ))
+    }
+}
+
+/// The defined condition of a `<stream:error/>` or a stanza `<error/>`
+/// (`undefined-condition` when it names none).
+pub fn error_condition(error: &Element) -> String {
+    error
+        .children
+        .iter()
+        .find(|c| (c.ns == ns::STREAM_ERRORS || c.ns == ns::STANZAS) && c.name != "text")
+        .map_or_else(|| "undefined-condition".into(), |c| c.name.clone())
+}
+
 /// What went wrong reading or parsing XML.
 #[derive(Debug, thiserror::Error)]
 pub enum XmlError {
@@ -721,6 +844,33 @@ mod tests {
         );
         let iq = Element::new("iq", ns::CLIENT).with_attr("type", "result");
         assert_eq!(iq.to_xml(ns::CLIENT), "<iq type='result'/>");
+    }
+
+    #[test]
+    fn replies_address_the_requester() {
+        let ping = Element::parse(
+            "<iq type='get' id='p1' from='localhost' to='push.localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
+        )
+        .expect("parse");
+        assert_eq!(
+            default_reply(&ping, ns::COMPONENT).to_xml(ns::COMPONENT),
+            "<iq type='result' id='p1' from='push.localhost' to='localhost'/>"
+        );
+        let other = Element::parse("<iq type='get' id='q'><query xmlns='x'/></iq>").expect("parse");
+        let reply = default_reply(&other, ns::CLIENT);
+        assert_eq!(
+            reply.to_xml(ns::CLIENT),
+            "<iq type='error' id='q'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+        );
+        assert_eq!(
+            error_condition(reply.child("error", ns::CLIENT).expect("error")),
+            "service-unavailable"
+        );
+        for (condition, name) in CONDITIONS {
+            assert_eq!(Condition::try_from(name), Ok(condition));
+            assert_eq!(condition.as_str(), name);
+        }
+        assert_eq!(Condition::try_from("x-custom"), Err("x-custom".to_owned()));
     }
 
     #[test]

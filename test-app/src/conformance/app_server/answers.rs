@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::Dialect;
 use super::dialects::{Registered, register};
 use super::row;
-use super::session::{Answer, ErrorType, Outcome, Session};
+use super::session::{Answer, Condition, ErrorType, Outcome, Session};
 use super::stanzas::{Capture, Registration, malformed_publish, publish, publish_to};
 use super::test_app::{Control, KitFault};
 use crate::conformance::Row;
@@ -59,7 +59,7 @@ pub async fn check(s: &mut Session, dialects: &[Dialect], control: Option<&Contr
         judge(
             row("publish-unknown-node"),
             &out,
-            |a| a.is(ErrorType::Cancel, "item-not-found"),
+            |a| a.is(ErrorType::Cancel, Condition::ItemNotFound),
             "cancel/item-not-found",
         )
         .with_note(SPEC_SILENT),
@@ -112,7 +112,10 @@ pub async fn check(s: &mut Session, dialects: &[Dialect], control: Option<&Contr
             judge(
                 row(rid),
                 &out,
-                |a| a.is(ErrorType::Auth, "forbidden") || a.is(ErrorType::Auth, "not-authorized"),
+                |a| {
+                    a.is(ErrorType::Auth, Condition::Forbidden)
+                        || a.is(ErrorType::Auth, Condition::NotAuthorized)
+                },
                 "auth/forbidden",
             )
             .with_note(SPEC_SILENT),
@@ -128,7 +131,7 @@ pub async fn check(s: &mut Session, dialects: &[Dialect], control: Option<&Contr
         judge(
             row("publish-malformed"),
             &out,
-            |a| a.is(ErrorType::Modify, "bad-request"),
+            |a| a.is(ErrorType::Modify, Condition::BadRequest),
             "modify/bad-request",
         )
         .with_note(SPEC_SILENT),
@@ -282,7 +285,7 @@ async fn dead_token(s: &mut Session, dialect: &Dialect, control: &Control) -> Ro
     let second = s.publish(&publish_to(&reg, &id, &from, &domain)).await;
     let gone = |o: &Outcome| {
         o.answer()
-            .is_some_and(|a| a.is(ErrorType::Cancel, "item-not-found"))
+            .is_some_and(|a| a.is(ErrorType::Cancel, Condition::ItemNotFound))
     };
     let observed = format!("first: {}; next: {}", first.describe(), second.describe());
     let value = serde_json::json!({"first": first.value(), "next": second.value()});

@@ -5,7 +5,7 @@
 //! their registrations; [`check`] makes the `dialect-<name>` rows:
 //! register, read the completed form, publish, unregister, publish again.
 
-use super::session::{Answer, ErrorType, Outcome, Session};
+use super::session::{Answer, Condition, ErrorType, Outcome, Session};
 use super::stanzas::{Registration, publish_to};
 use super::{DIALECT_ROW, Dialect};
 use crate::conformance::Row;
@@ -208,7 +208,7 @@ async fn one(s: &mut Session, dialect: &Dialect, user: &str) -> Result<String, S
     let id = s.id("dpub");
     let out = s.publish(&publish_to(&r.reg, &id, &from, &domain)).await;
     match out.answer() {
-        Some(a) if a.is(ErrorType::Cancel, "item-not-found") => Ok(format!(
+        Some(a) if a.is(ErrorType::Cancel, Condition::ItemNotFound) => Ok(format!(
             "registered (node{}), publish → result, unregistered, publish → cancel/item-not-found",
             if r.reg.secret.is_some() {
                 ", jid, secret"

@@ -5,7 +5,7 @@
 //! a client sends).
 
 use super::row;
-use super::session::{Answer, ErrorType, Outcome, Session};
+use super::session::{Answer, Condition, ErrorType, Outcome, Session};
 use crate::conformance::Row;
 use crate::conformance::xml::{Element, ns};
 
@@ -85,8 +85,8 @@ pub async fn check(s: &mut Session) -> Vec<Row> {
         .is_some_and(|a| matches!(a, Answer::Error { .. }));
     let unknown = unknown.judged(answered_error, out.describe(), out.value());
     let unknown = match out.answer() {
-        Some(a) if a.is(ErrorType::Cancel, "service-unavailable")
-            || a.is(ErrorType::Cancel, "feature-not-implemented") =>
+        Some(a) if a.is(ErrorType::Cancel, Condition::ServiceUnavailable)
+            || a.is(ErrorType::Cancel, Condition::FeatureNotImplemented) =>
         {
             unknown
         }

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use super::row;
-use super::session::{Answer, ErrorType, Outcome, Session};
+use super::session::{Answer, Condition, ErrorType, Outcome, Session};
 use super::stanzas::{Capture, oversize_publish, publish, publish_to};
 use crate::conformance::Row;
 
@@ -194,6 +194,6 @@ fn probe_publish(s: &mut Session) -> crate::conformance::xml::Element {
 fn correct(s: &Session, a: &Answer) -> bool {
     match s.probe {
         Some(_) => matches!(a, Answer::Result(_)),
-        None => a.is(ErrorType::Cancel, "item-not-found"),
+        None => a.is(ErrorType::Cancel, Condition::ItemNotFound),
     }
 }

@@ -6,7 +6,7 @@
 //! the stream expect the App Server to come back: [`Session::connected`]
 //! accepts the next connection, bounded by the run's wait.
 
-pub use crate::conformance::xml::ErrorType;
+pub use crate::conformance::xml::{Condition, ErrorType};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::conformance::xml::{
-    Element, STREAM_CLOSE, StreamEvent, StreamReader, XmlError, handshake_digest, ns, stream_open,
+    Element, STREAM_CLOSE, StreamEvent, StreamReader, XmlError, default_reply, handshake_digest,
+    ns, stream_open,
 };
 
 /// The largest stanza the kit reads from the App Server.
@@ -94,8 +95,8 @@ impl Answer {
     }
 
     /// Whether this is an error of type `kind` with condition `condition`.
-    pub fn is(&self, kind: ErrorType, condition: &str) -> bool {
-        matches!(self, Answer::Error { kind: Some(k), condition: c } if *k == kind && c == condition)
+    pub fn is(&self, kind: ErrorType, condition: Condition) -> bool {
+        matches!(self, Answer::Error { kind: Some(k), condition: c } if *k == kind && c == condition.as_str())
     }
 }
 
@@ -623,24 +624,10 @@ async fn read_loop(
 /// The server's answer to an iq the App Server sent: a ping gets a result,
 /// anything else `service-unavailable` (the kit is no full server).
 async fn answer_request(el: &Element, writer: &tokio::sync::Mutex<OwnedWriteHalf>, domain: &str) {
-    let id = el.attr("id").unwrap_or_default();
-    let from = el.attr("to").unwrap_or(domain);
-    let mut answer = Element::new("iq", ns::COMPONENT)
-        .with_attr("id", id)
-        .with_attr("from", from);
-    if let Some(to) = el.attr("from") {
-        answer = answer.with_attr("to", to);
+    let mut answer = default_reply(el, ns::COMPONENT);
+    if answer.attr("from").is_none() {
+        answer.set_attr("from", domain);
     }
-    let is_ping = el.attr("type") == Some("get") && el.child("ping", ns::PING).is_some();
-    answer = if is_ping {
-        answer.with_attr("type", "result")
-    } else {
-        answer.with_attr("type", "error").with_child(
-            Element::new("error", ns::COMPONENT)
-                .with_attr("type", "cancel")
-                .with_child(Element::new("service-unavailable", ns::STANZAS)),
-        )
-    };
     let _ = write(writer, &answer.to_xml(ns::COMPONENT)).await;
 }
 
@@ -657,7 +644,7 @@ mod tests {
         };
         let wait = parse("<iq type='error' id='a'><error type='wait'><remote-server-timeout xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>x</text></error></iq>")
             .expect("an answer");
-        assert!(wait.is(ErrorType::Wait, "remote-server-timeout"));
+        assert!(wait.is(ErrorType::Wait, Condition::RemoteServerTimeout));
         assert_eq!(wait.describe(), "wait/remote-server-timeout");
         let bare = parse("<iq type='error' id='b'/>").expect("an answer");
         assert_eq!(bare.describe(), "(no type)/(no condition)");

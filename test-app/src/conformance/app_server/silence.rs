@@ -10,7 +10,7 @@ use super::row;
 use super::session::Session;
 use super::stanzas::iq;
 use crate::conformance::Row;
-use crate::conformance::xml::{Element, ns};
+use crate::conformance::xml::{Condition, Element, ErrorType, ns, stanza_error};
 
 /// How long the App Server must stay silent.
 const QUIET: Duration = Duration::from_secs(2);
@@ -48,9 +48,7 @@ pub async fn check(s: &mut Session) -> Vec<Row> {
         let el = match probe {
             Probe::Result => iq("result", &id, &s.user_domain.clone(), &domain),
             Probe::Error => iq("error", &id, &s.user_domain.clone(), &domain).with_child(
-                Element::new("error", ns::COMPONENT)
-                    .with_attr("type", "cancel")
-                    .with_child(Element::new("item-not-found", ns::STANZAS)),
+                stanza_error(ns::COMPONENT, ErrorType::Cancel, Condition::ItemNotFound),
             ),
             Probe::Message => Element::new("message", ns::COMPONENT)
                 .with_attr("id", &id)

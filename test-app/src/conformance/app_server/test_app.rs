@@ -2,16 +2,18 @@
 //! (`test-app/src/control.rs`), the mock APNs/FCM the App Server under test
 //! pushes to: the kit sets faults on the tokens it registered (503 for a
 //! transient failure, 410/UNREGISTERED for a dead token,
-//! `test-app/src/faults.rs`) and waits for pushes to arrive. Plain HTTP/1.1
-//! on loopback, one request per connection, every step bounded.
+//! `test-app/src/faults.rs`) and waits for pushes to arrive. HTTP/1.1 with
+//! hyper's client on loopback, one request per connection, every step
+//! bounded.
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-
-/// The most of a response the client reads.
-const MAX_RESPONSE: u64 = 1 << 20;
 
 /// Why a control request failed.
 #[derive(Debug, thiserror::Error)]
@@ -25,9 +27,9 @@ pub enum ControlError {
     /// No answer in time.
     #[error("control API: no answer within {0:?}")]
     Timeout(Duration),
-    /// The answer is not HTTP.
-    #[error("control API: unreadable answer")]
-    BadResponse,
+    /// The HTTP exchange failed.
+    #[error("control API: {0}")]
+    Http(String),
 }
 
 /// A fault the kit sets on a token (`test-app/src/faults.rs`).
@@ -113,39 +115,34 @@ impl Control {
             return Err(ControlError::Url(self.base.clone()));
         }
         let exchange = async {
-            let mut tcp = TcpStream::connect(host).await?;
-            let body = body.unwrap_or_default();
-            let request = format!(
-                "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            tcp.write_all(request.as_bytes()).await?;
-            let mut answer = Vec::new();
-            tcp.take(MAX_RESPONSE).read_to_end(&mut answer).await?;
-            Ok::<_, std::io::Error>(answer)
+            let tcp = TcpStream::connect(host).await?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| ControlError::Http(e.to_string()))?;
+            // Drives the connection; it ends with `sender`.
+            tokio::spawn(connection);
+            let request = Request::builder()
+                .method(method)
+                .uri(path)
+                .header(HOST, host)
+                .header(CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
+                .map_err(|e| ControlError::Http(e.to_string()))?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| ControlError::Http(e.to_string()))?;
+            Ok::<_, ControlError>(response.status().as_u16())
         };
-        let answer = tokio::time::timeout(limit, exchange)
+        tokio::time::timeout(limit, exchange)
             .await
-            .map_err(|_| ControlError::Timeout(limit))??;
-        let head = String::from_utf8_lossy(&answer[..answer.len().min(64)]).into_owned();
-        head.strip_prefix("HTTP/1.1 ")
-            .or_else(|| head.strip_prefix("HTTP/1.0 "))
-            .and_then(|s| s.get(..3))
-            .and_then(|s| s.parse().ok())
-            .ok_or(ControlError::BadResponse)
+            .map_err(|_| ControlError::Timeout(limit))?
     }
 }
 
-/// Percent-encodes a token for a path or query (tokens are hex or
-/// base64url-ish; anything else is encoded).
+/// Percent-encodes a token for a path segment or a query value (the
+/// kit's tokens are hex; anything but letters, digits and `*-._` is
+/// encoded).
 fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

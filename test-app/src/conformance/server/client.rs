@@ -28,7 +28,8 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use crate::conformance::xml::{
-    Element, STREAM_CLOSE, StreamEvent, StreamReader, XmlError, ns, stream_open,
+    Element, STREAM_CLOSE, StreamEvent, StreamReader, XmlError, default_reply, error_condition, ns,
+    stream_open,
 };
 
 use super::sasl::{Mechanism, Scram, ScramError, plain_initial};
@@ -160,21 +161,14 @@ async fn read_stanza<R: AsyncRead + Unpin>(
         Err(_) => Err(ClientError::Timeout(STEP_TIMEOUT, what)),
         Ok(Err(e)) => Err(e.into()),
         Ok(Ok(StreamEvent::End)) => Err(ClientError::Closed),
-        Ok(Ok(StreamEvent::Stanza(el))) if el.is("error", ns::STREAM) => Err(
-            ClientError::Protocol(format!("stream error while {what}: {}", stream_error(&el))),
-        ),
+        Ok(Ok(StreamEvent::Stanza(el))) if el.is("error", ns::STREAM) => {
+            Err(ClientError::Protocol(format!(
+                "stream error while {what}: {}",
+                error_condition(&el)
+            )))
+        }
         Ok(Ok(StreamEvent::Stanza(el))) => Ok(el),
     }
-}
-
-/// The defined condition of a `<stream:error/>` (or a stanza `<error/>`).
-pub(crate) fn stream_error(el: &Element) -> String {
-    el.children
-        .iter()
-        .find(|c| c.ns == ns::STREAM_ERRORS || c.ns == ns::STANZAS)
-        .filter(|c| c.name != "text")
-        .map(|c| c.name.clone())
-        .unwrap_or_else(|| "undefined-condition".into())
 }
 
 /// Opens (or restarts) the stream and reads the features.
@@ -402,7 +396,7 @@ impl Client {
                 return Err(ClientError::Protocol(format!(
                     "stream management: server answered <{}> ({})",
                     answer.name,
-                    stream_error(&answer)
+                    error_condition(&answer)
                 )));
             }
             sm_enabled = true;
@@ -572,7 +566,7 @@ async fn read_iq(
                 _ => Err(ClientError::Protocol(format!(
                     "{what}: error {}",
                     el.child("error", ns::CLIENT)
-                        .map(stream_error)
+                        .map(error_condition)
                         .unwrap_or_default()
                 ))),
             };
@@ -614,30 +608,12 @@ async fn read_loop(
                 }
             }
             ("iq", Some("get" | "set")) => {
-                let answer = answer_request(&el);
+                let answer = default_reply(&el, ns::CLIENT);
                 let mut w = writer.lock().await;
                 let _ = send(&mut w, &answer).await;
             }
             _ => {}
         }
-    }
-}
-
-/// The client's answer to a server's request: ping is answered, anything
-/// else is `service-unavailable` (RFC 6120 §8.4).
-fn answer_request(iq: &Element) -> Element {
-    let mut answer = Element::new("iq", ns::CLIENT).with_attr("id", iq.attr("id").unwrap_or(""));
-    if let Some(from) = iq.attr("from") {
-        answer = answer.with_attr("to", from);
-    }
-    if iq.child("ping", ns::PING).is_some() {
-        answer.with_attr("type", "result")
-    } else {
-        answer.with_attr("type", "error").with_child(
-            Element::new("error", ns::CLIENT)
-                .with_attr("type", "cancel")
-                .with_child(Element::new("service-unavailable", ns::STANZAS)),
-        )
     }
 }
 

@@ -18,12 +18,13 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use crate::conformance::xml::{
-    Element, STREAM_CLOSE, StreamEvent, StreamReader, XmlError, handshake_digest, ns, stream_open,
+    Element, STREAM_CLOSE, StreamEvent, StreamReader, XmlError, default_reply, error_condition,
+    handshake_digest, iq_reply, ns, stanza_error, stream_open,
 };
 
-pub use crate::conformance::xml::ErrorType;
+pub use crate::conformance::xml::{Condition, ErrorType};
 
-use super::client::{STEP_TIMEOUT, stream_error};
+use super::client::STEP_TIMEOUT;
 
 /// Publishes carry a message body of the kit's making; ejabberd's
 /// component listener has no limit of its own (docs/answers.md).
@@ -31,32 +32,6 @@ const MAX_STANZA: usize = 4 << 20;
 /// Events kept unread at most; a server flooding the component past this
 /// blocks the reader (bounded memory).
 const QUEUE: usize = 4096;
-
-/// The defined conditions the kit answers with (docs/answers.md: the one an
-/// App Server uses for each outcome).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Condition {
-    /// `wait`: transient.
-    ResourceConstraint,
-    /// `cancel`: the registration is gone.
-    ItemNotFound,
-    /// `auth`: wrong secret.
-    Forbidden,
-    /// `modify`: malformed publish.
-    BadRequest,
-}
-
-impl Condition {
-    /// The element name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Condition::ResourceConstraint => "resource-constraint",
-            Condition::ItemNotFound => "item-not-found",
-            Condition::Forbidden => "forbidden",
-            Condition::BadRequest => "bad-request",
-        }
-    }
-}
 
 /// How the component answers publishes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,28 +49,16 @@ pub enum Answer {
 impl Answer {
     /// The iq answering `iq`, if any.
     fn to_iq(self, iq: &Element) -> Option<Element> {
-        let base = |kind: &str| {
-            let mut a = Element::new("iq", ns::COMPONENT)
-                .with_attr("type", kind)
-                .with_attr("id", iq.attr("id").unwrap_or(""));
-            if let Some(to) = iq.attr("to") {
-                a = a.with_attr("from", to);
-            }
-            if let Some(from) = iq.attr("from") {
-                a = a.with_attr("to", from);
-            }
-            a
-        };
         match self {
-            Answer::Result => Some(base("result")),
+            Answer::Result => Some(iq_reply(iq, ns::COMPONENT, "result")),
             Answer::Error(kind, condition) => Some(
-                base("error").with_child(
-                    Element::new("error", ns::COMPONENT)
-                        .with_attr("type", kind.as_str())
-                        .with_child(Element::new(condition.as_str(), ns::STANZAS)),
-                ),
+                iq_reply(iq, ns::COMPONENT, "error").with_child(stanza_error(
+                    ns::COMPONENT,
+                    kind,
+                    condition,
+                )),
             ),
-            Answer::BareError => Some(base("error")),
+            Answer::BareError => Some(iq_reply(iq, ns::COMPONENT, "error")),
             Answer::Silence => None,
         }
     }
@@ -199,7 +162,7 @@ impl Component {
             // stream error right after it.
             return Err(match timeout(STEP_TIMEOUT, reader.next()).await {
                 Ok(Ok(StreamEvent::Stanza(el))) if el.is("error", ns::STREAM) => {
-                    ComponentError::Refused(stream_error(&el))
+                    ComponentError::Refused(error_condition(&el))
                 }
                 _ => ComponentError::Protocol("stream header without an id".into()),
             });
@@ -221,7 +184,7 @@ impl Component {
             Ok(Err(e)) => return Err(e.into()),
             Ok(Ok(StreamEvent::Stanza(el))) if el.is("handshake", ns::COMPONENT) => {}
             Ok(Ok(StreamEvent::Stanza(el))) if el.is("error", ns::STREAM) => {
-                return Err(ComponentError::Refused(stream_error(&el)));
+                return Err(ComponentError::Refused(error_condition(&el)));
             }
             Ok(Ok(StreamEvent::Stanza(el))) => {
                 return Err(ComponentError::Protocol(format!(
@@ -345,7 +308,7 @@ async fn read_loop(
             }
         };
         if el.is("error", ns::STREAM) {
-            let _ = events.send(Event::StreamError(stream_error(&el))).await;
+            let _ = events.send(Event::StreamError(error_condition(&el))).await;
             return;
         }
         let reply = if el.is("iq", ns::COMPONENT) {
@@ -388,18 +351,11 @@ fn is_publish(iq: &Element) -> bool {
             .is_some()
 }
 
-/// Disco#info as a push service (XEP-0357 §4.2), ping, and
+/// Disco#info as a push service (XEP-0357 §4.2); ping and
 /// `service-unavailable` for the rest.
 fn answer_request(iq: &Element) -> Element {
-    let mut a = Element::new("iq", ns::COMPONENT).with_attr("id", iq.attr("id").unwrap_or(""));
-    if let Some(to) = iq.attr("to") {
-        a = a.with_attr("from", to);
-    }
-    if let Some(from) = iq.attr("from") {
-        a = a.with_attr("to", from);
-    }
     if iq.attr("type") == Some("get") && iq.child("query", ns::DISCO_INFO).is_some() {
-        a.with_attr("type", "result").with_child(
+        iq_reply(iq, ns::COMPONENT, "result").with_child(
             Element::new("query", ns::DISCO_INFO)
                 .with_child(
                     Element::new("identity", ns::DISCO_INFO)
@@ -408,14 +364,8 @@ fn answer_request(iq: &Element) -> Element {
                 )
                 .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::PUSH)),
         )
-    } else if iq.child("ping", ns::PING).is_some() {
-        a.with_attr("type", "result")
     } else {
-        a.with_attr("type", "error").with_child(
-            Element::new("error", ns::COMPONENT)
-                .with_attr("type", "cancel")
-                .with_child(Element::new("service-unavailable", ns::STANZAS)),
-        )
+        default_reply(iq, ns::COMPONENT)
     }
 }
 

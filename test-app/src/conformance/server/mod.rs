@@ -566,7 +566,7 @@ fn iq_outcome(iq: &Element) -> String {
         Some("error") => format!(
             "error:{}",
             iq.child("error", ns::CLIENT)
-                .map(client::stream_error)
+                .map(crate::conformance::xml::error_condition)
                 .unwrap_or_else(|| "none".into())
         ),
         other => format!("unexpected:{}", other.unwrap_or("")),

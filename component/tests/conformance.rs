@@ -3,7 +3,7 @@
 //! XMPP server, Nudge connects to it as a component and pushes to the
 //! in-process test-app's mock APNs and FCM, so that the rows needing a
 //! provider (transient outage, dead token, delivery) run and are not
-//! skipped. The Conversations (`conversations:fcm`) and Siskin
+//! skipped. The Conversations (`conversations:testapp-fcm`) and Siskin
 //! (`siskin:tigase:messenger:apns:1`) dialects are claimed and checked.
 
 mod common;
@@ -24,7 +24,8 @@ async fn nudge_passes_the_app_server_kit() {
         .unwrap();
     let files = tempfile::tempdir().unwrap();
     let exported = app.export(files.path()).unwrap();
-    let creds = app.apns_credentials();
+    // The test-app's own snippet: apps testapp-apns and testapp-fcm.
+    let apps = std::fs::read_to_string(&exported.nudge_apps_toml).unwrap();
     let db = TestDb::new(DbKind::Sqlite).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -40,30 +41,12 @@ url = "{db}"
 [outbox]
 retry_min_ms = 100
 retry_max_secs = 1
-[apps.ios]
-provider = "apns"
-topic = "org.example.app"
-endpoint = "{apns}"
-ca_file = "{ca}"
-token = {{ key_path = "{key}", key_id = "{key_id}", team_id = "{team_id}" }}
-[apps.fcm]
-provider = "fcm"
-service_account_path = "{sa}"
-endpoint = "{fcm}"
-ca_file = "{ca}"
 [dialects.siskin.providers]
-"tigase:messenger:apns:1" = "ios"
-"#,
+"tigase:messenger:apns:1" = "testapp-apns"
+{apps}"#,
         domain = common::DOMAIN,
         secret = common::SECRET,
         db = db.url(),
-        apns = app.apns_url(),
-        ca = exported.ca_cert.display(),
-        key = exported.apns_key.display(),
-        key_id = creds.key_id,
-        team_id = creds.team_id,
-        sa = exported.fcm_service_account.display(),
-        fcm = app.fcm_url(),
     ))
     .unwrap();
     let backends = nudge::app::build_backends(&config).await.unwrap();
@@ -72,7 +55,7 @@ ca_file = "{ca}"
     let mut opts =
         AppServerOptions::new(Listen::Listener(listener), common::DOMAIN, common::SECRET);
     opts.dialects = vec![
-        "conversations:fcm".parse::<Dialect>().unwrap(),
+        "conversations:testapp-fcm".parse::<Dialect>().unwrap(),
         "siskin:tigase:messenger:apns:1".parse::<Dialect>().unwrap(),
     ];
     opts.test_app = Some(app.control_url());
@@ -96,7 +79,7 @@ ca_file = "{ca}"
         "one-answer-per-iq",
         "answer-in-time",
         "survives-oversize",
-        "dialect-conversations-fcm",
+        "dialect-conversations-testapp-fcm",
         "dialect-siskin-tigase-messenger-apns-1",
     ] {
         let row = report.row(id).unwrap_or_else(|| panic!("row {id} missing"));

@@ -21,29 +21,32 @@ pub struct Registered {
     pub jid: Option<String>,
 }
 
+/// Form fields as the command sends them.
+fn owned(fields: &[(&str, &str)]) -> Vec<(String, String)> {
+    fields
+        .iter()
+        .map(|(var, value)| ((*var).to_owned(), (*value).to_owned()))
+        .collect()
+}
+
 /// The command node and fields for registering `token` in `dialect`.
 fn register_command(
     dialect: &Dialect,
     token: &str,
     client_node: &str,
 ) -> (String, Vec<(String, String)>) {
-    let own = |v: &[(&str, &str)]| {
-        v.iter()
-            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-            .collect::<Vec<_>>()
-    };
     match dialect {
         Dialect::Conversations { app } => (
             format!("register-push-{app}"),
-            own(&[("token", token), ("android-id", client_node)]),
+            owned(&[("token", token), ("android-id", client_node)]),
         ),
         Dialect::Siskin { provider } => (
             "register-device".to_owned(),
-            own(&[("provider", provider), ("device-token", token)]),
+            owned(&[("provider", provider), ("device-token", token)]),
         ),
         Dialect::PushAppserver { kind } => (
             "v1-register-push".to_owned(),
-            own(&[("type", kind), ("node", client_node), ("token", token)]),
+            owned(&[("type", kind), ("node", client_node), ("token", token)]),
         ),
     }
 }
@@ -54,25 +57,20 @@ fn unregister_command(
     token: &str,
     client_node: &str,
 ) -> (String, Vec<(String, String)>) {
-    let own = |v: &[(&str, &str)]| {
-        v.iter()
-            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-            .collect::<Vec<_>>()
-    };
     match dialect {
         // An empty channel is the account's own registration
         // (component/src/register/conversations.rs).
         Dialect::Conversations { app } => (
             format!("unregister-push-{app}"),
-            own(&[("channel", ""), ("android-id", client_node)]),
+            owned(&[("channel", ""), ("android-id", client_node)]),
         ),
         Dialect::Siskin { provider } => (
             "unregister-device".to_owned(),
-            own(&[("provider", provider), ("device-token", token)]),
+            owned(&[("provider", provider), ("device-token", token)]),
         ),
         Dialect::PushAppserver { kind } => (
             "v1-unregister-push".to_owned(),
-            own(&[("type", kind), ("node", client_node)]),
+            owned(&[("type", kind), ("node", client_node)]),
         ),
     }
 }

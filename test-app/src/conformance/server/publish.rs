@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::classify::{self, From, OptionsCopy};
-use super::{Ctx, PUBLISH_WAIT, QUIET, Row, ServerError, judge, row};
+use super::{Ctx, Group, PUBLISH_WAIT, QUIET, Row, ServerError, judge, row};
 use crate::conformance::xml::Element;
 
 /// Every row of the group.
@@ -25,19 +25,14 @@ pub(super) async fn run(ctx: &mut Ctx) -> Result<Vec<Row>, ServerError> {
             format!("no publish within {} s", PUBLISH_WAIT.as_secs()),
             false,
         ));
-        for id in [
-            "publish-to",
-            "publish-node",
-            "publish-from",
-            "publish-options",
-            "publish-item-id",
-            "summary-form",
-            "summary-form-type",
-            "summary-message-count",
-            "summary-last-message-sender",
-            "summary-last-message-body",
-            "summary-unset-fields",
-        ] {
+        // The rows the first publish would have filled: the group's, but
+        // for this one and the two later scenarios'.
+        for id in Group::Publish.rows().iter().filter(|id| {
+            !matches!(
+                **id,
+                "publish-offline" | "publish-no-body" | "publish-burst"
+            )
+        }) {
             rows.push(row(id).skipped("no publish to look at"));
         }
         rows.extend(no_body_and_burst(ctx).await?);

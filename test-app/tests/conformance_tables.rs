@@ -1,5 +1,6 @@
 //! The committed conformance tables (`docs/conformance/`) against the live
-//! captures (`tests/fixtures/captures/`, `component/tests/fixtures/`).
+//! captures (`tests/fixtures/captures/`, `component/tests/fixtures/`), and
+//! the kit's copies of those fixtures against the originals.
 //!
 //! The tables are produced by `nudge-test-app conformance server` against
 //! the Prosody and ejabberd that `scripts/interop-test` runs, and re-checked
@@ -382,4 +383,24 @@ fn tables_list_the_same_rows() {
     };
     assert_eq!(ids(&prosody), ids(&ejabberd));
     assert!(prosody.rows.len() >= 25, "{} rows", prosody.rows.len());
+}
+
+/// The app-server mode's publishes (`src/conformance/app_server/captures/`,
+/// compiled into the binary) are the same captures Nudge's own tests use
+/// (`component/tests/fixtures/`): a fixture fixed in one place must be
+/// fixed in the other.
+#[test]
+fn the_kit_sends_the_component_fixtures() {
+    for name in [
+        "prosody-publish-body-sender.xml",
+        "ejabberd-publish-empty.xml",
+    ] {
+        let kit = read(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("src/conformance/app_server/captures")
+                .join(name),
+        );
+        let component = read(&root().join("component/tests/fixtures").join(name));
+        assert_eq!(kit, component, "{name}");
+    }
 }

@@ -1,16 +1,18 @@
-//! The stanzas the kit sends, built from the live captures in
-//! `component/tests/fixtures/` (Prosody 0.12 and ejabberd 23.01), so that
-//! an App Server is checked against what real servers publish, with only
-//! the node, secret, id and addresses replaced.
+//! The stanzas the kit sends, built from the live captures of Prosody 0.12
+//! and ejabberd 23.01 (`captures/` here: the kit's own copies of
+//! `component/tests/fixtures/`, so that the binary builds from this crate
+//! alone; `tests/conformance_tables.rs` checks the copies stay the same),
+//! so that an App Server is checked against what real servers publish,
+//! with only the node, secret, id and addresses replaced.
 
 use crate::conformance::xml::{Element, ns, submit_form};
 
 /// Prosody's publish with a sender and a body.
 const PROSODY_PUBLISH: &str =
-    include_str!("../../../../component/tests/fixtures/prosody-publish-body-sender.xml");
+    include_str!("captures/prosody-publish-body-sender.xml");
 /// ejabberd's publish with an empty `<notification/>`.
 const EJABBERD_EMPTY: &str =
-    include_str!("../../../../component/tests/fixtures/ejabberd-publish-empty.xml");
+    include_str!("captures/ejabberd-publish-empty.xml");
 
 /// Which captured publish to send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

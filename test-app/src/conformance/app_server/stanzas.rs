@@ -8,11 +8,9 @@
 use crate::conformance::xml::{Element, ns, submit_form};
 
 /// Prosody's publish with a sender and a body.
-const PROSODY_PUBLISH: &str =
-    include_str!("captures/prosody-publish-body-sender.xml");
+const PROSODY_PUBLISH: &str = include_str!("captures/prosody-publish-body-sender.xml");
 /// ejabberd's publish with an empty `<notification/>`.
-const EJABBERD_EMPTY: &str =
-    include_str!("captures/ejabberd-publish-empty.xml");
+const EJABBERD_EMPTY: &str = include_str!("captures/ejabberd-publish-empty.xml");
 
 /// Which captured publish to send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
